@@ -1,0 +1,25 @@
+# Multi-stage build: compile with the pinned toolchain, run as a non-root user in a
+# small Debian image (ca-certificates for HTTPS upstreams).
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+# Dependencies first, so source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked && rm -rf src
+COPY src ./src
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin diglot
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home /app diglot
+WORKDIR /app
+COPY --from=build /src/target/release/diglot /usr/local/bin/diglot
+COPY profiles ./profiles
+USER diglot
+# Inside a container, listen on every interface; reach an Ollama on the host by default.
+ENV DIGLOT_LISTEN=0.0.0.0:3000 \
+    DIGLOT_UPSTREAM__URL=http://host.docker.internal:11434
+EXPOSE 3000
+ENTRYPOINT ["diglot"]
+CMD ["serve"]

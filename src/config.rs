@@ -1,0 +1,325 @@
+//! Configuration, in layers: built-in defaults < `profiles/NAME.toml` < `DIGLOT_*`
+//! environment variables (`__` nests: `DIGLOT_UPSTREAM__URL`) < command-line flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything diglot can be told. `profiles/default.toml` documents each key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. `:11434` means every interface.
+    pub listen: String,
+    /// A prefix every route is also served under, e.g. `/ollama`.
+    pub base_path: String,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Log every request, upstream payload and chunk (secrets redacted).
+    pub debug: bool,
+    pub upstream: UpstreamConfig,
+    pub images: ImageConfig,
+    pub openai: OpenAiConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:3000".into(),
+            base_path: String::new(),
+            max_body_bytes: 32 * 1024 * 1024,
+            debug: false,
+            upstream: UpstreamConfig::default(),
+            images: ImageConfig::default(),
+            openai: OpenAiConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    Ollama,
+    Openai,
+}
+
+/// The server diglot forwards to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub kind: UpstreamKind,
+    pub url: String,
+    /// Sent as `Authorization: Bearer`. Never logged.
+    pub api_key: Option<String>,
+    /// Extra headers sent with every upstream request.
+    pub headers: BTreeMap<String, String>,
+    pub connect_timeout_secs: f64,
+    /// Longest wait for the upstream's response headers (model loading included).
+    pub first_byte_timeout_secs: f64,
+    /// Longest silence between two chunks of a streamed answer.
+    pub idle_timeout_secs: f64,
+    /// Longest a whole request may take; 0 means no limit.
+    pub total_timeout_secs: f64,
+    /// How long the upstream's model list and model details are cached.
+    pub models_cache_secs: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            kind: UpstreamKind::Ollama,
+            url: "http://127.0.0.1:11434".into(),
+            api_key: None,
+            headers: BTreeMap::new(),
+            connect_timeout_secs: 5.0,
+            first_byte_timeout_secs: 300.0,
+            idle_timeout_secs: 120.0,
+            total_timeout_secs: 0.0,
+            models_cache_secs: 10,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        secs(self.connect_timeout_secs)
+    }
+    pub fn first_byte_timeout(&self) -> Duration {
+        secs(self.first_byte_timeout_secs)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        secs(self.idle_timeout_secs)
+    }
+    pub fn total_timeout(&self) -> Option<Duration> {
+        (self.total_timeout_secs > 0.0).then(|| secs(self.total_timeout_secs))
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
+/// Fetching images that clients give as http(s) URLs, for upstreams that need bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Allow URLs that resolve to loopback, private or link-local addresses. Off by
+    /// default so the gateway cannot be used to reach internal hosts.
+    pub allow_private: bool,
+    pub max_bytes: usize,
+    pub timeout_secs: f64,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        Self {
+            allow_private: false,
+            max_bytes: 20 * 1024 * 1024,
+            timeout_secs: 10.0,
+        }
+    }
+}
+
+impl ImageConfig {
+    pub fn timeout(&self) -> Duration {
+        secs(self.timeout_secs)
+    }
+}
+
+/// The OpenAI-facing side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// Which delta/message fields carry reasoning text: `reasoning_content` (DeepSeek, vLLM),
+    /// `reasoning` (Ollama, OpenRouter), or both.
+    pub reasoning_fields: Vec<String>,
+    pub system_fingerprint: String,
+}
+
+impl Default for OpenAiConfig {
+    fn default() -> Self {
+        Self {
+            reasoning_fields: vec!["reasoning_content".into(), "reasoning".into()],
+            system_fingerprint: "fp_diglot".into(),
+        }
+    }
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debug: Option<bool>,
+    #[serde(skip_serializing_if = "UpstreamOverrides::is_empty")]
+    pub upstream: UpstreamOverrides,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UpstreamOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+impl UpstreamOverrides {
+    fn is_empty(&self) -> bool {
+        self.url.is_none() && self.api_key.is_none()
+    }
+}
+
+/// A configuration that cannot be used, said so the operator can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("profile '{name}' not found: looked for {path}")]
+    ProfileNotFound { name: String, path: PathBuf },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the layers for `profile` (a name under `profiles/`, or a path to a TOML file).
+    pub fn load(profile: Option<&str>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = profile_path(profile)? {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("DIGLOT_").split("__").ignore(&["profile"]))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The socket address to bind, reading Go-style `:PORT` as every interface.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let text = if self.listen.starts_with(':') {
+            format!("0.0.0.0{}", self.listen)
+        } else {
+            self.listen.clone()
+        };
+        text.parse().map_err(|_| {
+            ConfigError::Invalid(format!(
+                "listen: '{}' is not an address like 127.0.0.1:3000 or :3000",
+                self.listen
+            ))
+        })
+    }
+
+    /// The base path with one leading slash and none trailing ("" when unset).
+    pub fn base_path(&self) -> String {
+        let trimmed = self.base_path.trim_matches('/');
+        if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("/{trimmed}")
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        let url = reqwest::Url::parse(&self.upstream.url)
+            .map_err(|e| ConfigError::Invalid(format!("upstream.url: '{}' is not a URL: {e}", self.upstream.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ConfigError::Invalid(format!(
+                "upstream.url: '{}' must start with http:// or https://",
+                url
+            )));
+        }
+        for field in &self.openai.reasoning_fields {
+            if field != "reasoning_content" && field != "reasoning" {
+                return Err(ConfigError::Invalid(format!(
+                    "openai.reasoning_fields: '{field}' is neither \"reasoning_content\" nor \"reasoning\""
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn profile_path(profile: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
+    let name = profile.unwrap_or("default");
+    let is_path = name.contains('/') || name.ends_with(".toml");
+    let path = if is_path {
+        PathBuf::from(name)
+    } else {
+        Path::new("profiles").join(format!("{name}.toml"))
+    };
+    if path.is_file() {
+        Ok(Some(path))
+    } else if profile.is_none() {
+        // No profile asked for and none on disk: the built-in defaults are the default profile.
+        Ok(None)
+    } else {
+        Err(ConfigError::ProfileNotFound {
+            name: name.to_owned(),
+            path,
+        })
+    }
+}
+
+/// figment names the key and the file; keep all of what it says.
+fn describe(error: figment::Error) -> String {
+    error.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_profile_file_matches_built_in_defaults() {
+        let file = Figment::new().merge(Toml::file_exact(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/profiles/default.toml"
+        )));
+        let from_file: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(file)
+            .extract()
+            .unwrap();
+        assert_eq!(from_file, Config::default());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn layers_apply_in_order_and_errors_name_file_and_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "p.toml",
+                "listen = \"127.0.0.1:9000\"\n[upstream]\nurl = \"http://a:1\"\n",
+            )?;
+            jail.set_env("DIGLOT_UPSTREAM__URL", "http://b:2");
+            let config = Config::load(Some("p.toml"), &Overrides::default()).unwrap();
+            assert_eq!(config.listen, "127.0.0.1:9000");
+            assert_eq!(config.upstream.url, "http://b:2");
+
+            let flags = Overrides {
+                listen: Some(":8080".into()),
+                ..Default::default()
+            };
+            let config = Config::load(Some("p.toml"), &flags).unwrap();
+            assert_eq!(config.listen_addr().unwrap().to_string(), "0.0.0.0:8080");
+
+            jail.create_file("bad.toml", "max_body_bytes = \"lots\"\n")?;
+            let err = Config::load(Some("bad.toml"), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_body_bytes") && err.contains("bad.toml"), "{err}");
+
+            let err = Config::load(Some("missing"), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("profiles/missing.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

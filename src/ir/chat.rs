@@ -1,0 +1,541 @@
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use super::Error;
+
+/// A generation request: a chat, or a plain text completion.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatRequest {
+    /// The model name as the client sent it.
+    pub model: String,
+    pub input: Input,
+    pub tools: Vec<Tool>,
+    pub tool_choice: ToolChoice,
+    pub response_format: Option<ResponseFormat>,
+    pub sampling: Sampling,
+    pub reasoning: Option<Reasoning>,
+    pub logprobs: bool,
+    pub top_logprobs: Option<u32>,
+    /// Whether the client wants a stream back. Backends may stream either way.
+    pub stream: bool,
+    /// How many independent answers the client wants (OpenAI's `n`).
+    pub n: u32,
+    /// Ollama's `keep_alive`, kept as sent (seconds or a duration string).
+    pub keep_alive: Option<Value>,
+    /// Ollama's `truncate` and `shift` context flags.
+    pub truncate: Option<bool>,
+    pub shift: Option<bool>,
+    /// Options no typed field knows; they reach an Ollama upstream's `options` untouched.
+    pub extra: Map<String, Value>,
+}
+
+/// What the model continues from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Messages(Vec<Message>),
+    Prompt(Prompt),
+}
+
+impl Default for Input {
+    fn default() -> Self {
+        Input::Messages(Vec::new())
+    }
+}
+
+/// A text-completion prompt (OpenAI `/v1/completions`, Ollama `/api/generate`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Prompt {
+    pub text: String,
+    /// Text after the insertion point, for fill-in-the-middle.
+    pub suffix: Option<String>,
+    pub system: Option<String>,
+    /// `Some(true)`: use the prompt verbatim; `Some(false)`: wrap it in the model's chat
+    /// template; `None`: the source API did not say, which for OpenAI's completions means
+    /// a plain continuation.
+    pub raw: Option<bool>,
+    pub images: Vec<Image>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: Role,
+    pub parts: Vec<Part>,
+    pub tool_calls: Vec<ToolCall>,
+    /// On a tool result: the call it answers.
+    pub tool_call_id: Option<String>,
+    /// On a tool result: the tool's name.
+    pub name: Option<String>,
+    /// Earlier reasoning of an assistant turn.
+    pub reasoning: Option<String>,
+}
+
+impl Message {
+    pub fn new(role: Role, text: impl Into<String>) -> Self {
+        Self {
+            role,
+            parts: vec![Part::Text(text.into())],
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+            reasoning: None,
+        }
+    }
+
+    /// All text parts, joined with newlines.
+    pub fn text(&self) -> String {
+        let texts: Vec<&str> = self
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Text(t) => Some(t.as_str()),
+                Part::Image(_) => None,
+            })
+            .collect();
+        texts.join("\n")
+    }
+
+    pub fn images(&self) -> impl Iterator<Item = &Image> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Image(i) => Some(i),
+            Part::Text(_) => None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    Image(Image),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Image {
+    /// An http(s) URL the backend must fetch or pass on.
+    Url(String),
+    /// Inline bytes, kept base64-encoded as both wire formats carry them.
+    Data { mime: Option<String>, base64: String },
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+    pub strict: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum ToolChoice {
+    #[default]
+    Auto,
+    None,
+    Required,
+    Function(String),
+}
+
+/// A complete tool call (in history, or folded from a response's deltas).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text.
+    pub arguments: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFormat {
+    Json,
+    JsonSchema {
+        name: Option<String>,
+        schema: Value,
+        strict: Option<bool>,
+    },
+}
+
+/// How much the model should think before answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reasoning {
+    Off,
+    /// On, at the model's default depth.
+    On,
+    Low,
+    Medium,
+    High,
+    Max,
+}
+
+impl Reasoning {
+    /// Reads an OpenAI `reasoning_effort` value.
+    pub fn from_effort(effort: &str) -> Option<Option<Self>> {
+        Some(match effort {
+            "" => None,
+            "none" => Some(Reasoning::Off),
+            "minimal" | "low" => Some(Reasoning::Low),
+            "medium" => Some(Reasoning::Medium),
+            "high" => Some(Reasoning::High),
+            "max" | "xhigh" | "ultra" => Some(Reasoning::Max),
+            _ => return None,
+        })
+    }
+
+    /// The level name both APIs share, if this is a level.
+    pub fn level(self) -> Option<&'static str> {
+        match self {
+            Reasoning::Low => Some("low"),
+            Reasoning::Medium => Some("medium"),
+            Reasoning::High => Some("high"),
+            Reasoning::Max => Some("max"),
+            Reasoning::Off | Reasoning::On => None,
+        }
+    }
+}
+
+/// Every generation option either API knows, named as Ollama's `options` name them so the
+/// Ollama codecs can (de)serialize it directly. Only what the client sent is `Some`: diglot
+/// never invents a sampling default.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Sampling {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub typical_p: Option<f64>,
+    /// Most tokens to generate (Ollama's `num_predict`).
+    #[serde(rename = "num_predict", skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    #[serde(deserialize_with = "stop_list", skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_penalty: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeat_last_n: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirostat: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirostat_tau: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mirostat_eta: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_ctx: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_keep: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_batch: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_gpu: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub main_gpu: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_thread: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_mmap: Option<bool>,
+}
+
+impl Sampling {
+    /// Fills every option this one lacks from `other`.
+    pub fn or(self, other: Sampling) -> Sampling {
+        let mut mine = to_map(&self);
+        for (key, value) in to_map(&other) {
+            mine.entry(key).or_insert(value);
+        }
+        serde_json::from_value(Value::Object(mine)).expect("a merge of two valid option sets is valid")
+    }
+}
+
+fn to_map(sampling: &Sampling) -> Map<String, Value> {
+    match serde_json::to_value(sampling) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+/// `stop` may be one string or a list of them.
+fn stop_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(deserializer)? {
+        None => None,
+        Some(OneOrMany::One(s)) => Some(vec![s]),
+        Some(OneOrMany::Many(v)) => Some(v),
+    })
+}
+
+/// One unit of a generated answer, shared by every backend and frontend.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatEvent {
+    Text(String),
+    Reasoning(String),
+    /// A tool call or a piece of one. The first piece of a call carries `id` and `name`;
+    /// `index` tells calls apart. A backend that receives whole calls sends one piece.
+    ToolCall {
+        index: u32,
+        id: Option<String>,
+        name: Option<String>,
+        arguments_delta: String,
+    },
+    Logprobs(Vec<TokenLogprob>),
+    Usage(Usage),
+    Finish(FinishReason),
+}
+
+/// The stream of events a backend produces; an `Err` ends it.
+pub type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatEvent, Error>> + Send>>;
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Usage {
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// Prompt tokens the upstream served from its cache.
+    pub cached_tokens: Option<u64>,
+    pub timings: Option<Timings>,
+}
+
+impl Usage {
+    pub fn total_tokens(&self) -> u64 {
+        self.prompt_tokens.unwrap_or(0) + self.completion_tokens.unwrap_or(0)
+    }
+
+    /// Adds another answer's usage (for `n` fan-out).
+    pub fn add(&mut self, other: &Usage) {
+        fn sum(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+            match (a, b) {
+                (None, None) => None,
+                (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+            }
+        }
+        self.prompt_tokens = sum(self.prompt_tokens, other.prompt_tokens);
+        self.completion_tokens = sum(self.completion_tokens, other.completion_tokens);
+        self.cached_tokens = sum(self.cached_tokens, other.cached_tokens);
+        if self.timings.is_none() {
+            self.timings = other.timings;
+        }
+    }
+}
+
+/// Upstream timings in nanoseconds, as Ollama reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timings {
+    pub total_ns: u64,
+    pub load_ns: u64,
+    pub prompt_eval_ns: u64,
+    pub eval_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    ToolCalls,
+    ContentFilter,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Option<Vec<u8>>,
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Option<Vec<u8>>,
+}
+
+/// A whole answer: the fold of a [`ChatEvent`] stream.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ChatResponse {
+    pub text: String,
+    pub reasoning: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub logprobs: Vec<TokenLogprob>,
+    pub usage: Usage,
+    pub finish: Option<FinishReason>,
+    /// Tool-call indexes in `tool_calls` order, to route argument pieces.
+    tool_indexes: Vec<u32>,
+}
+
+impl ChatResponse {
+    pub fn push(&mut self, event: ChatEvent) {
+        match event {
+            ChatEvent::Text(t) => self.text.push_str(&t),
+            ChatEvent::Reasoning(t) => self.reasoning.push_str(&t),
+            ChatEvent::ToolCall {
+                index,
+                id,
+                name,
+                arguments_delta,
+            } => {
+                let slot = match self.tool_indexes.iter().position(|&i| i == index) {
+                    Some(slot) => slot,
+                    None => {
+                        self.tool_indexes.push(index);
+                        self.tool_calls.push(ToolCall {
+                            id: String::new(),
+                            name: String::new(),
+                            arguments: String::new(),
+                        });
+                        self.tool_calls.len() - 1
+                    }
+                };
+                let call = &mut self.tool_calls[slot];
+                if let Some(id) = id.filter(|id| !id.is_empty())
+                    && call.id.is_empty()
+                {
+                    call.id = id;
+                }
+                if let Some(name) = name.filter(|n| !n.is_empty()) {
+                    call.name = name;
+                }
+                call.arguments.push_str(&arguments_delta);
+            }
+            ChatEvent::Logprobs(l) => self.logprobs.extend(l),
+            ChatEvent::Usage(u) => self.usage = u,
+            ChatEvent::Finish(f) => self.finish = Some(f),
+        }
+    }
+
+    /// Folds a whole stream; the first error ends it.
+    pub async fn collect(mut stream: ChatStream) -> Result<ChatResponse, Error> {
+        let mut response = ChatResponse::default();
+        while let Some(event) = stream.next().await {
+            response.push(event?);
+        }
+        Ok(response)
+    }
+
+    /// Replays this answer as events, so a whole answer can feed a streaming encoder.
+    pub fn into_events(self) -> Vec<ChatEvent> {
+        let mut events = Vec::new();
+        if !self.reasoning.is_empty() {
+            events.push(ChatEvent::Reasoning(self.reasoning));
+        }
+        if !self.text.is_empty() {
+            events.push(ChatEvent::Text(self.text));
+        }
+        if !self.logprobs.is_empty() {
+            events.push(ChatEvent::Logprobs(self.logprobs));
+        }
+        for (call, index) in self.tool_calls.into_iter().zip(self.tool_indexes) {
+            events.push(ChatEvent::ToolCall {
+                index,
+                id: Some(call.id),
+                name: Some(call.name),
+                arguments_delta: call.arguments,
+            });
+        }
+        events.push(ChatEvent::Usage(self.usage));
+        if let Some(finish) = self.finish {
+            events.push(ChatEvent::Finish(finish));
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fold_assembles_tool_call_pieces_by_index() {
+        let mut r = ChatResponse::default();
+        for e in [
+            ChatEvent::ToolCall {
+                index: 1,
+                id: Some("b".into()),
+                name: Some("g".into()),
+                arguments_delta: "{\"x".into(),
+            },
+            ChatEvent::ToolCall {
+                index: 0,
+                id: Some("a".into()),
+                name: Some("f".into()),
+                arguments_delta: "{}".into(),
+            },
+            ChatEvent::ToolCall {
+                index: 1,
+                id: Some(String::new()),
+                name: None,
+                arguments_delta: "\":1}".into(),
+            },
+        ] {
+            r.push(e);
+        }
+        assert_eq!(
+            r.tool_calls[0],
+            ToolCall {
+                id: "b".into(),
+                name: "g".into(),
+                arguments: "{\"x\":1}".into()
+            }
+        );
+        assert_eq!(r.tool_calls[1].arguments, "{}");
+    }
+
+    #[test]
+    fn sampling_or_keeps_own_values_and_fills_gaps() {
+        let a = Sampling {
+            temperature: Some(0.2),
+            ..Default::default()
+        };
+        let b = Sampling {
+            temperature: Some(0.9),
+            top_k: Some(5),
+            ..Default::default()
+        };
+        let merged = a.or(b);
+        assert_eq!(merged.temperature, Some(0.2));
+        assert_eq!(merged.top_k, Some(5));
+    }
+
+    #[test]
+    fn stop_accepts_string_or_list() {
+        let s: Sampling = serde_json::from_str(r#"{"stop":"x"}"#).unwrap();
+        assert_eq!(s.stop, Some(vec!["x".to_string()]));
+        let s: Sampling = serde_json::from_str(r#"{"stop":["a","b"]}"#).unwrap();
+        assert_eq!(s.stop.unwrap().len(), 2);
+    }
+}

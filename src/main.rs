@@ -1,0 +1,123 @@
+//! The `diglot` command: serve (the default) and check-config.
+
+use clap::{Parser, Subcommand};
+use diglot::config::{Config, Overrides, UpstreamOverrides};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "diglot",
+    version,
+    about = "A bilingual LLM gateway: OpenAI and Ollama APIs in front, Ollama and OpenAI-compatible servers behind."
+)]
+struct Cli {
+    /// A profile name (profiles/NAME.toml) or a path to a TOML file.
+    #[arg(long, short, env = "DIGLOT_PROFILE", global = true)]
+    profile: Option<String>,
+    /// Address to listen on, e.g. 127.0.0.1:3000 or :11434 (every interface).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    /// The upstream server's base URL.
+    #[arg(long, env = "OLLAMA_URL", global = true)]
+    upstream: Option<String>,
+    /// The upstream's API key (sent as a bearer token, never logged).
+    #[arg(long, global = true)]
+    api_key: Option<String>,
+    /// Log requests, upstream payloads and chunks (secrets redacted).
+    #[arg(long, global = true)]
+    debug: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Load the configuration, report problems, and print the result (secrets redacted).
+    CheckConfig,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen.clone(),
+        debug: cli.debug.then_some(true),
+        upstream: UpstreamOverrides {
+            url: cli.upstream.clone(),
+            api_key: cli.api_key.clone(),
+        },
+    };
+    let config = match Config::load(cli.profile.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("diglot: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(config.debug);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            let mut shown = config.clone();
+            if shown.upstream.api_key.is_some() {
+                shown.upstream.api_key = Some("<redacted>".into());
+            }
+            println!("{}", toml_string(&shown));
+            std::process::ExitCode::SUCCESS
+        }
+        Command::Serve => run(config),
+    }
+}
+
+fn toml_string(config: &Config) -> String {
+    serde_json::to_string_pretty(config).unwrap_or_default()
+}
+
+fn run(config: Config) -> std::process::ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    runtime.block_on(async move {
+        let addr = match config.listen_addr() {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("diglot: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let acceptor = match diglot::server::bind(addr).await {
+            Ok(acceptor) => acceptor,
+            Err(e) => {
+                eprintln!("diglot: cannot listen on {addr}: {e}");
+                return std::process::ExitCode::from(1);
+            }
+        };
+        tracing::info!(%addr, upstream = %config.upstream.url, kind = ?config.upstream.kind, "diglot listening");
+        let app = match diglot::server::App::new(config) {
+            Ok(app) => app,
+            Err(e) => {
+                eprintln!("diglot: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        diglot::server::serve(acceptor, app).await;
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+/// `RUST_LOG` wins; otherwise info, or debug for diglot with `--debug`. JSON lines when
+/// stderr is not a terminal.
+fn init_logging(debug: bool) {
+    use std::io::IsTerminal;
+    let default = if debug { "info,diglot=debug" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}

@@ -1,0 +1,214 @@
+//! What every backend needs from HTTP: one pooled client per upstream, timeouts, and
+//! upstream failures turned into IR errors that say which upstream and why.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::io::StreamReader;
+use tracing::{Level, debug, enabled};
+
+use crate::config::UpstreamConfig;
+use crate::ir::{Error, ErrorKind};
+
+/// The longest line or body accepted from an upstream (Ollama's own client allows 8 MiB
+/// lines; embeddings of long batches can be bigger as whole bodies).
+const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+/// One upstream server: base URL, credentials, timeouts and a pooled client.
+#[derive(Clone)]
+pub struct Upstream {
+    http: reqwest::Client,
+    base: String,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Self {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::try_from(name.as_str()),
+                HeaderValue::try_from(value.as_str()),
+            ) {
+                headers.insert(name, value);
+            }
+        }
+        if let Some(key) = config.api_key.as_deref().filter(|k| !k.is_empty())
+            && let Ok(mut value) = HeaderValue::try_from(format!("Bearer {key}"))
+        {
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(config.connect_timeout())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true);
+        if let Some(total) = config.total_timeout() {
+            builder = builder.timeout(total);
+        }
+        Self {
+            http: builder
+                .build()
+                .expect("the upstream HTTP client builds with static settings"),
+            base: config.url.trim_end_matches('/').to_owned(),
+            first_byte_timeout: config.first_byte_timeout(),
+            idle_timeout: config.idle_timeout(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    pub async fn post<T: Serialize + ?Sized>(&self, path: &str, body: &T) -> Result<reqwest::Response, Error> {
+        let url = format!("{}{path}", self.base);
+        if enabled!(target: "diglot::wire", Level::DEBUG) {
+            debug!(target: "diglot::wire", %url, payload = %serde_json::to_string(body).unwrap_or_default(), "upstream request");
+        }
+        self.send(self.http.post(&url).json(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> Result<reqwest::Response, Error> {
+        self.send(self.http.get(format!("{}{path}", self.base))).await
+    }
+
+    /// Sends and waits for the response headers; a non-2xx answer becomes an error.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+        let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
+            Err(_) => return Err(self.timed_out(self.first_byte_timeout)),
+            Ok(Err(e)) => return Err(self.transport_error(&e)),
+            Ok(Ok(response)) => response,
+        };
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
+        Err(upstream_status_error(status, &body, &self.base))
+    }
+
+    /// Reads a whole JSON answer.
+    pub async fn json<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
+        let body = match tokio::time::timeout(self.idle_timeout, read_limited(response, MAX_BODY_BYTES)).await {
+            Err(_) => return Err(self.timed_out(self.idle_timeout)),
+            Ok(Err(e)) => return Err(self.transport_error(&e)),
+            Ok(Ok(body)) => body,
+        };
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::upstream(
+                502,
+                format!("the upstream at {} sent an answer diglot cannot read: {e}", self.base),
+            )
+        })
+    }
+
+    fn timed_out(&self, after: Duration) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "the upstream at {} did not answer within {} s",
+                self.base,
+                after.as_secs_f64()
+            ),
+        )
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> Error {
+        if e.is_timeout() {
+            Error::new(ErrorKind::Timeout, format!("the upstream at {} timed out", self.base))
+        } else {
+            Error::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("cannot reach the upstream at {}: {}", self.base, root_cause(e)),
+            )
+        }
+    }
+}
+
+async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, reqwest::Error> {
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        body.extend_from_slice(&chunk[..chunk.len().min(limit.saturating_sub(body.len()))]);
+    }
+    Ok(body.into())
+}
+
+/// An upstream's non-2xx answer, in either protocol's error shape or plain text.
+pub fn upstream_status_error(status: u16, body: &[u8], base: &str) -> Error {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| match &v["error"] {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Object(o) => o.get("message").and_then(|m| m.as_str()).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
+    let message = if message.is_empty() {
+        format!("the upstream at {base} answered HTTP {status}")
+    } else {
+        message
+    };
+    let kind = match status {
+        400 | 422 => ErrorKind::BadRequest,
+        404 => {
+            return Error {
+                param: Some("model".into()),
+                ..Error::new(ErrorKind::NotFound, message)
+            };
+        }
+        413 => ErrorKind::PayloadTooLarge,
+        429 => ErrorKind::RateLimited,
+        _ => ErrorKind::UpstreamError { status },
+    };
+    Error::new(kind, message)
+}
+
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// The non-empty lines of a streamed body, each as soon as it is complete. A silence
+/// longer than `idle` ends the stream with a timeout error.
+pub fn ndjson_lines(response: reqwest::Response, idle: Duration) -> impl Stream<Item = Result<String, Error>> + Send {
+    let base = response.url().origin().ascii_serialization();
+    let body = response.bytes_stream().map_err(std::io::Error::other);
+    let mut lines = FramedRead::new(StreamReader::new(body), LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+    async_stream::stream! {
+        loop {
+            match tokio::time::timeout(idle, lines.next()).await {
+                Err(_) => {
+                    yield Err(Error::new(ErrorKind::Timeout, format!("the upstream at {base} sent nothing for {} s", idle.as_secs_f64())));
+                    return;
+                }
+                Ok(None) => return,
+                Ok(Some(Ok(line))) => if !line.trim().is_empty() { yield Ok(line) },
+                Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
+                    yield Err(Error::upstream(502, format!("the upstream at {base} sent a line longer than {MAX_LINE_BYTES} bytes")));
+                    return;
+                }
+                Ok(Some(Err(LinesCodecError::Io(e)))) => {
+                    yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the connection to the upstream at {base} broke: {}", root_cause(&e))));
+                    return;
+                }
+            }
+        }
+    }
+}

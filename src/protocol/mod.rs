@@ -1,0 +1,47 @@
+//! One folder per protocol, each with `wire.rs` (its JSON), `server.rs` (the frontend)
+//! and `client.rs` (the backend); plus what the protocols share.
+
+pub mod http;
+pub mod images;
+pub mod ollama;
+pub mod openai;
+
+use crate::config::{Config, UpstreamKind};
+use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ModelCard};
+
+/// A backend: the client of one upstream, whatever protocol it speaks.
+#[derive(Clone)]
+pub enum Backend {
+    Ollama(ollama::client::OllamaClient),
+}
+
+impl Backend {
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        let images = images::ImageFetcher::new(&config.images);
+        match config.upstream.kind {
+            UpstreamKind::Ollama => Ok(Backend::Ollama(ollama::client::OllamaClient::new(
+                &config.upstream,
+                images,
+            ))),
+            UpstreamKind::Openai => Err("upstream.kind = \"openai\" is not available in this build yet".into()),
+        }
+    }
+
+    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
+        match self {
+            Backend::Ollama(c) => c.chat(request).await,
+        }
+    }
+
+    pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, Error> {
+        match self {
+            Backend::Ollama(c) => c.embed(request).await,
+        }
+    }
+
+    pub async fn models(&self) -> Result<Vec<ModelCard>, Error> {
+        match self {
+            Backend::Ollama(c) => c.models().await,
+        }
+    }
+}

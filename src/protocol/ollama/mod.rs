@@ -1,0 +1,5 @@
+//! Ollama's native API (`/api/...`).
+
+pub mod client;
+pub mod decode;
+pub mod wire;

@@ -1,0 +1,4 @@
+//! The OpenAI API (`/v1/...`).
+
+pub mod server;
+pub mod wire;

@@ -1,0 +1,172 @@
+//! The HTTP listener: routes of every frontend on one port, body limits, and the
+//! response helpers the frontends share.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use salvo::conn::Acceptor;
+use salvo::conn::tcp::TcpAcceptor;
+use salvo::http::{ParseError, StatusCode};
+use salvo::prelude::*;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::ir::{Error, ErrorKind};
+use crate::protocol::openai;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub config: Config,
+    pub gateway: Gateway,
+}
+
+impl App {
+    pub fn new(config: Config) -> Result<Arc<Self>, String> {
+        let gateway = Gateway::new(&config)?;
+        Ok(Arc::new(Self { config, gateway }))
+    }
+}
+
+/// The app a handler runs in.
+pub fn app(depot: &Depot) -> Arc<App> {
+    depot
+        .get_typed::<Arc<App>>()
+        .expect("the app is injected by the root router")
+        .clone()
+}
+
+/// Every route, at the root and under the configured base path.
+pub fn router(app: Arc<App>) -> Router {
+    let base = app.config.base_path();
+    let mut root = Router::new().hoop(affix_state::inject(app));
+    let mut prefixes = vec![String::new()];
+    if !base.is_empty() {
+        prefixes.push(base);
+    }
+    for prefix in prefixes {
+        let at = |path: &str| Router::with_path(format!("{prefix}{path}").trim_start_matches('/').to_owned());
+        root = root.push(at("/v1").get(openai::server::connection_test));
+        for (v1, bare) in openai::server::routes().into_iter().zip(openai::server::routes()) {
+            root = root.push(at("/v1").push(v1)).push(at("").push(bare));
+        }
+    }
+    root.push(Router::with_path("{**rest}").goal(no_route))
+}
+
+#[handler]
+async fn no_route(req: &mut Request, res: &mut Response) {
+    let error = Error::new(
+        ErrorKind::NotFound,
+        format!("diglot has no route for {} {}", req.method(), req.uri().path()),
+    );
+    openai::server::write_error(res, &error);
+}
+
+/// Binds `addr` with `TCP_NODELAY` on every accepted socket (they inherit it from the
+/// listener): without it each small streamed chunk can wait ~40 ms for Nagle.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpAcceptor> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    TcpAcceptor::try_from(socket.listen(1024)?)
+}
+
+/// Reads and parses a JSON body within the size limit, naming the field at fault.
+pub async fn read_json<T: DeserializeOwned>(req: &mut Request, limit: usize) -> Result<T, Error> {
+    let body = req.payload_with_max_size(limit).await.map_err(|e| match e {
+        ParseError::PayloadTooLarge => Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the request body is larger than the {limit}-byte limit (max_body_bytes)"),
+        ),
+        other => Error::bad_request(format!("could not read the request body: {other}")),
+    })?;
+    parse_json(body)
+}
+
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    let deserializer = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            Error::bad_request(format!("the request body is not valid JSON: {inner}"))
+        } else if path == "." {
+            Error::bad_request(format!("invalid request: {inner}"))
+        } else {
+            Error::invalid_field(&path, format!("invalid '{path}': {inner}"))
+        }
+    })
+}
+
+pub fn write_json(res: &mut Response, status: u16, body: &impl Serialize) {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    write_bytes(res, status, "application/json", bytes);
+}
+
+pub fn write_bytes(res: &mut Response, status: u16, content_type: &'static str, body: impl Into<Bytes>) {
+    res.status_code(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    let _ = res.add_header("content-type", content_type, true);
+    res.body(body.into());
+}
+
+/// Sends each item as soon as it exists; dropping the response (a client hang-up) drops
+/// the stream and with it the upstream call.
+pub fn write_stream<S>(res: &mut Response, content_type: &'static str, stream: S)
+where
+    S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    res.status_code(StatusCode::OK);
+    let _ = res.add_header("content-type", content_type, true);
+    let _ = res.add_header("cache-control", "no-cache", true);
+    let _ = res.add_header("x-accel-buffering", "no", true);
+    res.stream(stream);
+}
+
+/// Serves until SIGINT or SIGTERM, then lets open streams finish for a while.
+pub async fn serve(acceptor: TcpAcceptor, app: Arc<App>) {
+    let server = Server::new(acceptor);
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down; waiting up to 30 s for open requests");
+        handle.stop_graceful(std::time::Duration::from_secs(30));
+    });
+    server.serve(router(app)).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Starts diglot on `config.listen` in the background and returns the bound address
+/// (port 0 picks a free one). For tests, examples and embedding.
+pub async fn spawn(config: Config) -> Result<SocketAddr, String> {
+    let addr = config.listen_addr().map_err(|e| e.to_string())?;
+    let app = App::new(config)?;
+    let acceptor = bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = acceptor.holdings()[0]
+        .local_addr
+        .clone()
+        .into_std()
+        .ok_or("the listener has no IP address")?;
+    tokio::spawn(Server::new(acceptor).serve(router(app)));
+    Ok(local)
+}

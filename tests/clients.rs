@@ -1,0 +1,81 @@
+//! The official client SDKs against diglot in front of the fake upstreams. The SDKs are
+//! installed outside the repository by `tests/clients/setup.sh` (pinned, reused).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use common::*;
+
+/// The clients' home, installed once per test process.
+fn clients_home() -> &'static PathBuf {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/setup.sh");
+        let out = Command::new("bash").arg(script).output().expect("bash runs");
+        assert!(
+            out.status.success(),
+            "client setup failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
+    })
+}
+
+/// Runs a client script with the base URL as its argument and fails with its output.
+fn run(program: &str, script: &str, base: &str) -> String {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(script);
+    let home = clients_home();
+    let (program, env_key, env_value) = match program {
+        "python" => (home.join("venv/bin/python"), "PYTHONUNBUFFERED", "1".to_string()),
+        _ => (
+            PathBuf::from("node"),
+            "NODE_PATH",
+            home.join("node/node_modules").display().to_string(),
+        ),
+    };
+    let out = Command::new(program)
+        .arg(&script)
+        .arg(base)
+        .env(env_key, env_value)
+        .output()
+        .expect("client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{} failed:\n--- stdout\n{stdout}\n--- stderr\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_python_sdk_against_ollama_backend() {
+    let (fake, base) = setup().await;
+    let output = tokio::task::spawn_blocking(move || run("python", "openai_sdk.py", &format!("{base}/v1")))
+        .await
+        .unwrap();
+    println!("{output}");
+    assert!(output.contains("ALL OK"), "{output}");
+    // What the SDK's requests became upstream.
+    let chats = fake.bodies("/api/chat");
+    assert!(chats.iter().any(|b| b["tools"].is_array()), "tools reached Ollama");
+    assert!(
+        chats.iter().any(|b| b["messages"][0]["images"].is_array()),
+        "images reached Ollama as base64"
+    );
+    assert!(
+        chats.iter().any(|b| b["format"].is_object()),
+        "json_schema became format"
+    );
+    assert!(
+        chats.iter().any(|b| b["think"].is_string()),
+        "reasoning_effort became think"
+    );
+    assert!(!fake.bodies("/api/embed").is_empty());
+}

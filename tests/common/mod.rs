@@ -1,0 +1,254 @@
+//! Test support: a fake Ollama that serves the recorded fixtures and records what it
+//! receives, and a diglot started in-process in front of it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use diglot::config::Config;
+use salvo::conn::Acceptor;
+use salvo::prelude::*;
+use serde_json::Value;
+
+pub fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(path)
+}
+
+/// A request the fake upstream received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct State {
+    received: Mutex<Vec<Received>>,
+    line_delay_ms: AtomicU64,
+    /// Set when a streamed answer was dropped before its last line was sent.
+    cancelled: AtomicBool,
+    completed_streams: AtomicU64,
+}
+
+/// A fake Ollama: `/api/chat` and `/api/generate` stream `fixtures/ollama/{chat,generate}/MODEL.ndjson`
+/// line by line, `/api/embed` and `/api/show` answer `embed/MODEL.json` and `show/MODEL.json`,
+/// `/api/tags` answers `tags.json`; an unknown model gets Ollama's 404. `GET /red.png`
+/// serves a tiny PNG for image-URL tests.
+#[derive(Clone)]
+pub struct FakeOllama {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl FakeOllama {
+    pub async fn start() -> Self {
+        let state = Arc::new(State::default());
+        let router = Router::new()
+            .hoop(affix_state::inject(state.clone()))
+            .push(Router::with_path("api/chat").post(stream_fixture))
+            .push(Router::with_path("api/generate").post(stream_fixture))
+            .push(Router::with_path("api/embed").post(json_fixture))
+            .push(Router::with_path("api/show").post(json_fixture))
+            .push(Router::with_path("api/tags").get(json_fixture))
+            .push(Router::with_path("red.png").get(red_png));
+        let acceptor = TcpListener::new("127.0.0.1:0").bind().await;
+        let addr = acceptor.holdings()[0].local_addr.clone().into_std().unwrap();
+        tokio::spawn(Server::new(acceptor).serve(router));
+        Self { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_line_delay(&self, delay: Duration) {
+        self.state
+            .line_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// The bodies of requests to `path`.
+    pub fn bodies(&self, path: &str) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.body)
+            .collect()
+    }
+
+    pub fn cancelled(&self) -> bool {
+        self.state.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub fn completed_streams(&self) -> u64 {
+        self.state.completed_streams.load(Ordering::SeqCst)
+    }
+}
+
+async fn record(req: &mut Request, depot: &Depot) -> (Arc<State>, Value) {
+    let state = depot.get_typed::<Arc<State>>().unwrap().clone();
+    let body: Value = req
+        .payload()
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_slice(b).ok())
+        .unwrap_or(Value::Null);
+    state.received.lock().unwrap().push(Received {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        body: body.clone(),
+    });
+    (state, body)
+}
+
+fn model_file(body: &Value, dir: &str, ext: &str) -> Option<(String, PathBuf)> {
+    let model = body["model"]
+        .as_str()
+        .or(body["name"].as_str())?
+        .trim_end_matches(":latest")
+        .to_owned();
+    let path = fixture(&format!("ollama/{dir}/{model}.{ext}"));
+    Some((model, path))
+}
+
+fn not_found(res: &mut Response, body: &Value) {
+    res.status_code(StatusCode::NOT_FOUND);
+    let model = body["model"].as_str().unwrap_or_default();
+    res.render(Json(serde_json::json!({"error": format!("model '{model}' not found")})));
+}
+
+#[handler]
+async fn stream_fixture(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let (state, body) = record(req, depot).await;
+    let dir = if req.uri().path().ends_with("chat") {
+        "chat"
+    } else {
+        "generate"
+    };
+    let Some((_, path)) = model_file(&body, dir, "ndjson").filter(|(_, p)| p.is_file()) else {
+        return not_found(res, &body);
+    };
+    let text = std::fs::read_to_string(path).unwrap();
+    let lines: Vec<String> = text.lines().map(|l| format!("{l}\n")).collect();
+    let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst));
+    res.add_header("content-type", "application/x-ndjson", true).unwrap();
+    res.stream(async_stream::stream! {
+        let mut guard = CancelGuard { state: state.clone(), finished: false };
+        for line in lines {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            yield Ok::<_, std::io::Error>(Bytes::from(line));
+        }
+        guard.finished = true;
+        state.completed_streams.fetch_add(1, Ordering::SeqCst);
+    });
+}
+
+struct CancelGuard {
+    state: Arc<State>,
+    finished: bool,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.cancelled.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[handler]
+async fn json_fixture(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let (_, body) = record(req, depot).await;
+    let path = match req.uri().path() {
+        "/api/tags" => fixture("ollama/tags.json"),
+        "/api/embed" => match model_file(&body, "embed", "json") {
+            Some((_, p)) => p,
+            None => return not_found(res, &body),
+        },
+        _ => match model_file(&body, "show", "json") {
+            Some((_, p)) => p,
+            None => return not_found(res, &body),
+        },
+    };
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            res.add_header("content-type", "application/json; charset=utf-8", true)
+                .unwrap();
+            res.body(bytes);
+        }
+        Err(_) => not_found(res, &body),
+    }
+}
+
+/// A 1×1 red PNG.
+pub const RED_PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x02, 0x00, 0x00, 0x00, 0x90, 0x77, 0x53, 0xDE, 0x00, 0x00, 0x00, 0x0C, 0x49,
+    0x44, 0x41, 0x54, 0x08, 0xD7, 0x63, 0xF8, 0xCF, 0xC0, 0x00, 0x00, 0x03, 0x01, 0x01, 0x00, 0x18, 0xDD, 0x8D, 0xB0,
+    0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+];
+
+#[handler]
+async fn red_png(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    record(req, depot).await;
+    res.add_header("content-type", "image/png", true).unwrap();
+    res.body(RED_PNG);
+}
+
+/// diglot on an ephemeral port in front of `upstream`, with `tweak` applied to the config.
+pub async fn diglot(upstream: &str, tweak: impl FnOnce(&mut Config)) -> String {
+    let mut config = Config {
+        listen: "127.0.0.1:0".into(),
+        ..Config::default()
+    };
+    config.upstream.url = upstream.to_owned();
+    tweak(&mut config);
+    let addr = diglot::server::spawn(config).await.unwrap();
+    format!("http://{addr}")
+}
+
+/// A fake Ollama and a diglot in front of it.
+pub async fn setup() -> (FakeOllama, String) {
+    let fake = FakeOllama::start().await;
+    let base = diglot(&fake.url(), |_| {}).await;
+    (fake, base)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// The `data:` payloads of an SSE body, `[DONE]` included.
+pub fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter(|frame| !frame.is_empty())
+        .map(|frame| {
+            frame
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("frame without data: {frame:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The JSON chunks of an SSE body, checking it ends with `[DONE]`.
+pub fn sse_chunks(body: &str) -> Vec<Value> {
+    let mut data = sse_data(body);
+    assert_eq!(
+        data.pop().as_deref(),
+        Some("[DONE]"),
+        "stream must end with [DONE]: {body}"
+    );
+    data.iter().map(|d| serde_json::from_str(d).unwrap()).collect()
+}
