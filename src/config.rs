@@ -25,6 +25,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub images: ImageConfig,
     pub openai: OpenAiConfig,
+    pub ollama: OllamaConfig,
+    /// What diglot should say about a model that its upstream cannot tell, keyed by the
+    /// upstream's model id.
+    pub models: BTreeMap<String, ModelSettings>,
 }
 
 impl Default for Config {
@@ -37,6 +41,8 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             images: ImageConfig::default(),
             openai: OpenAiConfig::default(),
+            ollama: OllamaConfig::default(),
+            models: BTreeMap::new(),
         }
     }
 }
@@ -67,6 +73,18 @@ pub struct UpstreamConfig {
     pub total_timeout_secs: f64,
     /// How long the upstream's model list and model details are cached.
     pub models_cache_secs: u64,
+    /// OpenAI-compatible upstreams: the field that carries the token limit,
+    /// `max_tokens` (most servers) or `max_completion_tokens` (OpenAI's newer models).
+    pub max_tokens_field: String,
+    /// OpenAI-compatible upstreams: Ollama options sent as extra body fields when a client
+    /// sets them (vLLM, llama.cpp and OpenRouter take these; OpenAI itself does not).
+    pub pass_options: Vec<String>,
+    /// OpenAI-compatible upstreams: move `<think>…</think>` at the start of the content
+    /// into reasoning, for servers that leave it there.
+    pub think_tags: bool,
+    /// OpenAI-compatible upstreams: send earlier assistant reasoning back in this message
+    /// field (`reasoning_content` or `reasoning`); unset drops it.
+    pub reasoning_history: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -81,6 +99,12 @@ impl Default for UpstreamConfig {
             idle_timeout_secs: 120.0,
             total_timeout_secs: 0.0,
             models_cache_secs: 10,
+            max_tokens_field: "max_tokens".into(),
+            pass_options: ["top_k", "min_p", "typical_p", "repeat_penalty"]
+                .map(String::from)
+                .to_vec(),
+            think_tags: false,
+            reasoning_history: None,
         }
     }
 }
@@ -150,6 +174,45 @@ impl Default for OpenAiConfig {
     }
 }
 
+/// The Ollama-facing side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OllamaConfig {
+    /// What `/api/version` answers: plain dotted integers, recent enough for Codex (0.13.4)
+    /// and Copilot (0.6.4).
+    pub version: String,
+    /// Appended to model names without a tag in `/api/tags` (Open WebUI needs a colon);
+    /// accepted with or without it on input.
+    pub tag_suffix: String,
+    /// An Ollama server that model management (`pull` of unknown models, `push`, `create`,
+    /// `copy`, `delete`, `blobs`) is forwarded to. Unset: the upstream itself when it is an
+    /// Ollama, else those calls get a clear error.
+    pub fallback_url: Option<String>,
+}
+
+impl Default for OllamaConfig {
+    fn default() -> Self {
+        Self {
+            version: "0.13.5".into(),
+            tag_suffix: ":latest".into(),
+            fallback_url: None,
+        }
+    }
+}
+
+/// Facts about one model for `/api/show`, `/api/tags` and `/v1/models`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Of: completion, tools, vision, thinking, embedding, insert.
+    pub capabilities: Option<Vec<String>>,
+    pub context_length: Option<u64>,
+    /// Architecture family, e.g. "llama" (`general.architecture` in `/api/show`).
+    pub family: Option<String>,
+    pub parameter_size: Option<String>,
+    pub quantization: Option<String>,
+}
+
 /// Values given on the command line; they win over every other layer.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
@@ -164,6 +227,8 @@ pub struct Overrides {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UpstreamOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<UpstreamKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
@@ -171,7 +236,7 @@ pub struct UpstreamOverrides {
 
 impl UpstreamOverrides {
     fn is_empty(&self) -> bool {
-        self.url.is_none() && self.api_key.is_none()
+        self.kind.is_none() && self.url.is_none() && self.api_key.is_none()
     }
 }
 
@@ -233,6 +298,35 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "upstream.url: '{}' must start with http:// or https://",
                 url
+            )));
+        }
+        if !matches!(
+            self.upstream.max_tokens_field.as_str(),
+            "max_tokens" | "max_completion_tokens"
+        ) {
+            return Err(ConfigError::Invalid(format!(
+                "upstream.max_tokens_field: '{}' is neither \"max_tokens\" nor \"max_completion_tokens\"",
+                self.upstream.max_tokens_field
+            )));
+        }
+        if let Some(field) = &self.upstream.reasoning_history
+            && field != "reasoning_content"
+            && field != "reasoning"
+        {
+            return Err(ConfigError::Invalid(format!(
+                "upstream.reasoning_history: '{field}' is neither \"reasoning_content\" nor \"reasoning\""
+            )));
+        }
+        let version_ok = self.ollama.version.split('.').count() == 3
+            && self
+                .ollama
+                .version
+                .split('.')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        if !version_ok {
+            return Err(ConfigError::Invalid(format!(
+                "ollama.version: '{}' must be plain dotted integers like 0.13.5 (clients parse it)",
+                self.ollama.version
             )));
         }
         for field in &self.openai.reasoning_fields {

@@ -1,7 +1,7 @@
 //! The `diglot` command: serve (the default) and check-config.
 
 use clap::{Parser, Subcommand};
-use diglot::config::{Config, Overrides, UpstreamOverrides};
+use diglot::config::{Config, Overrides, UpstreamKind, UpstreamOverrides};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -17,9 +17,13 @@ struct Cli {
     /// Address to listen on, e.g. 127.0.0.1:3000 or :11434 (every interface).
     #[arg(long, global = true)]
     listen: Option<String>,
-    /// The upstream server's base URL.
-    #[arg(long, env = "OLLAMA_URL", global = true)]
+    /// An Ollama upstream's base URL.
+    #[arg(long, env = "OLLAMA_URL", global = true, conflicts_with = "target")]
     upstream: Option<String>,
+    /// An OpenAI-compatible upstream's base URL, with or without /v1 (vLLM, llama.cpp,
+    /// LiteLLM, OpenRouter, OpenAI).
+    #[arg(long, global = true)]
+    target: Option<String>,
     /// The upstream's API key (sent as a bearer token, never logged).
     #[arg(long, global = true)]
     api_key: Option<String>,
@@ -44,7 +48,8 @@ fn main() -> std::process::ExitCode {
         listen: cli.listen.clone(),
         debug: cli.debug.then_some(true),
         upstream: UpstreamOverrides {
-            url: cli.upstream.clone(),
+            kind: cli.target.is_some().then_some(UpstreamKind::Openai),
+            url: cli.target.clone().or(cli.upstream.clone()),
             api_key: cli.api_key.clone(),
         },
     };

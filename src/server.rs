@@ -17,18 +17,38 @@ use serde::de::DeserializeOwned;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::ir::{Error, ErrorKind};
-use crate::protocol::openai;
+use crate::protocol::{ollama, openai};
 
 /// Everything a request handler needs.
 pub struct App {
     pub config: Config,
     pub gateway: Gateway,
+    /// For pass-through calls (model management forwarded to a fallback Ollama).
+    pub http: reqwest::Client,
 }
 
 impl App {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let gateway = Gateway::new(&config)?;
-        Ok(Arc::new(Self { config, gateway }))
+        Ok(Arc::new(Self {
+            config,
+            gateway,
+            http: reqwest::Client::new(),
+        }))
+    }
+
+    /// Where Ollama model management goes: the configured fallback, else the upstream
+    /// itself when it is an Ollama.
+    pub fn fallback_url(&self) -> Option<String> {
+        self.config
+            .ollama
+            .fallback_url
+            .clone()
+            .filter(|u| !u.is_empty())
+            .or_else(|| {
+                (self.config.upstream.kind == crate::config::UpstreamKind::Ollama)
+                    .then(|| self.config.upstream.url.clone())
+            })
     }
 }
 
@@ -50,6 +70,10 @@ pub fn router(app: Arc<App>) -> Router {
     }
     for prefix in prefixes {
         let at = |path: &str| Router::with_path(format!("{prefix}{path}").trim_start_matches('/').to_owned());
+        root = root.push(at("").get(ollama::server::running).head(ollama::server::running));
+        for router in ollama::server::routes() {
+            root = root.push(at("").push(router));
+        }
         root = root.push(at("/v1").get(openai::server::connection_test));
         for (v1, bare) in openai::server::routes().into_iter().zip(openai::server::routes()) {
             root = root.push(at("/v1").push(v1)).push(at("").push(bare));

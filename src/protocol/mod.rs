@@ -7,12 +7,14 @@ pub mod ollama;
 pub mod openai;
 
 use crate::config::{Config, UpstreamKind};
+
 use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ModelCard};
 
 /// A backend: the client of one upstream, whatever protocol it speaks.
 #[derive(Clone)]
 pub enum Backend {
     Ollama(ollama::client::OllamaClient),
+    OpenAi(openai::client::OpenAiClient),
 }
 
 impl Backend {
@@ -23,25 +25,37 @@ impl Backend {
                 &config.upstream,
                 images,
             ))),
-            UpstreamKind::Openai => Err("upstream.kind = \"openai\" is not available in this build yet".into()),
+            UpstreamKind::Openai => Ok(Backend::OpenAi(openai::client::OpenAiClient::new(&config.upstream))),
         }
     }
 
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
         match self {
             Backend::Ollama(c) => c.chat(request).await,
+            Backend::OpenAi(c) => c.chat(request).await,
         }
     }
 
     pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, Error> {
         match self {
             Backend::Ollama(c) => c.embed(request).await,
+            Backend::OpenAi(c) => c.embed(request).await,
         }
     }
 
     pub async fn models(&self) -> Result<Vec<ModelCard>, Error> {
         match self {
             Backend::Ollama(c) => c.models().await,
+            Backend::OpenAi(c) => c.models().await,
+        }
+    }
+
+    /// An Ollama upstream's own `/api/show` answer, passed through as it is; `None` for
+    /// upstreams that have no such thing.
+    pub async fn ollama_show(&self, model: &str) -> Option<Result<std::sync::Arc<serde_json::Value>, Error>> {
+        match self {
+            Backend::Ollama(c) => Some(c.show(model).await),
+            Backend::OpenAi(_) => None,
         }
     }
 }

@@ -22,8 +22,8 @@ use crate::protocol::images::ImageFetcher;
 pub struct OllamaClient {
     upstream: Upstream,
     images: ImageFetcher,
-    /// `/api/show` answers by model name, for capability checks.
-    shows: Cache<String, Arc<wire::ShowResponse>>,
+    /// `/api/show` answers by model name, for capability checks and pass-through.
+    shows: Cache<String, Arc<Value>>,
 }
 
 impl OllamaClient {
@@ -110,7 +110,7 @@ impl OllamaClient {
     }
 
     /// The server's `/api/show` for `model`, cached briefly.
-    pub async fn show(&self, model: &str) -> Result<Arc<wire::ShowResponse>, Error> {
+    pub async fn show(&self, model: &str) -> Result<Arc<Value>, Error> {
         self.shows
             .try_get_with(model.to_owned(), async {
                 let body = wire::ShowRequest {
@@ -130,7 +130,10 @@ impl OllamaClient {
         let reasoning = request.reasoning?;
         if reasoning != Reasoning::Off {
             match self.show(&request.model).await {
-                Ok(show) if show.capabilities.iter().any(|c| c == "thinking") => {}
+                Ok(show)
+                    if show["capabilities"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c == "thinking")) => {}
                 Ok(_) => {
                     debug!(model = %request.model, "model cannot think; reasoning request dropped");
                     return None;

@@ -2,4 +2,5 @@
 
 pub mod client;
 pub mod decode;
+pub mod server;
 pub mod wire;

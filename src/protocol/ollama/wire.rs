@@ -107,10 +107,10 @@ pub struct ChatChunk {
 /// `done`, `done_reason` and the metrics every final chunk carries.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Ending {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub done_reason: Option<String>,
     #[serde(default)]
     pub done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_duration: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

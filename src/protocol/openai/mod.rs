@@ -1,4 +1,5 @@
 //! The OpenAI API (`/v1/...`).
 
+pub mod client;
 pub mod server;
 pub mod wire;
