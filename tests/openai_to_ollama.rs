@@ -295,7 +295,7 @@ async fn tool_choice_none_drops_tools_and_named_keeps_one() {
 
 #[tokio::test]
 async fn images_as_data_uris_and_urls() {
-    let fake = FakeOllama::start().await;
+    let fake = FakeUpstream::start().await;
     let base = diglot(&fake.url(), |_| {}).await;
     let png = STANDARD.encode(RED_PNG);
     let content = json!([{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}}]);
@@ -723,7 +723,7 @@ async fn unreachable_and_slow_upstreams() {
         "names the upstream: {body}"
     );
 
-    let fake = FakeOllama::start().await;
+    let fake = FakeUpstream::start().await;
     fake.set_line_delay(Duration::from_millis(800));
     let impatient = diglot(&fake.url(), |c| c.upstream.idle_timeout_secs = 0.2).await;
     let (status, body) = post(
@@ -738,7 +738,7 @@ async fn unreachable_and_slow_upstreams() {
 
 #[tokio::test]
 async fn streams_pass_through_unbuffered() {
-    let fake = FakeOllama::start().await;
+    let fake = FakeUpstream::start().await;
     fake.set_line_delay(Duration::from_millis(250));
     let base = diglot(&fake.url(), |_| {}).await;
     let started = Instant::now();
@@ -771,7 +771,7 @@ async fn streams_pass_through_unbuffered() {
 
 #[tokio::test]
 async fn client_hang_up_cancels_the_upstream_call() {
-    let fake = FakeOllama::start().await;
+    let fake = FakeUpstream::start().await;
     fake.set_line_delay(Duration::from_millis(300));
     let base = diglot(&fake.url(), |_| {}).await;
     let res = client()
@@ -793,7 +793,7 @@ async fn client_hang_up_cancels_the_upstream_call() {
 
 #[tokio::test]
 async fn routes_without_v1_and_under_a_base_path() {
-    let fake = FakeOllama::start().await;
+    let fake = FakeUpstream::start().await;
     let base = diglot(&fake.url(), |c| c.base_path = "/ollama/".into()).await;
     for path in [
         "/v1/chat/completions",

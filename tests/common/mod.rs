@@ -24,6 +24,13 @@ pub struct Received {
     pub method: String,
     pub path: String,
     pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
 }
 
 #[derive(Default)]
@@ -33,19 +40,28 @@ struct State {
     /// Set when a streamed answer was dropped before its last line was sent.
     cancelled: AtomicBool,
     completed_streams: AtomicU64,
+    /// Which `fixtures/openai/models/*.json` answers `/v1/models`.
+    models: Mutex<String>,
 }
 
-/// A fake Ollama: `/api/chat` and `/api/generate` stream `fixtures/ollama/{chat,generate}/MODEL.ndjson`
-/// line by line, `/api/embed` and `/api/show` answer `embed/MODEL.json` and `show/MODEL.json`,
-/// `/api/tags` answers `tags.json`; an unknown model gets Ollama's 404. `GET /red.png`
-/// serves a tiny PNG for image-URL tests.
+/// A fake upstream that speaks both protocols from the recorded fixtures, picked by the
+/// request's model name:
+/// - Ollama: `/api/chat` and `/api/generate` stream `fixtures/ollama/{chat,generate}/MODEL.ndjson`
+///   line by line, `/api/embed` and `/api/show` answer `embed/MODEL.json` and
+///   `show/MODEL.json`, `/api/tags` answers `tags.json`; an unknown model gets Ollama's 404.
+///   `/api/pull` and `/api/delete` answer as Ollama does (for fallback forwarding).
+/// - OpenAI: `/v1/chat/completions` and `/v1/completions` stream
+///   `fixtures/openai/{chat,completions}/MODEL.sse` event by event, `/v1/embeddings`
+///   answers `embeddings/MODEL.json`, `/v1/models` a `models/*.json` list plus one entry
+///   per chat fixture; an unknown model gets OpenAI's 404.
+/// - `GET /red.png` serves a tiny PNG for image-URL tests.
 #[derive(Clone)]
-pub struct FakeOllama {
+pub struct FakeUpstream {
     pub addr: SocketAddr,
     state: Arc<State>,
 }
 
-impl FakeOllama {
+impl FakeUpstream {
     pub async fn start() -> Self {
         let state = Arc::new(State::default());
         let router = Router::new()
@@ -55,6 +71,12 @@ impl FakeOllama {
             .push(Router::with_path("api/embed").post(json_fixture))
             .push(Router::with_path("api/show").post(json_fixture))
             .push(Router::with_path("api/tags").get(json_fixture))
+            .push(Router::with_path("api/pull").post(ollama_management))
+            .push(Router::with_path("api/delete").delete(ollama_management))
+            .push(Router::with_path("v1/chat/completions").post(openai_stream))
+            .push(Router::with_path("v1/completions").post(openai_stream))
+            .push(Router::with_path("v1/embeddings").post(openai_json))
+            .push(Router::with_path("v1/models").get(openai_models))
             .push(Router::with_path("red.png").get(red_png));
         let acceptor = TcpListener::new("127.0.0.1:0").bind().await;
         let addr = acceptor.holdings()[0].local_addr.clone().into_std().unwrap();
@@ -64,6 +86,16 @@ impl FakeOllama {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Serves `fixtures/openai/models/NAME.json` on `/v1/models`.
+    pub fn set_models(&self, name: &str) {
+        *self.state.models.lock().unwrap() = name.to_owned();
+    }
+
+    /// The requests to `path`.
+    pub fn requests(&self, path: &str) -> Vec<Received> {
+        self.received().into_iter().filter(|r| r.path == path).collect()
     }
 
     pub fn set_line_delay(&self, delay: Duration) {
@@ -102,10 +134,12 @@ async fn record(req: &mut Request, depot: &Depot) -> (Arc<State>, Value) {
         .ok()
         .and_then(|b| serde_json::from_slice(b).ok())
         .unwrap_or(Value::Null);
+    let headers = req.headers().iter().map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned())).collect();
     state.received.lock().unwrap().push(Received {
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
         body: body.clone(),
+        headers,
     });
     (state, body)
 }
@@ -139,8 +173,14 @@ async fn stream_fixture(req: &mut Request, depot: &mut Depot, res: &mut Response
     };
     let text = std::fs::read_to_string(path).unwrap();
     let lines: Vec<String> = text.lines().map(|l| format!("{l}\n")).collect();
-    let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst));
     res.add_header("content-type", "application/x-ndjson", true).unwrap();
+    drip(res, state, lines);
+}
+
+/// Sends `pieces` one by one, `line_delay` apart, noting whether the reader hung up.
+fn drip(res: &mut Response, state: Arc<State>, pieces: Vec<String>) {
+    let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst));
+    let lines = pieces;
     res.stream(async_stream::stream! {
         let mut guard = CancelGuard { state: state.clone(), finished: false };
         for line in lines {
@@ -182,13 +222,22 @@ async fn json_fixture(req: &mut Request, depot: &mut Depot, res: &mut Response) 
         },
     };
     match std::fs::read(&path) {
+        // A real server answers one vector per input: keep that many of the fixture's.
+        Ok(bytes) if req.uri().path() == "/api/embed" => {
+            let mut answer: Value = serde_json::from_slice(&bytes).unwrap();
+            answer["embeddings"].as_array_mut().unwrap().truncate(inputs(&body));
+            res.render(Json(answer));
+        }
         Ok(bytes) => {
-            res.add_header("content-type", "application/json; charset=utf-8", true)
-                .unwrap();
+            res.add_header("content-type", "application/json; charset=utf-8", true).unwrap();
             res.body(bytes);
         }
         Err(_) => not_found(res, &body),
     }
+}
+
+fn inputs(body: &Value) -> usize {
+    body["input"].as_array().map_or(1, Vec::len)
 }
 
 /// A 1×1 red PNG.
@@ -198,6 +247,67 @@ pub const RED_PNG: &[u8] = &[
     0x44, 0x41, 0x54, 0x08, 0xD7, 0x63, 0xF8, 0xCF, 0xC0, 0x00, 0x00, 0x03, 0x01, 0x01, 0x00, 0x18, 0xDD, 0x8D, 0xB0,
     0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
 ];
+
+#[handler]
+async fn ollama_management(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let (_, body) = record(req, depot).await;
+    if req.uri().path() == "/api/pull" {
+        res.add_header("content-type", "application/x-ndjson", true).unwrap();
+        let model = body["model"].as_str().unwrap_or_default();
+        res.body(format!("{{\"status\":\"pulling manifest\"}}\n{{\"status\":\"pulling {model}\"}}\n{{\"status\":\"success\"}}\n"));
+    }
+}
+
+fn openai_not_found(res: &mut Response, body: &Value) {
+    res.status_code(StatusCode::NOT_FOUND);
+    let model = body["model"].as_str().unwrap_or_default();
+    res.render(Json(serde_json::json!({"error": {
+        "message": format!("The model `{model}` does not exist or you do not have access to it."),
+        "type": "invalid_request_error", "param": null, "code": "model_not_found"}})));
+}
+
+fn openai_file(body: &Value, dir: &str, ext: &str) -> Option<PathBuf> {
+    let path = fixture(&format!("openai/{dir}/{}.{ext}", body["model"].as_str()?));
+    path.is_file().then_some(path)
+}
+
+#[handler]
+async fn openai_stream(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let (state, body) = record(req, depot).await;
+    let dir = if req.uri().path().ends_with("chat/completions") { "chat" } else { "completions" };
+    let Some(path) = openai_file(&body, dir, "sse") else { return openai_not_found(res, &body) };
+    let text = std::fs::read_to_string(path).unwrap();
+    let events: Vec<String> = text.split_inclusive("\n\n").map(str::to_owned).collect();
+    res.add_header("content-type", "text/event-stream", true).unwrap();
+    drip(res, state, events);
+}
+
+#[handler]
+async fn openai_json(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let (_, body) = record(req, depot).await;
+    let Some(path) = openai_file(&body, "embeddings", "json") else { return openai_not_found(res, &body) };
+    let mut answer: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    answer["data"].as_array_mut().unwrap().truncate(inputs(&body));
+    res.render(Json(answer));
+}
+
+#[handler]
+async fn openai_models(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let (state, _) = record(req, depot).await;
+    let name = state.models.lock().unwrap().clone();
+    let name = if name.is_empty() { "openai".to_owned() } else { name };
+    let mut list: Value = serde_json::from_slice(&std::fs::read(fixture(&format!("openai/models/{name}.json"))).unwrap()).unwrap();
+    let mut scenarios: Vec<String> = std::fs::read_dir(fixture("openai/chat"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".sse").map(str::to_owned))
+        .collect();
+    scenarios.sort();
+    let data = list["data"].as_array_mut().unwrap();
+    for id in scenarios {
+        data.push(serde_json::json!({"id": id, "object": "model", "created": 1_754_000_000, "owned_by": "fixtures"}));
+    }
+    res.render(Json(list));
+}
 
 #[handler]
 async fn red_png(req: &mut Request, depot: &mut Depot, res: &mut Response) {
@@ -218,9 +328,16 @@ pub async fn diglot(upstream: &str, tweak: impl FnOnce(&mut Config)) -> String {
     format!("http://{addr}")
 }
 
+/// A fake upstream and a diglot in front of it, speaking OpenAI to it.
+pub async fn setup_openai() -> (FakeUpstream, String) {
+    let fake = FakeUpstream::start().await;
+    let base = diglot(&fake.url(), |c| c.upstream.kind = diglot::config::UpstreamKind::Openai).await;
+    (fake, base)
+}
+
 /// A fake Ollama and a diglot in front of it.
-pub async fn setup() -> (FakeOllama, String) {
-    let fake = FakeOllama::start().await;
+pub async fn setup() -> (FakeUpstream, String) {
+    let fake = FakeUpstream::start().await;
     let base = diglot(&fake.url(), |_| {}).await;
     (fake, base)
 }

@@ -173,16 +173,16 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         Ok(name) => name,
         Err(e) => return write_error(res, &e, ""),
     };
-    let card = match app.gateway.model(&name).await {
-        Ok(card) => card,
-        Err(e) => return write_error(res, &e, &name),
-    };
-    if let Some(upstream) = app.gateway.backend.ollama_show(&card.id).await {
+    if let Some(upstream) = app.gateway.backend.ollama_show(&name).await {
         return match upstream {
             Ok(answer) => write_json(res, 200, &*answer),
             Err(e) => write_error(res, &e, &name),
         };
     }
+    let card = match app.gateway.model(&name).await {
+        Ok(card) => card,
+        Err(e) => return write_error(res, &e, &name),
+    };
     write_json(res, 200, &show_from_card(&card, &name));
 }
 
