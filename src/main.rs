@@ -111,12 +111,18 @@ fn run(config: Config) -> std::process::ExitCode {
     })
 }
 
-/// `RUST_LOG` wins; otherwise info, or debug for diglot with `--debug`. JSON lines when
-/// stderr is not a terminal.
+/// `RUST_LOG` sets the filter (info when unset or empty); `--debug` adds `diglot=debug`
+/// on top. JSON lines when stderr is not a terminal.
 fn init_logging(debug: bool) {
     use std::io::IsTerminal;
-    let default = if debug { "info,diglot=debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let base = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "info".into());
+    let mut filter = EnvFilter::try_new(&base).unwrap_or_else(|_| EnvFilter::new("info"));
+    if debug {
+        filter = filter.add_directive("diglot=debug".parse().expect("a static directive parses"));
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

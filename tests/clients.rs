@@ -83,20 +83,34 @@ async fn openai_python_sdk_against_ollama_backend() {
 #[tokio::test(flavor = "multi_thread")]
 async fn ollama_python_against_openai_backend() {
     let (fake, base) = setup_openai().await;
-    let output = tokio::task::spawn_blocking(move || run("python", "ollama_sdk.py", &base)).await.unwrap();
+    let output = tokio::task::spawn_blocking(move || run("python", "ollama_sdk.py", &base))
+        .await
+        .unwrap();
     println!("{output}");
     assert!(output.contains("ALL OK"), "{output}");
     let chats = fake.bodies("/v1/chat/completions");
     // The tool round trip: object arguments went back upstream as a JSON string.
-    assert!(chats.iter().any(|b| b["messages"].as_array().unwrap().iter().any(|m| m["tool_calls"][0]["function"]["arguments"].is_string())));
-    assert!(chats.iter().any(|b| b["messages"][0]["content"][1]["image_url"]["url"].as_str().is_some_and(|u| u.starts_with("data:image/png;base64,"))));
+    assert!(chats.iter().any(|b| {
+        b["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["tool_calls"][0]["function"]["arguments"].is_string())
+    }));
+    assert!(chats.iter().any(|b| {
+        b["messages"][0]["content"][1]["image_url"]["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("data:image/png;base64,"))
+    }));
     assert!(chats.iter().any(|b| b["response_format"]["type"] == "json_schema"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ollama_js_against_openai_backend() {
     let (_fake, base) = setup_openai().await;
-    let output = tokio::task::spawn_blocking(move || run("node", "ollama_js.cjs", &base)).await.unwrap();
+    let output = tokio::task::spawn_blocking(move || run("node", "ollama_js.cjs", &base))
+        .await
+        .unwrap();
     println!("{output}");
     assert!(output.contains("ALL OK"), "{output}");
 }

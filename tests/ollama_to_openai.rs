@@ -14,13 +14,20 @@ use serde_json::{Value, json};
 async fn post(base: &str, path: &str, body: Value) -> (u16, String, String) {
     let res = client().post(format!("{base}{path}")).json(&body).send().await.unwrap();
     let status = res.status().as_u16();
-    let content_type = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let content_type = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
     (status, content_type, res.text().await.unwrap())
 }
 
 async fn post_json(base: &str, path: &str, body: Value) -> (u16, Value) {
     let (status, _, text) = post(base, path, body).await;
-    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+    )
 }
 
 /// NDJSON lines, checking the framing the strictest clients need: one object per
@@ -49,7 +56,14 @@ fn check_chunk_shape(chunk: &Value, model: &str) {
 
 fn check_final(chunk: &Value) {
     assert_eq!(chunk["done"], true);
-    for key in ["total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration"] {
+    for key in [
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ] {
         assert!(chunk[key].is_u64(), "{key} must be an integer: {chunk}");
     }
 }
@@ -61,8 +75,23 @@ async fn liveness_and_version() {
     assert_eq!(res.headers()["content-type"], "text/plain; charset=utf-8");
     assert_eq!(res.text().await.unwrap(), "Ollama is running");
     assert_eq!(client().head(format!("{base}/")).send().await.unwrap().status(), 200);
-    assert_eq!(client().head(format!("{base}/api/version")).send().await.unwrap().status(), 200);
-    let version: Value = client().get(format!("{base}/api/version")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        client()
+            .head(format!("{base}/api/version"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let version: Value = client()
+        .get(format!("{base}/api/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(version, json!({"version": "0.13.5"}));
 }
 
@@ -74,16 +103,29 @@ async fn tags_and_show_for_every_listed_model() {
         c.upstream.kind = diglot::config::UpstreamKind::Openai;
         c.models.insert(
             "oai-vision".into(),
-            diglot::config::ModelSettings { capabilities: Some(vec!["completion".into(), "vision".into()]), ..Default::default() },
+            diglot::config::ModelSettings {
+                capabilities: Some(vec!["completion".into(), "vision".into()]),
+                ..Default::default()
+            },
         );
     })
     .await;
-    let tags: Value = client().get(format!("{base}/api/tags")).send().await.unwrap().json().await.unwrap();
+    let tags: Value = client()
+        .get(format!("{base}/api/tags"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let models = tags["models"].as_array().unwrap();
     let first = &models[0];
     assert_eq!(first["name"], "meta-llama/Llama-3.1-8B-Instruct:latest");
     assert_eq!(first["model"], first["name"]);
-    assert_eq!(first["details"], json!({"parent_model": "", "format": "gguf", "family": "", "families": [], "parameter_size": "", "quantization_level": ""}));
+    assert_eq!(
+        first["details"],
+        json!({"parent_model": "", "format": "gguf", "family": "", "families": [], "parameter_size": "", "quantization_level": ""})
+    );
     for entry in models {
         let digest = entry["digest"].as_str().unwrap();
         assert!(digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()));
@@ -100,12 +142,19 @@ async fn tags_and_show_for_every_listed_model() {
         assert!(show["model_info"][format!("{arch}.context_length")].is_u64());
     }
     let (_, show) = post_json(&base, "/api/show", json!({"name": "meta-llama/Llama-3.1-8B-Instruct"})).await;
-    assert_eq!(show["model_info"]["llama.context_length"], 131072, "vLLM's max_model_len");
+    assert_eq!(
+        show["model_info"]["llama.context_length"], 131072,
+        "vLLM's max_model_len"
+    );
     assert_eq!(show["capabilities"], json!(["completion", "tools"]));
     assert_eq!(show["parameters"], "num_ctx 131072");
     assert!(show["template"].as_str().unwrap().contains(".Tools"));
     let (_, show) = post_json(&base, "/api/show", json!({"model": "oai-vision:latest"})).await;
-    assert_eq!(show["capabilities"], json!(["completion", "vision"]), "the profile's card wins");
+    assert_eq!(
+        show["capabilities"],
+        json!(["completion", "vision"]),
+        "the profile's card wins"
+    );
     let (status, body) = post_json(&base, "/api/show", json!({"model": "ghost"})).await;
     assert_eq!((status, body), (404, json!({"error": "model 'ghost' not found"})));
 }
@@ -129,12 +178,18 @@ async fn streamed_chat_both_sides() {
     let (fake, base) = setup_openai().await;
     let (status, content_type, body) = post(&base, "/api/chat", json!({"model": "oai-text:latest", "messages": user("Why?"),
         "options": {"temperature": 0.3, "num_predict": 64, "top_k": 10, "num_ctx": 8192, "seed": 1, "stop": ["\n\n"]}, "keep_alive": "5m"})).await;
-    assert_eq!((status, content_type.as_str()), (200, "application/x-ndjson"), "streams when stream is absent");
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/x-ndjson"),
+        "streams when stream is absent"
+    );
     assert_eq!(
         fake.bodies("/v1/chat/completions"),
-        vec![json!({"model": "oai-text", "messages": [{"role": "user", "content": "Why?"}],
+        vec![
+            json!({"model": "oai-text", "messages": [{"role": "user", "content": "Why?"}],
                     "temperature": 0.3, "seed": 1, "stop": ["\n\n"], "max_tokens": 64, "top_k": 10,
-                    "stream": true, "stream_options": {"include_usage": true}})],
+                    "stream": true, "stream_options": {"include_usage": true}})
+        ],
         ":latest stripped, options mapped, num_ctx and keep_alive dropped"
     );
     let lines = ndjson(&body);
@@ -145,24 +200,41 @@ async fn streamed_chat_both_sides() {
     }
     let (last, pieces) = lines.split_last().unwrap();
     assert_eq!(pieces.len(), 5, "one line per upstream piece");
-    let text: String = pieces.iter().map(|l| l["message"]["content"].as_str().unwrap()).collect();
+    let text: String = pieces
+        .iter()
+        .map(|l| l["message"]["content"].as_str().unwrap())
+        .collect();
     assert_eq!(text, "The sky is blue because of Rayleigh scattering.");
     assert!(pieces.iter().all(|l| l["done"] == false));
     check_final(last);
     assert_eq!(last["done_reason"], "stop");
-    assert_eq!((&last["prompt_eval_count"], &last["eval_count"]), (&json!(14), &json!(10)));
+    assert_eq!(
+        (&last["prompt_eval_count"], &last["eval_count"]),
+        (&json!(14), &json!(10))
+    );
     assert!(last["eval_duration"].as_u64().unwrap() > 0);
 }
 
 #[tokio::test]
 async fn whole_chat_when_stream_is_false() {
     let (_fake, base) = setup_openai().await;
-    let (status, content_type, body) = post(&base, "/api/chat", json!({"model": "oai-text", "messages": user("x"), "stream": false})).await;
-    assert_eq!((status, content_type.as_str()), (200, "application/json; charset=utf-8"));
+    let (status, content_type, body) = post(
+        &base,
+        "/api/chat",
+        json!({"model": "oai-text", "messages": user("x"), "stream": false}),
+    )
+    .await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/json; charset=utf-8")
+    );
     let answer: Value = serde_json::from_str(&body).unwrap();
     check_chunk_shape(&answer, "oai-text");
     check_final(&answer);
-    assert_eq!(answer["message"], json!({"role": "assistant", "content": "The sky is blue because of Rayleigh scattering."}));
+    assert_eq!(
+        answer["message"],
+        json!({"role": "assistant", "content": "The sky is blue because of Rayleigh scattering."})
+    );
 }
 
 #[tokio::test]
@@ -170,13 +242,24 @@ async fn tool_call_fragments_become_whole_calls_one_per_line() {
     let (fake, base) = setup_openai().await;
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
                        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]);
-    let (_, _, body) = post(&base, "/api/chat", json!({"model": "vllm-tools", "messages": user("weather and time?"), "tools": tools})).await;
+    let (_, _, body) = post(
+        &base,
+        "/api/chat",
+        json!({"model": "vllm-tools", "messages": user("weather and time?"), "tools": tools}),
+    )
+    .await;
     assert_eq!(fake.bodies("/v1/chat/completions")[0]["tools"], tools);
     let lines = ndjson(&body);
     let calls: Vec<&Value> = lines.iter().filter_map(|l| l["message"].get("tool_calls")).collect();
     assert_eq!(calls.len(), 2, "one call per line: {body}");
-    assert_eq!(calls[0][0]["function"], json!({"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}));
-    assert_eq!(calls[1][0]["function"], json!({"index": 1, "name": "get_time", "arguments": {"timezone": "UTC"}}));
+    assert_eq!(
+        calls[0][0]["function"],
+        json!({"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}})
+    );
+    assert_eq!(
+        calls[1][0]["function"],
+        json!({"index": 1, "name": "get_time", "arguments": {"timezone": "UTC"}})
+    );
     assert!(calls[0][0]["id"].as_str().unwrap().starts_with("chatcmpl-tool-"));
     let last = lines.last().unwrap();
     assert_eq!(last["done_reason"], "stop", "Ollama never says tool_calls");
@@ -189,26 +272,62 @@ async fn tool_call_fragments_become_whole_calls_one_per_line() {
         {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}], "thinking": null},
         {"role": "tool", "tool_name": "get_weather", "content": "21 C"}
     ]);
-    post(&base, "/api/chat", json!({"model": "oai-text", "messages": history, "stream": false})).await;
+    post(
+        &base,
+        "/api/chat",
+        json!({"model": "oai-text", "messages": history, "stream": false}),
+    )
+    .await;
     let sent = &fake.bodies("/v1/chat/completions")[1]["messages"];
     let call_id = sent[1]["tool_calls"][0]["id"].as_str().unwrap();
     assert!(call_id.starts_with("call_"));
-    assert_eq!(sent[1], json!({"role": "assistant", "content": null, "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}));
-    assert_eq!(sent[2], json!({"role": "tool", "content": "21 C", "tool_call_id": call_id, "name": "get_weather"}));
+    assert_eq!(
+        sent[1],
+        json!({"role": "assistant", "content": null, "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
+    );
+    assert_eq!(
+        sent[2],
+        json!({"role": "tool", "content": "21 C", "tool_call_id": call_id, "name": "get_weather"})
+    );
 }
 
 #[tokio::test]
 async fn reasoning_fields_become_thinking() {
     let (fake, base) = setup_openai().await;
     for model in ["vllm-reasoning", "vllm-reasoning-legacy", "openrouter-reasoning"] {
-        let (_, answer) = post_json(&base, "/api/chat", json!({"model": model, "messages": user("hello"), "stream": false, "think": "high"})).await;
-        assert!(!answer["message"]["thinking"].as_str().unwrap_or_default().is_empty(), "{model}: {answer}");
+        let (_, answer) = post_json(
+            &base,
+            "/api/chat",
+            json!({"model": model, "messages": user("hello"), "stream": false, "think": "high"}),
+        )
+        .await;
+        assert!(
+            !answer["message"]["thinking"].as_str().unwrap_or_default().is_empty(),
+            "{model}: {answer}"
+        );
         assert!(!answer["message"]["content"].as_str().unwrap().is_empty(), "{model}");
     }
-    assert!(fake.bodies("/v1/chat/completions").iter().all(|b| b["reasoning_effort"] == "high"));
-    post(&base, "/api/chat", json!({"model": "oai-text", "messages": user("x"), "think": true})).await;
-    assert!(fake.bodies("/v1/chat/completions")[3].get("reasoning_effort").is_none(), "a bare true is left to the model");
-    let (_, _, body) = post(&base, "/api/chat", json!({"model": "vllm-reasoning", "messages": user("hello")})).await;
+    assert!(
+        fake.bodies("/v1/chat/completions")
+            .iter()
+            .all(|b| b["reasoning_effort"] == "high")
+    );
+    post(
+        &base,
+        "/api/chat",
+        json!({"model": "oai-text", "messages": user("x"), "think": true}),
+    )
+    .await;
+    assert!(
+        fake.bodies("/v1/chat/completions")[3].get("reasoning_effort").is_none(),
+        "a bare true is left to the model"
+    );
+    let (_, _, body) = post(
+        &base,
+        "/api/chat",
+        json!({"model": "vllm-reasoning", "messages": user("hello")}),
+    )
+    .await;
     let lines = ndjson(&body);
     assert!(lines[0]["message"]["thinking"].is_string() && lines[0]["message"]["content"] == "");
 }
@@ -221,7 +340,12 @@ async fn think_tags_are_split_out_when_configured() {
         c.upstream.think_tags = true;
     })
     .await;
-    let (_, answer) = post_json(&base, "/api/chat", json!({"model": "think-tags", "messages": user("2+2"), "stream": false})).await;
+    let (_, answer) = post_json(
+        &base,
+        "/api/chat",
+        json!({"model": "think-tags", "messages": user("2+2"), "stream": false}),
+    )
+    .await;
     assert_eq!(answer["message"]["thinking"], "Let me think");
     assert_eq!(answer["message"]["content"], "The answer is 4.");
 }
@@ -238,13 +362,21 @@ async fn images_formats_and_token_field() {
     let png = STANDARD.encode(RED_PNG);
     post(&base, "/api/chat", json!({"model": "oai-vision", "messages": [{"role": "user", "content": "What is this?", "images": [png]}],
         "options": {"num_predict": 5, "top_k": 3}, "format": {"type": "object", "properties": {"a": {"type": "string"}}}})).await;
-    post(&base, "/api/chat", json!({"model": "oai-json", "messages": user("x"), "format": "json", "options": {"num_predict": -1}})).await;
+    post(
+        &base,
+        "/api/chat",
+        json!({"model": "oai-json", "messages": user("x"), "format": "json", "options": {"num_predict": -1}}),
+    )
+    .await;
     let bodies = fake.bodies("/v1/chat/completions");
     assert_eq!(
         bodies[0]["messages"][0]["content"],
         json!([{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{png}")}}])
     );
-    assert_eq!(bodies[0]["response_format"], json!({"type": "json_schema", "json_schema": {"name": "response", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}}));
+    assert_eq!(
+        bodies[0]["response_format"],
+        json!({"type": "json_schema", "json_schema": {"name": "response", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}})
+    );
     assert_eq!(bodies[0]["max_completion_tokens"], 5);
     assert!(bodies[0].get("top_k").is_none(), "not in pass_options");
     assert_eq!(bodies[1]["response_format"], json!({"type": "json_object"}));
@@ -254,8 +386,17 @@ async fn images_formats_and_token_field() {
 #[tokio::test]
 async fn the_last_usage_counts_and_length_is_kept() {
     let (_fake, base) = setup_openai().await;
-    let (_, answer) = post_json(&base, "/api/chat", json!({"model": "vllm-usage-every-chunk", "messages": user("x"), "stream": false})).await;
-    assert_eq!((&answer["prompt_eval_count"], &answer["eval_count"]), (&json!(12), &json!(4)), "never the sum");
+    let (_, answer) = post_json(
+        &base,
+        "/api/chat",
+        json!({"model": "vllm-usage-every-chunk", "messages": user("x"), "stream": false}),
+    )
+    .await;
+    assert_eq!(
+        (&answer["prompt_eval_count"], &answer["eval_count"]),
+        (&json!(12), &json!(4)),
+        "never the sum"
+    );
     assert_eq!(answer["message"]["content"], "Hello there!");
 }
 
@@ -264,17 +405,38 @@ async fn errors_in_ollama_shape() {
     let (_fake, base) = setup_openai().await;
     let (_, _, body) = post(&base, "/api/chat", json!({"model": "oai-error", "messages": user("x")})).await;
     let lines = ndjson(&body);
-    assert_eq!(lines.last().unwrap(), &json!({"error": "The server had an error while processing your request."}));
+    assert_eq!(
+        lines.last().unwrap(),
+        &json!({"error": "The server had an error while processing your request."})
+    );
     assert!(lines.iter().all(|l| l["done"] != true), "no done after an error");
     let (status, body) = post_json(&base, "/api/chat", json!({"model": "ghost", "messages": user("x")})).await;
     assert_eq!((status, body), (404, json!({"error": "model 'ghost' not found"})));
-    let (status, body) = post_json(&base, "/api/chat", json!({"model": "oai-text", "messages": [{"role": "wizard", "content": "x"}]})).await;
+    let (status, body) = post_json(
+        &base,
+        "/api/chat",
+        json!({"model": "oai-text", "messages": [{"role": "wizard", "content": "x"}]}),
+    )
+    .await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("wizard"));
-    let (status, body) = post_json(&base, "/api/chat", json!({"model": "oai-text", "messages": user("x"), "options": {"temperature": "hot"}})).await;
+    let (status, body) = post_json(
+        &base,
+        "/api/chat",
+        json!({"model": "oai-text", "messages": user("x"), "options": {"temperature": "hot"}}),
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("options.temperature"), "{body}");
-    let res = client().post(format!("{base}/api/chat")).body("{oops").send().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("options.temperature"),
+        "{body}"
+    );
+    let res = client()
+        .post(format!("{base}/api/chat"))
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 400);
     assert!(res.json::<Value>().await.unwrap()["error"].is_string());
 }
@@ -282,7 +444,12 @@ async fn errors_in_ollama_shape() {
 #[tokio::test]
 async fn generate_uses_chat_or_completions() {
     let (fake, base) = setup_openai().await;
-    let (_, _, body) = post(&base, "/api/generate", json!({"model": "oai-text", "prompt": "Why?", "system": "Be brief."})).await;
+    let (_, _, body) = post(
+        &base,
+        "/api/generate",
+        json!({"model": "oai-text", "prompt": "Why?", "system": "Be brief."}),
+    )
+    .await;
     assert_eq!(
         fake.bodies("/v1/chat/completions")[0]["messages"],
         json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}])
@@ -293,30 +460,66 @@ async fn generate_uses_chat_or_completions() {
     check_final(lines.last().unwrap());
     assert!(lines.iter().all(|l| l.get("message").is_none()));
 
-    let (status, answer) = post_json(&base, "/api/generate", json!({"model": "llamacpp-fim", "prompt": "def add(a, b):", "suffix": "\n", "stream": false})).await;
+    let (status, answer) = post_json(
+        &base,
+        "/api/generate",
+        json!({"model": "llamacpp-fim", "prompt": "def add(a, b):", "suffix": "\n", "stream": false}),
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(fake.bodies("/v1/completions")[0]["suffix"], "\n");
     assert!(!answer["response"].as_str().unwrap().is_empty());
 
-    let (_, load) = post_json(&base, "/api/generate", json!({"model": "oai-text", "prompt": "", "stream": false, "keep_alive": 0})).await;
+    let (_, load) = post_json(
+        &base,
+        "/api/generate",
+        json!({"model": "oai-text", "prompt": "", "stream": false, "keep_alive": 0}),
+    )
+    .await;
     assert_eq!((&load["done"], &load["done_reason"]), (&json!(true), &json!("unload")));
-    let (_, load) = post_json(&base, "/api/chat", json!({"model": "oai-text", "messages": [], "stream": false})).await;
+    let (_, load) = post_json(
+        &base,
+        "/api/chat",
+        json!({"model": "oai-text", "messages": [], "stream": false}),
+    )
+    .await;
     assert_eq!(load["done_reason"], "load");
-    assert_eq!(fake.bodies("/v1/chat/completions").len(), 1, "load probes never reach the upstream");
+    assert_eq!(
+        fake.bodies("/v1/chat/completions").len(),
+        1,
+        "load probes never reach the upstream"
+    );
 }
 
 #[tokio::test]
 async fn embeddings_are_normalised() {
     let (fake, base) = setup_openai().await;
-    let (_, answer) = post_json(&base, "/api/embed", json!({"model": "oai-embed", "input": ["a", "b"], "dimensions": 8})).await;
-    assert_eq!(fake.bodies("/v1/embeddings")[0], json!({"model": "oai-embed", "input": ["a", "b"], "encoding_format": "float", "dimensions": 8}));
+    let (_, answer) = post_json(
+        &base,
+        "/api/embed",
+        json!({"model": "oai-embed", "input": ["a", "b"], "dimensions": 8}),
+    )
+    .await;
+    assert_eq!(
+        fake.bodies("/v1/embeddings")[0],
+        json!({"model": "oai-embed", "input": ["a", "b"], "encoding_format": "float", "dimensions": 8})
+    );
     let vectors: Vec<Vec<f32>> = serde_json::from_value(answer["embeddings"].clone()).unwrap();
     assert_eq!(vectors.len(), 2);
     for v in &vectors {
         let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "{norm}");
     }
-    let expected = 0.5 / (0.5f32 * 0.5 + 0.25 * 0.25 + 0.125 * 0.125 + 0.75 * 0.75 + 0.375 * 0.375 + 0.0625 * 0.0625 + 1.5 * 1.5 + 0.875 * 0.875).sqrt();
+    let expected = 0.5
+        / (0.5f32 * 0.5
+            + 0.25 * 0.25
+            + 0.125 * 0.125
+            + 0.75 * 0.75
+            + 0.375 * 0.375
+            + 0.0625 * 0.0625
+            + 1.5 * 1.5
+            + 0.875 * 0.875)
+            .sqrt();
     assert!((vectors[0][0] - expected).abs() < 1e-6);
     assert_eq!(answer["prompt_eval_count"], 7);
     let (_, legacy) = post_json(&base, "/api/embeddings", json!({"model": "oai-embed", "prompt": "a"})).await;
@@ -326,10 +529,29 @@ async fn embeddings_are_normalised() {
 #[tokio::test]
 async fn ps_lists_models_in_use() {
     let (_fake, base) = setup_openai().await;
-    let ps: Value = client().get(format!("{base}/api/ps")).send().await.unwrap().json().await.unwrap();
+    let ps: Value = client()
+        .get(format!("{base}/api/ps"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ps, json!({"models": []}));
-    post(&base, "/api/chat", json!({"model": "oai-text:latest", "messages": user("x"), "stream": false})).await;
-    let ps: Value = client().get(format!("{base}/api/ps")).send().await.unwrap().json().await.unwrap();
+    post(
+        &base,
+        "/api/chat",
+        json!({"model": "oai-text:latest", "messages": user("x"), "stream": false}),
+    )
+    .await;
+    let ps: Value = client()
+        .get(format!("{base}/api/ps"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let entry = &ps["models"][0];
     assert_eq!(entry["name"], "oai-text:latest");
     let expires = chrono::DateTime::parse_from_rfc3339(entry["expires_at"].as_str().unwrap()).unwrap();
@@ -345,7 +567,12 @@ async fn pull_and_model_management() {
     let (status, body) = post_json(&base, "/api/pull", json!({"model": "unknown-model"})).await;
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("fallback_url"));
-    let res = client().delete(format!("{base}/api/delete")).json(&json!({"model": "x"})).send().await.unwrap();
+    let res = client()
+        .delete(format!("{base}/api/delete"))
+        .json(&json!({"model": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 501);
 
     // With a fallback Ollama, unknown pulls and deletes are forwarded as they are.
@@ -358,7 +585,12 @@ async fn pull_and_model_management() {
     let (status, _, body) = post(&base, "/api/pull", json!({"model": "unknown-model"})).await;
     assert_eq!(status, 200);
     assert!(body.contains("pulling unknown-model"));
-    let res = client().delete(format!("{base}/api/delete")).json(&json!({"model": "x"})).send().await.unwrap();
+    let res = client()
+        .delete(format!("{base}/api/delete"))
+        .json(&json!({"model": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(fallback.bodies("/api/delete"), vec![json!({"model": "x"})]);
 }
@@ -372,7 +604,12 @@ async fn upstream_urls_keys_and_headers() {
         c.upstream.headers.insert("x-team".into(), "blue".into());
     })
     .await;
-    post(&base, "/api/chat", json!({"model": "oai-text", "messages": user("x"), "stream": false})).await;
+    post(
+        &base,
+        "/api/chat",
+        json!({"model": "oai-text", "messages": user("x"), "stream": false}),
+    )
+    .await;
     let request = &fake.requests("/v1/chat/completions")[0];
     assert_eq!(request.header("authorization"), Some("Bearer sk-test-123"));
     assert_eq!(request.header("x-team"), Some("blue"));
@@ -388,10 +625,19 @@ async fn openai_to_openai_passes_fragments_through() {
         .await
         .unwrap();
     let chunks = sse_chunks(&res.text().await.unwrap());
-    let deltas: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"].get("tool_calls")).collect();
+    let deltas: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"].get("tool_calls"))
+        .collect();
     assert!(deltas.len() >= 3, "argument fragments stream as they come: {deltas:?}");
-    let arguments: String = deltas.iter().map(|d| d[0]["function"]["arguments"].as_str().unwrap()).collect();
-    assert_eq!(serde_json::from_str::<Value>(&arguments).unwrap(), json!({"city": "Paris"}));
+    let arguments: String = deltas
+        .iter()
+        .map(|d| d[0]["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"city": "Paris"})
+    );
     assert_eq!(deltas[0][0]["function"]["name"], "get_weather");
     assert!(deltas[1][0].get("id").is_none());
     assert_eq!(fake.bodies("/v1/chat/completions")[0]["tool_choice"], "required");
@@ -404,13 +650,17 @@ async fn ollama_to_ollama_keeps_tool_calls_and_show() {
     let lines = ndjson(&body);
     let calls: Vec<&Value> = lines.iter().filter_map(|l| l["message"].get("tool_calls")).collect();
     assert_eq!(calls.len(), 2);
-    assert_eq!(calls[1][0], json!({"id": "call_6sly0bao", "function": {"index": 1, "name": "get_weather", "arguments": {"city": "Tokyo"}}}));
+    assert_eq!(
+        calls[1][0],
+        json!({"id": "call_6sly0bao", "function": {"index": 1, "name": "get_weather", "arguments": {"city": "Tokyo"}}})
+    );
     let last = lines.last().unwrap();
     assert_eq!(last["total_duration"], 1127097607, "the upstream's own timings");
     assert_eq!(fake.bodies("/api/chat")[0]["messages"], user("weather?"));
 
     let (_, show) = post_json(&base, "/api/show", json!({"name": "chat-thinking"})).await;
-    let fixture: Value = serde_json::from_slice(&std::fs::read(fixture("ollama/show/chat-thinking.json")).unwrap()).unwrap();
+    let fixture: Value =
+        serde_json::from_slice(&std::fs::read(fixture("ollama/show/chat-thinking.json")).unwrap()).unwrap();
     assert_eq!(show, fixture, "an Ollama upstream's /api/show passes through whole");
     assert_eq!(fake.bodies("/api/show"), vec![json!({"model": "chat-thinking"})]);
 
@@ -425,7 +675,12 @@ async fn slow_ndjson_streams_line_by_line() {
     fake.set_line_delay(Duration::from_millis(200));
     let base = diglot(&fake.url(), |c| c.upstream.kind = diglot::config::UpstreamKind::Openai).await;
     let started = std::time::Instant::now();
-    let mut res = client().post(format!("{base}/api/chat")).json(&json!({"model": "oai-text", "messages": user("x")})).send().await.unwrap();
+    let mut res = client()
+        .post(format!("{base}/api/chat"))
+        .json(&json!({"model": "oai-text", "messages": user("x")}))
+        .send()
+        .await
+        .unwrap();
     let mut first_text = None;
     let mut body = String::new();
     while let Some(chunk) = res.chunk().await.unwrap() {
@@ -437,6 +692,9 @@ async fn slow_ndjson_streams_line_by_line() {
     }
     let total = started.elapsed();
     let first = first_text.unwrap();
-    assert!(total - first > Duration::from_millis(800), "first line at {first:?}, all at {total:?}");
+    assert!(
+        total - first > Duration::from_millis(800),
+        "first line at {first:?}, all at {total:?}"
+    );
     ndjson(&body);
 }

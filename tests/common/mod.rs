@@ -134,7 +134,11 @@ async fn record(req: &mut Request, depot: &Depot) -> (Arc<State>, Value) {
         .ok()
         .and_then(|b| serde_json::from_slice(b).ok())
         .unwrap_or(Value::Null);
-    let headers = req.headers().iter().map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned())).collect();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
     state.received.lock().unwrap().push(Received {
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
@@ -229,7 +233,8 @@ async fn json_fixture(req: &mut Request, depot: &mut Depot, res: &mut Response) 
             res.render(Json(answer));
         }
         Ok(bytes) => {
-            res.add_header("content-type", "application/json; charset=utf-8", true).unwrap();
+            res.add_header("content-type", "application/json; charset=utf-8", true)
+                .unwrap();
             res.body(bytes);
         }
         Err(_) => not_found(res, &body),
@@ -254,7 +259,9 @@ async fn ollama_management(req: &mut Request, depot: &mut Depot, res: &mut Respo
     if req.uri().path() == "/api/pull" {
         res.add_header("content-type", "application/x-ndjson", true).unwrap();
         let model = body["model"].as_str().unwrap_or_default();
-        res.body(format!("{{\"status\":\"pulling manifest\"}}\n{{\"status\":\"pulling {model}\"}}\n{{\"status\":\"success\"}}\n"));
+        res.body(format!(
+            "{{\"status\":\"pulling manifest\"}}\n{{\"status\":\"pulling {model}\"}}\n{{\"status\":\"success\"}}\n"
+        ));
     }
 }
 
@@ -274,8 +281,14 @@ fn openai_file(body: &Value, dir: &str, ext: &str) -> Option<PathBuf> {
 #[handler]
 async fn openai_stream(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let (state, body) = record(req, depot).await;
-    let dir = if req.uri().path().ends_with("chat/completions") { "chat" } else { "completions" };
-    let Some(path) = openai_file(&body, dir, "sse") else { return openai_not_found(res, &body) };
+    let dir = if req.uri().path().ends_with("chat/completions") {
+        "chat"
+    } else {
+        "completions"
+    };
+    let Some(path) = openai_file(&body, dir, "sse") else {
+        return openai_not_found(res, &body);
+    };
     let text = std::fs::read_to_string(path).unwrap();
     let events: Vec<String> = text.split_inclusive("\n\n").map(str::to_owned).collect();
     res.add_header("content-type", "text/event-stream", true).unwrap();
@@ -285,7 +298,9 @@ async fn openai_stream(req: &mut Request, depot: &mut Depot, res: &mut Response)
 #[handler]
 async fn openai_json(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let (_, body) = record(req, depot).await;
-    let Some(path) = openai_file(&body, "embeddings", "json") else { return openai_not_found(res, &body) };
+    let Some(path) = openai_file(&body, "embeddings", "json") else {
+        return openai_not_found(res, &body);
+    };
     let mut answer: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
     answer["data"].as_array_mut().unwrap().truncate(inputs(&body));
     res.render(Json(answer));
@@ -296,7 +311,8 @@ async fn openai_models(req: &mut Request, depot: &mut Depot, res: &mut Response)
     let (state, _) = record(req, depot).await;
     let name = state.models.lock().unwrap().clone();
     let name = if name.is_empty() { "openai".to_owned() } else { name };
-    let mut list: Value = serde_json::from_slice(&std::fs::read(fixture(&format!("openai/models/{name}.json"))).unwrap()).unwrap();
+    let mut list: Value =
+        serde_json::from_slice(&std::fs::read(fixture(&format!("openai/models/{name}.json"))).unwrap()).unwrap();
     let mut scenarios: Vec<String> = std::fs::read_dir(fixture("openai/chat"))
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".sse").map(str::to_owned))
