@@ -1131,11 +1131,8 @@ async fn ollama_show(req: &mut Request, res: &mut Response) {
         return send_error(res, false, StatusCode::BAD_REQUEST, "model is required");
     }
     let spec = model_spec(&name);
-    let arch = if spec.family == "nomic-bert" {
-        "nomic-bert"
-    } else {
-        spec.family
-    };
+    // GGUF keys are namespaced by architecture, which is the family for these models.
+    let arch = spec.family;
     let mut model_info = serde_json::Map::new();
     model_info.insert("general.architecture".into(), arch.into());
     model_info.insert(

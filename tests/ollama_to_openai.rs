@@ -84,14 +84,7 @@ async fn liveness_and_version() {
             .status(),
         200
     );
-    let version: Value = client()
-        .get(format!("{base}/api/version"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let version: Value = get_json(&format!("{base}/api/version")).await;
     assert_eq!(version, json!({"version": "0.13.5"}));
 }
 
@@ -110,14 +103,7 @@ async fn tags_and_show_for_every_listed_model() {
         );
     })
     .await;
-    let tags: Value = client()
-        .get(format!("{base}/api/tags"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tags: Value = get_json(&format!("{base}/api/tags")).await;
     let models = tags["models"].as_array().unwrap();
     let first = &models[0];
     assert_eq!(first["name"], "meta-llama/Llama-3.1-8B-Instruct:latest");
@@ -529,14 +515,7 @@ async fn embeddings_are_normalised() {
 #[tokio::test]
 async fn ps_lists_models_in_use() {
     let (_fake, base) = setup_openai().await;
-    let ps: Value = client()
-        .get(format!("{base}/api/ps"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ps: Value = get_json(&format!("{base}/api/ps")).await;
     assert_eq!(ps, json!({"models": []}));
     post(
         &base,
@@ -544,14 +523,7 @@ async fn ps_lists_models_in_use() {
         json!({"model": "oai-text:latest", "messages": user("x"), "stream": false}),
     )
     .await;
-    let ps: Value = client()
-        .get(format!("{base}/api/ps"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ps: Value = get_json(&format!("{base}/api/ps")).await;
     let entry = &ps["models"][0];
     assert_eq!(entry["name"], "oai-text:latest");
     let expires = chrono::DateTime::parse_from_rfc3339(entry["expires_at"].as_str().unwrap()).unwrap();

@@ -584,14 +584,7 @@ async fn embeddings_float_and_base64() {
 #[tokio::test]
 async fn models_list_and_lookup() {
     let (_fake, base) = setup().await;
-    let models: Value = client()
-        .get(format!("{base}/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = get_json(&format!("{base}/v1/models")).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()
@@ -603,14 +596,7 @@ async fn models_list_and_lookup() {
     assert_eq!(models["data"][0]["owned_by"], "library");
     assert_eq!(models["data"][0]["created"], 1785256867);
 
-    let one: Value = client()
-        .get(format!("{base}/v1/models/llama3.2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = get_json(&format!("{base}/v1/models/llama3.2")).await;
     assert_eq!(
         one,
         json!({"id": "llama3.2", "object": "model", "created": 1785256867, "owned_by": "library"})
@@ -812,13 +798,6 @@ async fn routes_without_v1_and_under_a_base_path() {
             "{path}"
         );
     }
-    let probe: Value = client()
-        .get(format!("{base}/v1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let probe: Value = get_json(&format!("{base}/v1")).await;
     assert_eq!(probe["status"], "ok");
 }

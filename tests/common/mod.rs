@@ -362,6 +362,11 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// `GET url` as JSON.
+pub async fn get_json(url: &str) -> Value {
+    client().get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// The `data:` payloads of an SSE body, `[DONE]` included.
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")

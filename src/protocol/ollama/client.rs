@@ -179,15 +179,7 @@ impl OllamaClient {
             model: request.model.clone(),
             messages: out,
             tools,
-            format: format_for(request),
-            options: options_for(request),
-            stream: Some(true),
-            keep_alive: request.keep_alive.clone(),
-            think,
-            truncate: request.truncate,
-            shift: request.shift,
-            logprobs: request.logprobs.then_some(true),
-            top_logprobs: request.top_logprobs,
+            generation: generation(request, think),
         })
     }
 
@@ -200,17 +192,9 @@ impl OllamaClient {
             prompt: prompt.text.clone(),
             suffix: prompt.suffix.clone(),
             system: prompt.system.clone(),
-            stream: Some(true),
             raw: prompt.raw.filter(|&raw| raw),
-            format: format_for(request),
-            keep_alive: request.keep_alive.clone(),
             images: self.images(prompt.images.iter()).await?,
-            options: options_for(request),
-            think,
-            truncate: request.truncate,
-            shift: request.shift,
-            logprobs: request.logprobs.then_some(true),
-            top_logprobs: request.top_logprobs,
+            generation: generation(request, think),
             ..Default::default()
         })
     }
@@ -320,6 +304,21 @@ fn tool_choice_hint(choice: &ToolChoice) -> Option<String> {
         ToolChoice::Required => Some("You must answer by calling one of the provided tools.".into()),
         ToolChoice::Function(name) => Some(format!("You must answer by calling the tool `{name}`.")),
         ToolChoice::Auto | ToolChoice::None => None,
+    }
+}
+
+/// What chat and generate requests share; always streamed, whatever the client asked.
+fn generation(request: &ChatRequest, think: Option<Value>) -> wire::Generation {
+    wire::Generation {
+        format: format_for(request),
+        options: options_for(request),
+        stream: Some(true),
+        keep_alive: request.keep_alive.clone(),
+        think,
+        truncate: request.truncate,
+        shift: request.shift,
+        logprobs: request.logprobs.then_some(true),
+        top_logprobs: request.top_logprobs,
     }
 }
 

@@ -257,9 +257,9 @@ async fn chat(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         Err(e) => return write_error(res, &e, ""),
     };
     let model = wire.model.clone();
-    let stream = wire.stream != Some(false);
+    let stream = wire.generation.stream != Some(false);
     if wire.messages.is_empty() && !wire.model.is_empty() {
-        return load_answer(res, &model, &wire.keep_alive, stream, Kind::Chat);
+        return load_answer(res, &model, &wire.generation.keep_alive, stream, Kind::Chat);
     }
     match decode_chat(wire) {
         Ok(request) => generate_answer(res, &app, request, Kind::Chat).await,
@@ -275,9 +275,9 @@ async fn generate(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         Err(e) => return write_error(res, &e, ""),
     };
     let model = wire.model.clone();
-    let stream = wire.stream != Some(false);
+    let stream = wire.generation.stream != Some(false);
     if wire.prompt.is_empty() && wire.images.as_ref().is_none_or(Vec::is_empty) && !wire.model.is_empty() {
-        return load_answer(res, &model, &wire.keep_alive, stream, Kind::Generate);
+        return load_answer(res, &model, &wire.generation.keep_alive, stream, Kind::Generate);
     }
     match decode_generate(wire) {
         Ok(request) => generate_answer(res, &app, request, Kind::Generate).await,
@@ -345,21 +345,26 @@ fn decode_chat(wire: wire::ChatRequest) -> Result<ChatRequest, Error> {
             strict: None,
         })
         .collect();
-    let (sampling, extra) = decode::options(wire.options)?;
+    decode_generation(wire.model, Input::Messages(messages), tools, wire.generation)
+}
+
+/// The fields chat and generate share, into one IR request.
+fn decode_generation(model: String, input: Input, tools: Vec<Tool>, g: wire::Generation) -> Result<ChatRequest, Error> {
+    let (sampling, extra) = decode::options(g.options)?;
     Ok(ChatRequest {
-        model: wire.model,
-        input: Input::Messages(messages),
+        model,
+        input,
         tools,
-        response_format: wire.format.map(decode::format).transpose()?.flatten(),
+        response_format: g.format.map(decode::format).transpose()?.flatten(),
         sampling,
-        reasoning: wire.think.as_ref().map(decode::think).transpose()?.flatten(),
-        logprobs: wire.logprobs.unwrap_or(false),
-        top_logprobs: wire.top_logprobs,
-        stream: wire.stream != Some(false),
+        reasoning: g.think.as_ref().map(decode::think).transpose()?.flatten(),
+        logprobs: g.logprobs.unwrap_or(false),
+        top_logprobs: g.top_logprobs,
+        stream: g.stream != Some(false),
         n: 1,
-        keep_alive: wire.keep_alive,
-        truncate: wire.truncate,
-        shift: wire.shift,
+        keep_alive: g.keep_alive,
+        truncate: g.truncate,
+        shift: g.shift,
         extra,
         ..Default::default()
     })
@@ -421,29 +426,14 @@ fn decode_generate(wire: wire::GenerateRequest) -> Result<ChatRequest, Error> {
             "raw mode does not support template, system, or context",
         ));
     }
-    let (sampling, extra) = decode::options(wire.options)?;
-    Ok(ChatRequest {
-        model: wire.model,
-        input: Input::Prompt(Prompt {
-            text: wire.prompt,
-            suffix: wire.suffix.filter(|s| !s.is_empty()),
-            system: wire.system.filter(|s| !s.is_empty()),
-            raw: Some(wire.raw.unwrap_or(false)),
-            images: images(wire.images),
-        }),
-        response_format: wire.format.map(decode::format).transpose()?.flatten(),
-        sampling,
-        reasoning: wire.think.as_ref().map(decode::think).transpose()?.flatten(),
-        logprobs: wire.logprobs.unwrap_or(false),
-        top_logprobs: wire.top_logprobs,
-        stream: wire.stream != Some(false),
-        n: 1,
-        keep_alive: wire.keep_alive,
-        truncate: wire.truncate,
-        shift: wire.shift,
-        extra,
-        ..Default::default()
-    })
+    let input = Input::Prompt(Prompt {
+        text: wire.prompt,
+        suffix: wire.suffix.filter(|s| !s.is_empty()),
+        system: wire.system.filter(|s| !s.is_empty()),
+        raw: Some(wire.raw.unwrap_or(false)),
+        images: images(wire.images),
+    });
+    decode_generation(wire.model, input, Vec::new(), wire.generation)
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -12,6 +12,13 @@ pub struct ChatRequest {
     pub messages: Vec<Message>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<Tool>>,
+    #[serde(flatten)]
+    pub generation: Generation,
+}
+
+/// The fields `/api/chat` and `/api/generate` share.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Generation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Value>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
@@ -157,27 +164,11 @@ pub struct GenerateRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Vec<i64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raw: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub keep_alive: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub images: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    pub options: Map<String, Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub think: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub truncate: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shift: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logprobs: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_logprobs: Option<u32>,
+    #[serde(flatten)]
+    pub generation: Generation,
 }
 
 /// One line of a `/api/generate` stream.
