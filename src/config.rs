@@ -55,7 +55,7 @@ pub enum UpstreamKind {
 }
 
 /// The server diglot forwards to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub kind: UpstreamKind,
@@ -109,7 +109,29 @@ impl Default for UpstreamConfig {
     }
 }
 
+/// Never shows the API key or header values, wherever a config gets printed.
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("kind", &self.kind)
+            .field("url", &self.url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 impl UpstreamConfig {
+    /// A copy safe to show: the API key and header values replaced.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        if shown.api_key.is_some() {
+            shown.api_key = Some("<redacted>".into());
+        }
+        shown.headers.values_mut().for_each(|v| *v = "<redacted>".into());
+        shown
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         secs(self.connect_timeout_secs)
     }

@@ -63,19 +63,15 @@ fn main() -> std::process::ExitCode {
     init_logging(config.debug);
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
-            let mut shown = config.clone();
-            if shown.upstream.api_key.is_some() {
-                shown.upstream.api_key = Some("<redacted>".into());
-            }
-            println!("{}", toml_string(&shown));
+            let shown = Config {
+                upstream: config.upstream.redacted(),
+                ..config
+            };
+            println!("{}", serde_json::to_string_pretty(&shown).unwrap_or_default());
             std::process::ExitCode::SUCCESS
         }
         Command::Serve => run(config),
     }
-}
-
-fn toml_string(config: &Config) -> String {
-    serde_json::to_string_pretty(config).unwrap_or_default()
 }
 
 fn run(config: Config) -> std::process::ExitCode {

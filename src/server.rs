@@ -30,11 +30,11 @@ pub struct App {
 impl App {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let gateway = Gateway::new(&config)?;
-        Ok(Arc::new(Self {
-            config,
-            gateway,
-            http: reqwest::Client::new(),
-        }))
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.upstream.connect_timeout())
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Arc::new(Self { config, gateway, http }))
     }
 
     /// Where Ollama model management goes: the configured fallback, else the upstream

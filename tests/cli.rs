@@ -101,6 +101,21 @@ fn every_shipped_profile_loads() {
         );
     }
     let out = Command::new(env!("CARGO_BIN_EXE_diglot"))
+        .args(["--api-key", "sk-never-shown", "check-config"])
+        .env("DIGLOT_UPSTREAM__HEADERS__X_SECRET", "hush-123")
+        .env_remove("DIGLOT_PROFILE")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && shown.contains("<redacted>") && shown.contains("x_secret"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("sk-never-shown") && !shown.contains("hush-123"),
+        "{shown}"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_diglot"))
         .args(["--profile", "nope", "check-config"])
         .output()
         .unwrap();

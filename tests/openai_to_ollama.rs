@@ -801,3 +801,26 @@ async fn routes_without_v1_and_under_a_base_path() {
     let probe: Value = get_json(&format!("{base}/v1")).await;
     assert_eq!(probe["status"], "ok");
 }
+
+#[tokio::test]
+async fn client_hang_up_cancels_a_whole_answer_too() {
+    let fake = FakeUpstream::start().await;
+    fake.set_line_delay(Duration::from_millis(300));
+    let base = diglot(&fake.url(), |_| {}).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let result = impatient
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": "chat-text", "messages": user("x")}))
+        .send()
+        .await;
+    assert!(result.is_err(), "the client gave up");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        fake.cancelled(),
+        "the upstream call must stop when nobody waits for the answer"
+    );
+    assert_eq!(fake.completed_streams(), 0);
+}

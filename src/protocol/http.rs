@@ -142,7 +142,10 @@ async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
-        body.extend_from_slice(&chunk[..chunk.len().min(limit.saturating_sub(body.len()))]);
+        body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]);
+        if body.len() == limit {
+            break;
+        }
     }
     Ok(body.into())
 }
