@@ -73,6 +73,7 @@ impl FakeUpstream {
             .push(Router::with_path("api/tags").get(json_fixture))
             .push(Router::with_path("api/pull").post(ollama_management))
             .push(Router::with_path("api/delete").delete(ollama_management))
+            .push(Router::with_path("api/blobs/{digest}").post(blob_upload))
             .push(Router::with_path("v1/chat/completions").post(openai_stream))
             .push(Router::with_path("v1/completions").post(openai_stream))
             .push(Router::with_path("v1/embeddings").post(openai_json))
@@ -263,6 +264,20 @@ async fn ollama_management(req: &mut Request, depot: &mut Depot, res: &mut Respo
             "{{\"status\":\"pulling manifest\"}}\n{{\"status\":\"pulling {model}\"}}\n{{\"status\":\"success\"}}\n"
         ));
     }
+}
+
+/// Records an upload's size as `{"bytes": N}` and answers 201, as Ollama does.
+#[handler]
+async fn blob_upload(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let state = depot.get_typed::<Arc<State>>().unwrap().clone();
+    let size = req.payload_with_max_size(1 << 30).await.map(|b| b.len()).unwrap_or(0);
+    state.received.lock().unwrap().push(Received {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        body: serde_json::json!({"bytes": size}),
+        headers: Vec::new(),
+    });
+    res.status_code(StatusCode::CREATED);
 }
 
 fn openai_not_found(res: &mut Response, body: &Value) {

@@ -6,8 +6,8 @@ use std::convert::Infallible;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use salvo::prelude::*;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -827,7 +827,10 @@ async fn pull(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     };
     let card = match app.gateway.model(&name).await {
         Ok(card) => card,
-        Err(_) => return forward(req, res, &app, "pull").await,
+        Err(_) => {
+            let read = req.payload_with_max_size(app.config.max_body_bytes).await.ok().cloned();
+            return forward(req, res, &app, "pull", read).await;
+        }
     };
     let digest = format!(
         "sha256:{}",
@@ -862,65 +865,56 @@ async fn manage(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         .next()
         .unwrap_or_default()
         .to_owned();
-    forward(req, res, &app, &what).await;
+    forward(req, res, &app, &what, None).await;
 }
 
-/// Passes a model-management call through to the fallback Ollama, streaming its answer.
-async fn forward(req: &mut Request, res: &mut Response, app: &App, what: &str) {
+/// Passes a model-management call through to the fallback Ollama. Both bodies stream:
+/// blob uploads and pull progress can be gigabytes and minutes long.
+async fn forward(req: &mut Request, res: &mut Response, app: &App, what: &str, read: Option<Bytes>) {
     let Some(fallback) = app.fallback_url() else {
-        let error = Error::new(
-            ErrorKind::NotFound,
-            format!(
-                "diglot cannot {what} models on its upstream; set ollama.fallback_url to forward model management to an Ollama server"
-            ),
+        let message = format!(
+            "diglot cannot {what} models on its upstream; set ollama.fallback_url to forward model management to an Ollama server"
         );
         return write_json(
             res,
             if what == "pull" { 404 } else { 501 },
-            &wire::ErrorBody { error: error.message },
+            &wire::ErrorBody { error: message },
         );
     };
-    let body = match req.payload_with_max_size(app.config.max_body_bytes).await {
-        Ok(body) => body.clone(),
-        Err(_) => {
-            return write_error(
-                res,
-                &Error::new(ErrorKind::PayloadTooLarge, "the request body is too large"),
-                "",
-            );
-        }
+    // A pull was already read to look the model up; anything else is passed on unread.
+    let body = match read {
+        Some(read) => reqwest::Body::from(read),
+        None => reqwest::Body::wrap_stream(
+            req.take_body()
+                .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) }),
+        ),
     };
     let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let path = &path[path.find("/api/").unwrap_or(0)..];
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap_or(reqwest::Method::POST);
-    let url = format!("{}{path}", fallback.trim_end_matches('/'));
-    let mut upstream = app.http.request(method, &url).body(body);
-    if let Some(ct) = req.headers().get("content-type") {
-        upstream = upstream.header("content-type", ct.as_bytes());
+    let mut upstream = app
+        .http
+        .request(method, format!("{}{path}", fallback.trim_end_matches('/')))
+        .body(body);
+    if let Some(content_type) = req.headers().get("content-type") {
+        upstream = upstream.header("content-type", content_type.as_bytes());
     }
     match upstream.send().await {
         Ok(answer) => {
-            let status = answer.status().as_u16();
-            let content_type = answer
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/json")
-                .to_owned();
-            res.status_code(salvo::http::StatusCode::from_u16(status).unwrap_or(salvo::http::StatusCode::BAD_GATEWAY));
-            let _ = res.add_header("content-type", content_type, true);
+            let status = salvo::http::StatusCode::from_u16(answer.status().as_u16());
+            res.status_code(status.unwrap_or(salvo::http::StatusCode::BAD_GATEWAY));
+            if let Some(content_type) = answer.headers().get("content-type").and_then(|v| v.to_str().ok()) {
+                let _ = res.add_header("content-type", content_type.to_owned(), true);
+            }
             res.stream(answer.bytes_stream());
         }
-        Err(e) => write_json(
-            res,
-            502,
-            &wire::ErrorBody {
-                error: format!(
-                    "cannot reach the Ollama at {fallback}: {}",
-                    crate::protocol::http::root_cause(&e)
-                ),
-            },
-        ),
+        Err(e) => {
+            let error = format!(
+                "cannot reach the Ollama at {fallback}: {}",
+                crate::protocol::http::root_cause(&e)
+            );
+            write_json(res, 502, &wire::ErrorBody { error });
+        }
     }
 }
 
