@@ -384,6 +384,35 @@ async fn the_last_usage_counts_and_length_is_kept() {
         "never the sum"
     );
     assert_eq!(answer["message"]["content"], "Hello there!");
+
+    // Captured from llama-server: usage only on the last chunk, and a length finish.
+    let (_, _, body) = post(
+        &base,
+        "/api/chat",
+        json!({"model": "llamacpp-text", "messages": user("x")}),
+    )
+    .await;
+    let lines = ndjson(&body);
+    let text: String = lines
+        .iter()
+        .map(|l| l["message"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "Once upon a time");
+    let last = lines.last().unwrap();
+    assert_eq!(
+        (&last["prompt_eval_count"], &last["eval_count"], &last["done_reason"]),
+        (&json!(23), &json!(5), &json!("stop"))
+    );
+    let (_, answer) = post_json(
+        &base,
+        "/api/generate",
+        json!({"model": "llamacpp-length", "prompt": "x", "stream": false}),
+    )
+    .await;
+    assert_eq!(
+        (&answer["response"], &answer["done_reason"], &answer["eval_count"]),
+        (&json!("Once upon a"), &json!("length"), &json!(3))
+    );
 }
 
 #[tokio::test]
