@@ -278,8 +278,26 @@ impl Config {
         if let Some(path) = profile_path(profile)? {
             figment = figment.merge(Toml::file_exact(path));
         }
+        // Only variables naming a setting: DIGLOT_PROFILE and the tooling's own
+        // DIGLOT_*_HOME variables are not configuration.
+        let settings: Vec<String> = match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        let env = Env::prefixed("DIGLOT_").split("__").filter(move |key| {
+            // The filter sees the raw name (`UPSTREAM__URL`): compare its first part.
+            let first = key
+                .as_str()
+                .split("__")
+                .next()
+                .unwrap_or_default()
+                .split('.')
+                .next()
+                .unwrap_or_default();
+            settings.iter().any(|s| s.eq_ignore_ascii_case(first))
+        });
         let config: Config = figment
-            .merge(Env::prefixed("DIGLOT_").split("__").ignore(&["profile"]))
+            .merge(env)
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
@@ -414,6 +432,7 @@ mod tests {
                 "listen = \"127.0.0.1:9000\"\n[upstream]\nurl = \"http://a:1\"\n",
             )?;
             jail.set_env("DIGLOT_UPSTREAM__URL", "http://b:2");
+            jail.set_env("DIGLOT_CLIENTS_HOME", "/tmp/not-a-setting");
             let config = Config::load(Some("p.toml"), &Overrides::default()).unwrap();
             assert_eq!(config.listen, "127.0.0.1:9000");
             assert_eq!(config.upstream.url, "http://b:2");
@@ -430,6 +449,12 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("max_body_bytes") && err.contains("bad.toml"), "{err}");
+
+            jail.set_env("DIGLOT_UPSTREAM__URLL", "typo");
+            let err = Config::load(Some("p.toml"), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("urll"), "a misspelt nested key is an error: {err}");
 
             let err = Config::load(Some("missing"), &Overrides::default())
                 .unwrap_err()
