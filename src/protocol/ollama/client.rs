@@ -39,20 +39,18 @@ impl OllamaClient {
     /// Starts a chat or completion and returns its events as they arrive.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
         let think = self.think_for(request).await;
-        let (path, body) = match &request.input {
-            Input::Messages(messages) => (
-                "/api/chat",
-                serde_json::to_value(self.chat_body(request, messages, think).await?),
-            ),
-            Input::Prompt(_) => (
-                "/api/generate",
-                serde_json::to_value(self.generate_body(request, think).await?),
-            ),
+        let response = match &request.input {
+            Input::Messages(messages) => {
+                let body = self.chat_body(request, messages, think).await?;
+                self.upstream.post("/api/chat", &body).await?
+            }
+            Input::Prompt(_) => {
+                let body = self.generate_body(request, think).await?;
+                self.upstream.post("/api/generate", &body).await?
+            }
         };
-        let body = body.map_err(|e| Error::internal(format!("cannot encode the Ollama request: {e}")))?;
-        let response = self.upstream.post(path, &body).await?;
         let lines = ndjson_lines(response, self.upstream.idle_timeout());
-        let is_chat = path == "/api/chat";
+        let is_chat = matches!(request.input, Input::Messages(_));
         Ok(Box::pin(async_stream::stream! {
             let mut decoder = ChunkDecoder::default();
             futures::pin_mut!(lines);
