@@ -235,6 +235,11 @@ async fn tool_call_fragments_become_whole_calls_one_per_line() {
     )
     .await;
     assert_eq!(fake.bodies("/v1/chat/completions")[0]["tools"], tools);
+    assert_eq!(
+        fake.bodies("/v1/chat/completions")[0]["tool_choice"],
+        "auto",
+        "OpenAI's default, made explicit"
+    );
     let lines = ndjson(&body);
     let calls: Vec<&Value> = lines.iter().filter_map(|l| l["message"].get("tool_calls")).collect();
     assert_eq!(calls.len(), 2, "one call per line: {body}");
@@ -269,7 +274,7 @@ async fn tool_call_fragments_become_whole_calls_one_per_line() {
     assert!(call_id.starts_with("call_"));
     assert_eq!(
         sent[1],
-        json!({"role": "assistant", "content": null, "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
+        json!({"role": "assistant", "content": "", "tool_calls": [{"id": call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]})
     );
     assert_eq!(
         sent[2],
@@ -402,6 +407,11 @@ async fn the_last_usage_counts_and_length_is_kept() {
     assert_eq!(
         (&last["prompt_eval_count"], &last["eval_count"], &last["done_reason"]),
         (&json!(23), &json!(5), &json!("stop"))
+    );
+    // llama-server's own timings become the durations.
+    assert_eq!(
+        (&last["prompt_eval_duration"], &last["eval_duration"]),
+        (&json!(259_825_000), &json!(152_751_000))
     );
     let (_, answer) = post_json(
         &base,
@@ -668,6 +678,45 @@ async fn ollama_to_ollama_keeps_tool_calls_and_show() {
     // Model management goes to the upstream Ollama itself.
     let (_, _, body) = post(&base, "/api/pull", json!({"model": "brand-new"})).await;
     assert!(body.contains("pulling brand-new"), "{body}");
+}
+
+#[tokio::test]
+async fn whole_answers_split_their_durations_and_openai_clients_get_the_upstreams_usage() {
+    let fake = FakeUpstream::start().await;
+    fake.set_line_delay(Duration::from_millis(100));
+    let base = diglot(&fake.url(), |c| c.upstream.kind = diglot::config::UpstreamKind::Openai).await;
+    let (_, answer) = post_json(
+        &base,
+        "/api/chat",
+        json!({"model": "oai-text", "messages": user("x"), "stream": false}),
+    )
+    .await;
+    // Nine events 100 ms apart, the first content on the second: the split is measured.
+    let (prompt, eval) = (
+        answer["prompt_eval_duration"].as_u64().unwrap(),
+        answer["eval_duration"].as_u64().unwrap(),
+    );
+    assert!(
+        prompt >= 150_000_000 && eval >= 400_000_000,
+        "prompt {prompt} ns, eval {eval} ns"
+    );
+    assert_eq!(fake.bodies("/v1/chat/completions")[0]["stream"], true);
+
+    // An OpenAI client's whole request goes upstream whole.
+    let (status, answer) = post_json(
+        &base,
+        "/v1/chat/completions",
+        json!({"model": "oai-text", "messages": user("x")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = &fake.bodies("/v1/chat/completions")[1];
+    assert_eq!((&sent["stream"], sent.get("stream_options")), (&json!(false), None));
+    assert_eq!(answer["usage"]["prompt_tokens"], 14);
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "The sky is blue because of Rayleigh scattering."
+    );
 }
 
 #[tokio::test]

@@ -306,8 +306,99 @@ async fn openai_stream(req: &mut Request, depot: &mut Depot, res: &mut Response)
     };
     let text = std::fs::read_to_string(path).unwrap();
     let events: Vec<String> = text.split_inclusive("\n\n").map(str::to_owned).collect();
+    if body["stream"] != true {
+        return whole_answer(res, &events, dir == "chat");
+    }
     res.add_header("content-type", "text/event-stream", true).unwrap();
     drip(res, state, events);
+}
+
+/// What the server answers to `stream: false`: its stream's content in one body (content,
+/// reasoning, tool calls by index, the last usage), or the error it streamed, as a 500.
+fn whole_answer(res: &mut Response, events: &[String], chat: bool) {
+    let chunks: Vec<Value> = events
+        .iter()
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    if let Some(error) = chunks.iter().find(|c| c.get("error").is_some()) {
+        res.status_code(StatusCode::INTERNAL_SERVER_ERROR);
+        return res.render(Json(error.clone()));
+    }
+    let mut message = serde_json::Map::new();
+    let mut text = String::new();
+    let mut calls: Vec<Value> = Vec::new();
+    let (mut finish, mut usage) = (Value::Null, Value::Null);
+    for chunk in &chunks {
+        if chunk["usage"].is_object() {
+            usage = chunk["usage"].clone();
+        }
+        let Some(choice) = chunk["choices"].get(0) else {
+            continue;
+        };
+        if !choice["finish_reason"].is_null() {
+            finish = choice["finish_reason"].clone();
+        }
+        text.push_str(
+            choice["delta"]["content"]
+                .as_str()
+                .or(choice["text"].as_str())
+                .unwrap_or_default(),
+        );
+        for field in ["reasoning", "reasoning_content"] {
+            if let Some(piece) = choice["delta"][field].as_str() {
+                let so_far = message
+                    .get(field)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                message.insert(field.into(), Value::String(so_far + piece));
+            }
+        }
+        for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let i = call["index"].as_u64().unwrap_or(0) as usize;
+            while calls.len() <= i {
+                calls
+                    .push(serde_json::json!({"id": "", "type": "function", "function": {"name": "", "arguments": ""}}));
+            }
+            if let Some(id) = call["id"].as_str().filter(|id| !id.is_empty()) {
+                calls[i]["id"] = Value::from(id);
+            }
+            if let Some(name) = call["function"]["name"].as_str() {
+                calls[i]["function"]["name"] = Value::from(name);
+            }
+            let arguments = calls[i]["function"]["arguments"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            calls[i]["function"]["arguments"] =
+                Value::String(arguments + call["function"]["arguments"].as_str().unwrap_or_default());
+        }
+    }
+    let first = &chunks[0];
+    let choice = if chat {
+        message.insert("role".into(), "assistant".into());
+        message.insert(
+            "content".into(),
+            if text.is_empty() && !calls.is_empty() {
+                Value::Null
+            } else {
+                Value::String(text)
+            },
+        );
+        if !calls.is_empty() {
+            message.insert("tool_calls".into(), Value::Array(calls));
+        }
+        serde_json::json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish})
+    } else {
+        serde_json::json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
+    };
+    let object = if chat { "chat.completion" } else { "text_completion" };
+    res.render(Json(
+        serde_json::json!({"id": first["id"], "object": object, "created": first["created"],
+        "model": first["model"], "choices": [choice], "usage": usage}),
+    ));
 }
 
 #[handler]

@@ -304,23 +304,32 @@ fn load_answer(res: &mut Response, model: &str, keep_alive: &Option<Value>, stre
     }
 }
 
-async fn generate_answer(res: &mut Response, app: &App, request: ChatRequest, kind: Kind) {
+/// Answers from an upstream stream even when the client wants one object: only a stream
+/// shows when output began, which splits the durations Ollama clients divide by.
+async fn generate_answer(res: &mut Response, app: &App, mut request: ChatRequest, kind: Kind) {
     let started = Instant::now();
+    let client_streams = std::mem::replace(&mut request.stream, true);
     let events = match app.gateway.chat(&request).await {
         Ok(events) => events,
         Err(e) => return write_error(res, &e, &request.model),
     };
     let mut encoder = LineEncoder::new(&request.model, kind, started);
-    if request.stream {
+    if client_streams {
         write_stream(res, "application/x-ndjson", ndjson(encoder, events));
     } else {
-        match ChatResponse::collect(events).await {
-            Ok(answer) => {
-                let body = encoder.whole(answer);
-                write_bytes(res, 200, "application/json; charset=utf-8", body);
+        let mut answer = ChatResponse::default();
+        let mut events = events;
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    encoder.note_output(&event);
+                    answer.push(event);
+                }
+                Err(e) => return write_error(res, &e, &request.model),
             }
-            Err(e) => write_error(res, &e, &request.model),
         }
+        let body = encoder.whole(answer);
+        write_bytes(res, 200, "application/json; charset=utf-8", body);
     }
 }
 
@@ -471,21 +480,23 @@ impl LineEncoder {
     }
 
     /// The lines for one event (none for events that only update state).
+    /// Notes when output began: the split between prompt and generation time.
+    fn note_output(&mut self, event: &ChatEvent) {
+        if matches!(
+            event,
+            ChatEvent::Text(_) | ChatEvent::Reasoning(_) | ChatEvent::ToolCall { .. }
+        ) {
+            self.first_output.get_or_insert_with(Instant::now);
+        }
+    }
+
     fn encode(&mut self, event: ChatEvent) -> Option<Bytes> {
+        self.note_output(&event);
         let mut out = Vec::new();
         match event {
-            ChatEvent::Text(text) => {
-                self.first_output.get_or_insert_with(Instant::now);
-                self.line(&mut out, text, None, None, None);
-            }
-            ChatEvent::Reasoning(thinking) => {
-                self.first_output.get_or_insert_with(Instant::now);
-                self.line(&mut out, String::new(), Some(thinking), None, None);
-            }
-            call @ ChatEvent::ToolCall { .. } => {
-                self.first_output.get_or_insert_with(Instant::now);
-                self.calls.push(call);
-            }
+            ChatEvent::Text(text) => self.line(&mut out, text, None, None, None),
+            ChatEvent::Reasoning(thinking) => self.line(&mut out, String::new(), Some(thinking), None, None),
+            call @ ChatEvent::ToolCall { .. } => self.calls.push(call),
             ChatEvent::Logprobs(logprobs) => self.pending_logprobs.extend(logprobs),
             ChatEvent::Usage(usage) => self.usage = usage,
             ChatEvent::Finish(reason) => {
@@ -569,9 +580,10 @@ impl LineEncoder {
             }),
             total_duration: Some(timings.total_ns),
             load_duration: Some(timings.load_ns),
-            prompt_eval_count: Some(self.usage.prompt_tokens.unwrap_or(0)),
+            // Counts the upstream did not report are left out (clients read that as 0).
+            prompt_eval_count: self.usage.prompt_tokens,
             prompt_eval_duration: Some(timings.prompt_eval_ns),
-            eval_count: Some(eval_count),
+            eval_count: self.usage.completion_tokens,
             // Clients divide by it: never 0 when tokens were generated.
             eval_duration: Some(if eval_count > 0 {
                 timings.eval_ns.max(1)

@@ -48,7 +48,9 @@ impl OpenAiClient {
         format!("{}{endpoint}", self.prefix)
     }
 
-    /// Starts a chat or completion, always streamed upstream, and returns its events.
+    /// Starts a chat or completion and returns its events. Streamed upstream when the
+    /// client streams; otherwise asked whole, so usage is the upstream's own even where
+    /// it reports none in streams (llama-cpp-python's server).
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
         let (endpoint, body) = match &request.input {
             Input::Prompt(p) if p.raw != Some(false) || p.suffix.is_some() => {
@@ -67,9 +69,15 @@ impl OpenAiClient {
             Input::Messages(messages) => ("/chat/completions", self.chat_body(request, messages)?),
         };
         let response = self.upstream.post(&self.path(endpoint), &body).await?;
+        let mut decoder = SseDecoder::new(self.think_tags);
+        if !request.stream {
+            let answer: Value = self.upstream.json(response).await?;
+            debug!(target: "diglot::wire", upstream_answer = %answer, "openai answer");
+            let events = decoder.whole(answer)?;
+            return Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))));
+        }
         let idle = self.upstream.idle_timeout();
         let base = self.upstream.base().to_owned();
-        let mut decoder = SseDecoder::new(self.think_tags);
         let events = response.bytes_stream().eventsource();
         Ok(Box::pin(async_stream::stream! {
             futures::pin_mut!(events);
@@ -194,7 +202,12 @@ impl OpenAiClient {
                         json!({"type": "function", "function": {"name": name}}),
                     );
                 }
-                ToolChoice::Auto | ToolChoice::None => {}
+                // OpenAI's default made explicit: some servers (llama-cpp-python) take a
+                // missing tool_choice as "none".
+                ToolChoice::Auto => {
+                    body.insert("tool_choice".into(), json!("auto"));
+                }
+                ToolChoice::None => {}
             }
         }
         match &request.response_format {
@@ -225,8 +238,7 @@ impl OpenAiClient {
             }
         }
         self.sampling_into(request, &mut body);
-        body.insert("stream".into(), json!(true));
-        body.insert("stream_options".into(), json!({"include_usage": true}));
+        stream_into(request, &mut body);
         Ok(Value::Object(body))
     }
 
@@ -244,8 +256,7 @@ impl OpenAiClient {
             body.insert("logprobs".into(), json!(request.top_logprobs.unwrap_or(1)));
         }
         self.sampling_into(request, &mut body);
-        body.insert("stream".into(), json!(true));
-        body.insert("stream_options".into(), json!({"include_usage": true}));
+        stream_into(request, &mut body);
         Value::Object(body)
     }
 
@@ -303,7 +314,9 @@ impl OpenAiClient {
                         })
                         .collect();
                     out.insert("tool_calls".into(), Value::Array(tool_calls));
-                    if m.text().is_empty() {
+                    // null only when the client sent no content; some servers refuse null
+                    // where the client sent "".
+                    if m.parts.is_empty() {
                         out.insert("content".into(), Value::Null);
                     }
                 }
@@ -333,6 +346,14 @@ impl OpenAiClient {
                 Value::Object(out)
             })
             .collect()
+    }
+}
+
+/// Streams ask for usage (the last usage chunk is the one that counts).
+fn stream_into(request: &ChatRequest, body: &mut Map<String, Value>) {
+    body.insert("stream".into(), json!(request.stream));
+    if request.stream {
+        body.insert("stream_options".into(), json!({"include_usage": true}));
     }
 }
 
@@ -373,6 +394,11 @@ fn reasoning_effort(reasoning: Reasoning) -> Option<&'static str> {
 struct SseDecoder {
     finish: Option<FinishReason>,
     usage: Option<Usage>,
+    /// llama-server's own timings, when it sends them.
+    timings: Option<Value>,
+    /// Tool-call indexes whose id and name were passed on: some servers repeat them on
+    /// every delta, and OpenAI clients would concatenate the repeats.
+    named_calls: Vec<u32>,
     /// `[DONE]` seen.
     done: bool,
     think: Option<ThinkTags>,
@@ -383,6 +409,8 @@ impl SseDecoder {
         Self {
             finish: None,
             usage: None,
+            timings: None,
+            named_calls: Vec::new(),
             done: false,
             think: think_tags.then(ThinkTags::default),
         }
@@ -401,6 +429,9 @@ impl SseDecoder {
         // Some servers repeat a growing usage on every chunk: the last one counts.
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
             self.usage = Some(usage_from(usage));
+        }
+        if let Some(timings) = chunk.get("timings").filter(|t| t.is_object()) {
+            self.timings = Some(timings.clone());
         }
         let mut events = Vec::new();
         let Some(choice) = chunk["choices"].as_array().and_then(|c| c.first()) else {
@@ -432,10 +463,15 @@ impl SseDecoder {
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             let index = call["index"].as_u64().unwrap_or(0) as u32;
             let non_empty = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+            let (id, name) = (non_empty(&call["id"]), non_empty(&call["function"]["name"]));
+            let first = (id.is_some() || name.is_some()) && !self.named_calls.contains(&index);
+            if first {
+                self.named_calls.push(index);
+            }
             events.push(ChatEvent::ToolCall {
                 index,
-                id: non_empty(&call["id"]),
-                name: non_empty(&call["function"]["name"]),
+                id: id.filter(|_| first),
+                name: name.filter(|_| first),
                 arguments_delta: call["function"]["arguments"].as_str().unwrap_or_default().to_owned(),
             });
         }
@@ -462,10 +498,58 @@ impl SseDecoder {
         if let Some(tags) = &mut self.think {
             events.extend(tags.flush());
         }
-        events.push(ChatEvent::Usage(self.usage.take().unwrap_or_default()));
+        // Usage the upstream did not report stays unknown rather than zero.
+        if let Some(usage) = self
+            .usage
+            .take()
+            .or_else(|| self.timings.as_ref().map(|_| Usage::default()))
+        {
+            events.push(ChatEvent::Usage(with_timings(usage, self.timings.as_ref())));
+        }
         events.push(ChatEvent::Finish(self.finish.unwrap_or(FinishReason::Stop)));
         Ok(events)
     }
+
+    /// A whole (non-streamed) chat completion or completion, as the same events.
+    fn whole(&mut self, mut answer: Value) -> Result<Vec<ChatEvent>, Error> {
+        if let Some(choice) = answer["choices"].get_mut(0) {
+            if let Some(message) = choice.get_mut("message").map(Value::take) {
+                choice["delta"] = message;
+            }
+            for (i, call) in choice["delta"]["tool_calls"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                call["index"] = json!(i);
+            }
+        }
+        let mut events = self.decode(&answer.to_string())?;
+        self.done = true;
+        events.extend(self.finish()?);
+        Ok(events)
+    }
+}
+
+/// llama-server's `timings` (milliseconds) as Ollama-style nanosecond timings; its token
+/// counts fill in when the server sent no usage.
+fn with_timings(mut usage: Usage, timings: Option<&Value>) -> Usage {
+    let Some(t) = timings else { return usage };
+    let ns = |key: &str| (t[key].as_f64().unwrap_or(0.0) * 1e6) as u64;
+    let (prompt, eval) = (ns("prompt_ms"), ns("predicted_ms"));
+    usage.timings = Some(crate::ir::Timings {
+        total_ns: prompt + eval,
+        load_ns: 0,
+        prompt_eval_ns: prompt,
+        eval_ns: eval,
+    });
+    let count = |key: &str| t[key].as_u64();
+    usage.prompt_tokens = usage
+        .prompt_tokens
+        .or_else(|| Some(count("prompt_n")? + count("cache_n").unwrap_or(0)));
+    usage.completion_tokens = usage.completion_tokens.or_else(|| count("predicted_n"));
+    usage
 }
 
 fn usage_from(usage: &Value) -> Usage {
@@ -618,6 +702,37 @@ mod tests {
         let mut tags = ThinkTags::default();
         let events = tags.split("<b>bold</b>");
         assert_eq!(texts(&events), (String::new(), "<b>bold</b>".into()));
+    }
+
+    #[test]
+    fn repeated_tool_call_ids_and_names_pass_once() {
+        // llama-cpp-python's server repeats id, type and name on every delta (its
+        // 0.3.36 behaviour, as measured in ../shared/e2e/REPORT.md).
+        let mut d = SseDecoder::new(false);
+        let mut events = Vec::new();
+        for piece in ["{\\\"city\\\"", ": \\\"Paris\\\"}"] {
+            let chunk = format!(
+                r#"{{"choices":[{{"index":0,"delta":{{"tool_calls":[{{"index":0,"id":"call_1","type":"function","function":{{"name":"get_weather","arguments":"{piece}"}}}}]}}}}]}}"#
+            );
+            events.extend(d.decode(&chunk).unwrap());
+        }
+        let ChatEvent::ToolCall { id, name, .. } = &events[1] else {
+            panic!("{events:?}")
+        };
+        assert_eq!((id, name), (&None, &None), "only the first delta names the call");
+        let mut folded = crate::ir::ChatResponse::default();
+        events.into_iter().for_each(|e| folded.push(e));
+        assert_eq!(folded.tool_calls[0].name, "get_weather");
+        assert_eq!(folded.tool_calls[0].arguments, r#"{"city": "Paris"}"#);
+    }
+
+    #[test]
+    fn unknown_usage_stays_unknown() {
+        let mut d = SseDecoder::new(false);
+        d.decode(r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]}"#)
+            .unwrap();
+        let events = d.finish().unwrap();
+        assert!(!events.iter().any(|e| matches!(e, ChatEvent::Usage(_))), "{events:?}");
     }
 
     #[test]

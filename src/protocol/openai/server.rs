@@ -636,10 +636,10 @@ impl ChunkEncoder {
         debug!(target: "diglot::wire", frame = %String::from_utf8_lossy(&out[..out.len() - 2]), "openai chunk");
     }
 
-    /// The usage chunk (when asked for) and `[DONE]`.
+    /// The usage chunk (when asked for and known) and `[DONE]`.
     fn end(&self) -> Bytes {
         let mut out = Vec::new();
-        if self.include_usage {
+        if self.include_usage && known(&self.usage) {
             let usage = Some(Some(wire_usage(&self.usage)));
             match self.kind {
                 Kind::Chat => {
@@ -709,7 +709,7 @@ impl ChunkEncoder {
             model: self.model.clone(),
             system_fingerprint: Some(self.fingerprint.clone()),
             choices,
-            usage: Some(wire_usage(&usage)),
+            usage: known(&usage).then(|| wire_usage(&usage)),
         }
     }
 
@@ -732,7 +732,7 @@ impl ChunkEncoder {
                 }
             })
             .collect();
-        self.completion_chunk(choices, Some(Some(wire_usage(&usage))))
+        self.completion_chunk(choices, known(&usage).then(|| Some(wire_usage(&usage))))
     }
 }
 
@@ -772,6 +772,11 @@ fn finish_reason(reason: FinishReason) -> &'static str {
         FinishReason::ToolCalls => "tool_calls",
         FinishReason::ContentFilter => "content_filter",
     }
+}
+
+/// Whether the upstream reported any usage; unknown usage is left out, never zeroed.
+fn known(usage: &Usage) -> bool {
+    usage.prompt_tokens.is_some() || usage.completion_tokens.is_some()
 }
 
 fn wire_usage(usage: &Usage) -> wire::Usage {
