@@ -69,7 +69,10 @@ pub fn router(app: Arc<App>) -> Router {
         prefixes.push(base);
     }
     for prefix in prefixes {
-        let at = |path: &str| Router::with_path(format!("{prefix}{path}").trim_start_matches('/').to_owned());
+        let at = |path: &str| match format!("{prefix}{path}").trim_start_matches('/') {
+            "" => Router::new(),
+            path => Router::with_path(path.to_owned()),
+        };
         root = root.push(at("").get(ollama::server::running).head(ollama::server::running));
         for router in ollama::server::routes() {
             root = root.push(at("").push(router));
