@@ -448,13 +448,21 @@ impl ChunkDecoder {
     }
 }
 
-/// Ollama's metrics as IR usage; Ollama omits zero values, so a missing count is 0.
+/// Ollama's metrics as IR usage. A missing count stays unknown: behind a chain of
+/// gateways it may mean the first upstream never reported one, and inventing 0 would
+/// pass a false count on.
 pub fn usage_from(end: &wire::Ending) -> Usage {
+    let durations = [
+        end.total_duration,
+        end.load_duration,
+        end.prompt_eval_duration,
+        end.eval_duration,
+    ];
     Usage {
-        prompt_tokens: Some(end.prompt_eval_count.unwrap_or(0)),
-        completion_tokens: Some(end.eval_count.unwrap_or(0)),
+        prompt_tokens: end.prompt_eval_count,
+        completion_tokens: end.eval_count,
         cached_tokens: None,
-        timings: Some(Timings {
+        timings: durations.iter().any(Option::is_some).then(|| Timings {
             total_ns: end.total_duration.unwrap_or(0),
             load_ns: end.load_duration.unwrap_or(0),
             prompt_eval_ns: end.prompt_eval_duration.unwrap_or(0),
@@ -504,6 +512,21 @@ mod tests {
         assert!(matches!(b[0], ChatEvent::ToolCall { index: 1, .. }));
         assert_eq!(b.last(), Some(&ChatEvent::Finish(FinishReason::ToolCalls)));
         assert!(d.done);
+    }
+
+    #[test]
+    fn missing_counts_stay_unknown() {
+        let events = ChunkDecoder::default()
+            .decode(
+                r#"{"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop"}"#,
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            events[0],
+            ChatEvent::Usage(Usage::default()),
+            "no counts, no timings: nothing invented"
+        );
     }
 
     #[test]

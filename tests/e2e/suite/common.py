@@ -26,6 +26,7 @@ D_EMBED = os.environ["E2E_DIGLOT_EMBED"]     # diglot --target EMBED
 D_TOOLS = os.environ["E2E_DIGLOT_TOOLS"]     # diglot --target TOOLS
 D_CHAIN = os.environ["E2E_DIGLOT_CHAIN"]     # diglot --upstream D_CHAT (Ollama upstream)
 D_CHAIN_EMBED = os.environ["E2E_DIGLOT_CHAIN_EMBED"]  # diglot --upstream D_EMBED
+D_CHAIN_TOOLS = os.environ["E2E_DIGLOT_CHAIN_TOOLS"]  # diglot --upstream D_TOOLS
 E2E_DIR = Path(os.environ["E2E_DIR"])
 RUN_DIR = Path(os.environ["E2E_RUN_DIR"])
 
