@@ -15,6 +15,7 @@ import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
+from checks import check, eq, fail, ok
 import ollama
 from ollama import Client
 from pydantic import BaseModel
@@ -22,23 +23,6 @@ from pydantic import BaseModel
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures" / "openai"
 
 
-def fail(message):
-    print(f"FAIL: {message}", flush=True)
-    sys.exit(1)
-
-
-def check(condition, message):
-    if not condition:
-        fail(message)
-
-
-def eq(got, want, what):
-    if got != want:
-        fail(f"{what}: got {got!r}, want {want!r}")
-
-
-def ok(name):
-    print(f"ok   {name}", flush=True)
 
 
 def sse(model):

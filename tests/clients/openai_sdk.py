@@ -13,6 +13,7 @@ import traceback
 import zlib
 from pathlib import Path
 
+from checks import check, eq, fail, ok
 import openai
 from openai import OpenAI
 from pydantic import BaseModel
@@ -20,23 +21,6 @@ from pydantic import BaseModel
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures" / "ollama"
 
 
-def fail(message):
-    print(f"FAIL: {message}", flush=True)
-    sys.exit(1)
-
-
-def check(condition, message):
-    if not condition:
-        fail(message)
-
-
-def eq(got, want, what):
-    if got != want:
-        fail(f"{what}: got {got!r}, want {want!r}")
-
-
-def ok(name):
-    print(f"ok   {name}", flush=True)
 
 
 def ndjson(path):
