@@ -15,6 +15,9 @@
 # extra arguments are passed to it (see `bench.py --help`).
 set -euo pipefail
 
+# Everything is in main(), read whole before it runs, so editing this file during a run
+# (a full run takes a quarter of an hour) cannot change what the running copy does.
+main() {
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 BENCH_HOME="${DIGLOT_BENCH_HOME:-$HOME/.cache/diglot/bench}"
@@ -80,13 +83,12 @@ if [ "$LITELLM_OK" = 0 ]; then
 fi
 
 # ---- diglot and the mock. The full run measures release builds; the smoke run uses the
-# debug ones `cargo test` has already built, so CI spends seconds, not a release build.
+# debug ones, which `cargo test` has already built, so in CI this build is a no-op and the
+# smoke run costs seconds, not a release build.
 cd "$REPO"
 if [ "$SMOKE" = 1 ]; then
   PROFILE_DIR=target/debug
-  if [ ! -x "$PROFILE_DIR/diglot" ] || [ ! -x "$PROFILE_DIR/examples/mock_upstream" ]; then
-    cargo build --bin diglot --example mock_upstream >&2
-  fi
+  cargo build --bin diglot --example mock_upstream >&2
 else
   PROFILE_DIR=target/release
   cargo build --release --bin diglot --example mock_upstream >&2
@@ -106,3 +108,6 @@ exec python3 "$HERE/bench.py" \
   "${LITELLM_ARG[@]}" \
   --work "$BENCH_HOME/run" \
   "$@"
+}
+
+main "$@"
