@@ -89,7 +89,7 @@ async fn chat_completions(req: &mut Request, depot: &mut Depot, res: &mut Respon
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
         let request = decode_chat(wire)?;
-        let streams = start(&app, vec![request.clone(); request.n as usize]).await?;
+        let streams = start(&app, std::iter::repeat_n(&request, request.n as usize)).await?;
         Ok::<_, Error>((request, include_usage, streams))
     }
     .await;
@@ -116,8 +116,11 @@ async fn chat_completions(req: &mut Request, depot: &mut Depot, res: &mut Respon
 }
 
 /// Starts every requested answer at once; the first failure cancels the others.
-async fn start(app: &Arc<App>, requests: Vec<ChatRequest>) -> Result<Vec<ChatStream>, Error> {
-    future::try_join_all(requests.iter().map(|r| app.gateway.chat(r))).await
+async fn start<'a>(
+    app: &Arc<App>,
+    requests: impl IntoIterator<Item = &'a ChatRequest>,
+) -> Result<Vec<ChatStream>, Error> {
+    future::try_join_all(requests.into_iter().map(|r| app.gateway.chat(r))).await
 }
 
 async fn collect(streams: Vec<ChatStream>) -> Result<Vec<ChatResponse>, Error> {
@@ -375,7 +378,7 @@ async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             .unwrap_or(false);
         let echo = wire.echo.unwrap_or(false);
         let requests = decode_completion(wire)?;
-        let streams = start(&app, requests.clone()).await?;
+        let streams = start(&app, &requests).await?;
         Ok::<_, Error>((requests, include_usage, echo, streams))
     }
     .await;
