@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use salvo::conn::Acceptor;
 use salvo::conn::tcp::TcpAcceptor;
 use salvo::http::{ParseError, StatusCode};
@@ -147,7 +147,8 @@ pub fn write_bytes(res: &mut Response, status: u16, content_type: &'static str, 
 }
 
 /// Sends each item as soon as it exists; dropping the response (a client hang-up) drops
-/// the stream and with it the upstream call.
+/// the stream and with it the upstream call. Frames that are ready together (the events
+/// translated from one upstream read) leave in one write instead of one syscall each.
 pub fn write_stream<S>(res: &mut Response, content_type: &'static str, stream: S)
 where
     S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
@@ -156,7 +157,26 @@ where
     let _ = res.add_header("content-type", content_type, true);
     let _ = res.add_header("cache-control", "no-cache", true);
     let _ = res.add_header("x-accel-buffering", "no", true);
-    res.stream(stream);
+    res.stream(coalesce(stream));
+}
+
+/// Joins the frames a stream has ready at once, up to `MAX_COALESCED` of them.
+fn coalesce<S>(stream: S) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
+where
+    S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    const MAX_COALESCED: usize = 64;
+    stream.ready_chunks(MAX_COALESCED).map(|frames| {
+        let mut frames = frames.into_iter().map(|Ok(frame)| frame);
+        let first = frames.next().unwrap_or_default();
+        let mut rest = frames.peekable();
+        if rest.peek().is_none() {
+            return Ok(first);
+        }
+        let mut joined = bytes::BytesMut::from(first);
+        rest.for_each(|frame| joined.extend_from_slice(&frame));
+        Ok(joined.freeze())
+    })
 }
 
 /// Serves until SIGINT or SIGTERM, then lets open streams finish for a while.

@@ -52,9 +52,9 @@ async fn plain_chat_both_sides() {
     assert_eq!(
         fake.bodies("/api/chat"),
         vec![
-            json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": true})
+            json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": false})
         ],
-        "no invented options, no think, no tools"
+        "no invented options, no think, no tools; whole answers asked whole"
     );
     assert_eq!(
         normalize(answer, "chatcmpl-"),
@@ -503,7 +503,7 @@ async fn legacy_completions_use_generate() {
     assert_eq!(status, 200);
     assert_eq!(
         fake.bodies("/api/generate")[0],
-        json!({"model": "gen-text", "prompt": "Tell me a story", "suffix": "The end.", "stream": true, "options": {"temperature": 0.5, "num_predict": 8}})
+        json!({"model": "gen-text", "prompt": "Tell me a story", "suffix": "The end.", "stream": false, "options": {"temperature": 0.5, "num_predict": 8}})
     );
     let answer = normalize(answer, "cmpl-");
     assert_eq!(answer["object"], "text_completion");

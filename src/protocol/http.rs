@@ -24,7 +24,11 @@ const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Upstream {
     http: reqwest::Client,
+    /// For messages: the URL as configured, without a trailing slash.
     base: String,
+    /// Parsed once: parsing the whole URL (host included) per request costs more than
+    /// every other step of building the request.
+    base_url: reqwest::Url,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -59,6 +63,8 @@ impl Upstream {
                 .build()
                 .expect("the upstream HTTP client builds with static settings"),
             base: config.url.trim_end_matches('/').to_owned(),
+            base_url: reqwest::Url::parse(config.url.trim_end_matches('/'))
+                .expect("the upstream URL was validated with the configuration"),
             first_byte_timeout: config.first_byte_timeout(),
             idle_timeout: config.idle_timeout(),
         }
@@ -72,16 +78,24 @@ impl Upstream {
         self.idle_timeout
     }
 
+    /// The base URL with `path` appended to its path.
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.base_url.clone();
+        let joined = format!("{}{path}", url.path().trim_end_matches('/'));
+        url.set_path(&joined);
+        url
+    }
+
     pub async fn post<T: Serialize + ?Sized>(&self, path: &str, body: &T) -> Result<reqwest::Response, Error> {
-        let url = format!("{}{path}", self.base);
+        let url = self.url(path);
         if enabled!(target: "diglot::wire", Level::DEBUG) {
             debug!(target: "diglot::wire", %url, payload = %serde_json::to_string(body).unwrap_or_default(), "upstream request");
         }
-        self.send(self.http.post(&url).json(body)).await
+        self.send(self.http.post(url).json(body)).await
     }
 
     pub async fn get(&self, path: &str) -> Result<reqwest::Response, Error> {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.send(self.http.get(self.url(path))).await
     }
 
     /// Sends and waits for the response headers; a non-2xx answer becomes an error.
@@ -99,13 +113,20 @@ impl Upstream {
         Err(upstream_status_error(status, &body, &self.base))
     }
 
-    /// Reads a whole JSON answer.
-    pub async fn json<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
+    /// Reads a whole answer.
+    pub async fn body(&self, response: reqwest::Response) -> Result<Bytes, Error> {
         let body = match tokio::time::timeout(self.idle_timeout, read_limited(response, MAX_BODY_BYTES)).await {
             Err(_) => return Err(self.timed_out(self.idle_timeout)),
             Ok(Err(e)) => return Err(self.transport_error(&e)),
             Ok(Ok(body)) => body,
         };
+        debug!(target: "diglot::wire", answer = %String::from_utf8_lossy(&body), "upstream answer");
+        Ok(body)
+    }
+
+    /// Reads a whole JSON answer.
+    pub async fn json<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
+        let body = self.body(response).await?;
         serde_json::from_slice(&body).map_err(|e| {
             Error::upstream(
                 502,

@@ -177,9 +177,68 @@ async fn stream_fixture(req: &mut Request, depot: &mut Depot, res: &mut Response
         return not_found(res, &body);
     };
     let text = std::fs::read_to_string(path).unwrap();
+    if body["stream"] == false {
+        return ollama_whole_answer(res, state, &text);
+    }
     let lines: Vec<String> = text.lines().map(|l| format!("{l}\n")).collect();
     res.add_header("content-type", "application/x-ndjson", true).unwrap();
     drip(res, state, lines);
+}
+
+/// What Ollama answers to `stream: false` (server/routes.go, ChatHandler and
+/// GenerateHandler): the stream's last line with the content, thinking, tool calls and
+/// logprobs of every line folded in; an error line becomes a 500 with that error. It is
+/// sent when the whole stream would have been (the line delay times the lines).
+fn ollama_whole_answer(res: &mut Response, state: Arc<State>, ndjson: &str) {
+    let lines: Vec<Value> = ndjson.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    if let Some(error) = lines.iter().find(|l| l.get("error").is_some()) {
+        res.status_code(StatusCode::INTERNAL_SERVER_ERROR);
+        return res.render(Json(error.clone()));
+    }
+    let mut answer = lines.last().cloned().unwrap_or_default();
+    let concat = |pick: &dyn Fn(&Value) -> &Value| -> Option<Value> {
+        let parts: Vec<&str> = lines.iter().filter_map(|l| pick(l).as_str()).collect();
+        (!parts.is_empty()).then(|| Value::String(parts.concat()))
+    };
+    let all = |pick: &dyn Fn(&Value) -> &Value| -> Vec<Value> {
+        lines
+            .iter()
+            .filter_map(|l| pick(l).as_array())
+            .flatten()
+            .cloned()
+            .collect()
+    };
+    if answer.get("message").is_some() {
+        for field in ["content", "thinking"] {
+            if let Some(text) = concat(&|l| &l["message"][field]) {
+                answer["message"][field] = text;
+            }
+        }
+        let calls = all(&|l| &l["message"]["tool_calls"]);
+        if !calls.is_empty() {
+            answer["message"]["tool_calls"] = Value::Array(calls);
+        }
+    } else {
+        for field in ["response", "thinking"] {
+            if let Some(text) = concat(&|l| &l[field]) {
+                answer[field] = text;
+            }
+        }
+    }
+    let logprobs = all(&|l| &l["logprobs"]);
+    if !logprobs.is_empty() {
+        answer["logprobs"] = Value::Array(logprobs);
+    }
+    res.add_header("content-type", "application/json; charset=utf-8", true)
+        .unwrap();
+    let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst)) * lines.len() as u32;
+    res.stream(async_stream::stream! {
+        let mut guard = CancelGuard { state: state.clone(), finished: false };
+        tokio::time::sleep(delay).await;
+        yield Ok::<_, std::io::Error>(Bytes::from(answer.to_string()));
+        guard.finished = true;
+        state.completed_streams.fetch_add(1, Ordering::SeqCst);
+    });
 }
 
 /// Sends `pieces` one by one, `line_delay` apart, noting whether the reader hung up.

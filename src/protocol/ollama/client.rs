@@ -49,8 +49,23 @@ impl OllamaClient {
                 self.upstream.post("/api/generate", &body).await?
             }
         };
-        let lines = ndjson_lines(response, self.upstream.idle_timeout());
         let is_chat = matches!(request.input, Input::Messages(_));
+        if !request.stream {
+            // A whole answer is the stream's last line with everything before folded in.
+            let body = self.upstream.body(response).await?;
+            let line = std::str::from_utf8(&body)
+                .map_err(|_| Error::upstream(502, "the Ollama upstream sent an answer that is not UTF-8"))?;
+            let mut decoder = ChunkDecoder::default();
+            let events = decoder.decode(line, is_chat)?;
+            if !decoder.done {
+                return Err(Error::upstream(
+                    502,
+                    "the Ollama upstream sent an answer without \"done\": true",
+                ));
+            }
+            return Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))));
+        }
+        let lines = ndjson_lines(response, self.upstream.idle_timeout());
         Ok(Box::pin(async_stream::stream! {
             let mut decoder = ChunkDecoder::default();
             futures::pin_mut!(lines);
@@ -305,12 +320,13 @@ fn tool_choice_hint(choice: &ToolChoice) -> Option<String> {
     }
 }
 
-/// What chat and generate requests share; always streamed, whatever the client asked.
+/// What chat and generate requests share. Streamed only when the client streams: a whole
+/// answer is one object instead of a line per token.
 fn generation(request: &ChatRequest, think: Option<Value>) -> wire::Generation {
     wire::Generation {
         format: format_for(request),
         options: options_for(request),
-        stream: Some(true),
+        stream: Some(request.stream),
         keep_alive: request.keep_alive.clone(),
         think,
         truncate: request.truncate,

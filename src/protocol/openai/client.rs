@@ -3,6 +3,7 @@
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value, json};
 use tracing::debug;
 
@@ -71,9 +72,7 @@ impl OpenAiClient {
         let response = self.upstream.post(&self.path(endpoint), &body).await?;
         let mut decoder = SseDecoder::new(self.think_tags);
         if !request.stream {
-            let answer: Value = self.upstream.json(response).await?;
-            debug!(target: "diglot::wire", upstream_answer = %answer, "openai answer");
-            let events = decoder.whole(answer)?;
+            let events = decoder.whole(self.upstream.json(response).await?)?;
             return Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))));
         }
         let idle = self.upstream.idle_timeout();
@@ -417,9 +416,13 @@ impl SseDecoder {
     }
 
     fn decode(&mut self, data: &str) -> Result<Vec<ChatEvent>, Error> {
-        let chunk: Value = serde_json::from_str(data)
+        let chunk: UpstreamChunk = serde_json::from_str(data)
             .map_err(|e| Error::upstream(502, format!("the upstream sent an unreadable chunk: {e}")))?;
-        if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+        self.events(chunk)
+    }
+
+    fn events(&mut self, chunk: UpstreamChunk) -> Result<Vec<ChatEvent>, Error> {
+        if let Some(error) = chunk.error.filter(|e| !e.is_null()) {
             let message = error["message"]
                 .as_str()
                 .or(error.as_str())
@@ -427,43 +430,42 @@ impl SseDecoder {
             return Err(Error::upstream(500, message));
         }
         // Some servers repeat a growing usage on every chunk: the last one counts.
-        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some(usage_from(usage));
+        if let Some(usage) = chunk.usage.filter(|u| u.is_object()) {
+            self.usage = Some(usage_from(&usage));
         }
-        if let Some(timings) = chunk.get("timings").filter(|t| t.is_object()) {
-            self.timings = Some(timings.clone());
+        if let Some(timings) = chunk.timings.filter(|t| t.is_object()) {
+            self.timings = Some(timings);
         }
         let mut events = Vec::new();
-        let Some(choice) = chunk["choices"].as_array().and_then(|c| c.first()) else {
+        let Some(choice) = chunk.choices.into_iter().next() else {
             return Ok(events);
         };
-        if let Some(content) = choice["logprobs"]["content"].as_array() {
+        if let Some(content) = choice.logprobs.as_ref().and_then(|l| l["content"].as_array()) {
             let logprobs: Vec<TokenLogprob> = content.iter().filter_map(logprob_from).collect();
             if !logprobs.is_empty() {
                 events.push(ChatEvent::Logprobs(logprobs));
             }
         }
-        let delta = &choice["delta"];
-        for field in ["reasoning_content", "reasoning"] {
-            if let Some(text) = delta[field].as_str().filter(|t| !t.is_empty()) {
-                events.push(ChatEvent::Reasoning(text.to_owned()));
-                break;
-            }
+        let delta = choice.delta.unwrap_or_default();
+        if let Some(text) = [delta.reasoning_content, delta.reasoning]
+            .into_iter()
+            .flatten()
+            .find(|t| !t.is_empty())
+        {
+            events.push(ChatEvent::Reasoning(text));
         }
-        let text = delta["content"]
-            .as_str()
-            .or(choice["text"].as_str())
-            .unwrap_or_default();
+        let text = delta.content.or(choice.text).unwrap_or_default();
         if !text.is_empty() {
             match &mut self.think {
-                Some(tags) => events.extend(tags.split(text)),
-                None => events.push(ChatEvent::Text(text.to_owned())),
+                Some(tags) => events.extend(tags.split(&text)),
+                None => events.push(ChatEvent::Text(text)),
             }
         }
-        for call in delta["tool_calls"].as_array().into_iter().flatten() {
-            let index = call["index"].as_u64().unwrap_or(0) as u32;
-            let non_empty = |v: &Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
-            let (id, name) = (non_empty(&call["id"]), non_empty(&call["function"]["name"]));
+        for (position, call) in delta.tool_calls.into_iter().flatten().enumerate() {
+            let index = call.index.unwrap_or(position as u32);
+            let function = call.function.unwrap_or_default();
+            let non_empty = |v: Option<String>| v.filter(|s| !s.is_empty());
+            let (id, name) = (non_empty(call.id), non_empty(function.name));
             let first = (id.is_some() || name.is_some()) && !self.named_calls.contains(&index);
             if first {
                 self.named_calls.push(index);
@@ -472,11 +474,16 @@ impl SseDecoder {
                 index,
                 id: id.filter(|_| first),
                 name: name.filter(|_| first),
-                arguments_delta: call["function"]["arguments"].as_str().unwrap_or_default().to_owned(),
+                arguments_delta: match function.arguments {
+                    Some(Value::String(s)) => s,
+                    // Some servers send whole answers' arguments as an object.
+                    Some(v @ Value::Object(_)) => v.to_string(),
+                    _ => String::new(),
+                },
             });
         }
-        if let Some(reason) = choice["finish_reason"].as_str() {
-            self.finish = Some(match reason {
+        if let Some(reason) = choice.finish_reason {
+            self.finish = Some(match reason.as_str() {
                 "length" => FinishReason::Length,
                 "tool_calls" | "function_call" => FinishReason::ToolCalls,
                 "content_filter" => FinishReason::ContentFilter,
@@ -510,26 +517,77 @@ impl SseDecoder {
         Ok(events)
     }
 
-    /// A whole (non-streamed) chat completion or completion, as the same events.
-    fn whole(&mut self, mut answer: Value) -> Result<Vec<ChatEvent>, Error> {
-        if let Some(choice) = answer["choices"].get_mut(0) {
-            if let Some(message) = choice.get_mut("message").map(Value::take) {
-                choice["delta"] = message;
-            }
-            for (i, call) in choice["delta"]["tool_calls"]
-                .as_array_mut()
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
-                call["index"] = json!(i);
-            }
-        }
-        let mut events = self.decode(&answer.to_string())?;
+    /// A whole (non-streamed) chat completion or completion, as the same events (its
+    /// `message` is read as a delta).
+    fn whole(&mut self, answer: UpstreamChunk) -> Result<Vec<ChatEvent>, Error> {
+        let mut events = self.events(answer)?;
         self.done = true;
         events.extend(self.finish()?);
         Ok(events)
     }
+}
+
+/// What diglot reads of an upstream's chunk or whole answer. Typed, so the rest of each
+/// chunk is skipped unparsed (a `Value` tree per chunk cost a tenth of a stream's CPU);
+/// every field may be missing or null, as servers differ.
+#[derive(Deserialize, Default)]
+struct UpstreamChunk {
+    #[serde(default, deserialize_with = "null_default")]
+    choices: Vec<UpstreamChoice>,
+    #[serde(default)]
+    usage: Option<Value>,
+    /// llama-server's own timings.
+    #[serde(default)]
+    timings: Option<Value>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct UpstreamChoice {
+    #[serde(default, alias = "message")]
+    delta: Option<UpstreamDelta>,
+    /// Legacy completions.
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Value>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct UpstreamDelta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<UpstreamToolCall>>,
+}
+
+#[derive(Deserialize, Default)]
+struct UpstreamToolCall {
+    #[serde(default)]
+    index: Option<u32>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<UpstreamFunction>,
+}
+
+#[derive(Deserialize, Default)]
+struct UpstreamFunction {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<Value>,
+}
+
+fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// llama-server's `timings` (milliseconds) as Ollama-style nanosecond timings; its token
