@@ -22,7 +22,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Log every request, upstream payload and chunk (secrets redacted).
     pub debug: bool,
+    /// The one upstream of a simple set-up: shorthand for a single channel.
     pub upstream: UpstreamConfig,
+    /// Several upstreams with priorities, weights and failover; replaces `upstream`.
+    pub channels: Vec<UpstreamConfig>,
+    pub routing: RoutingConfig,
     pub images: ImageConfig,
     pub openai: OpenAiConfig,
     pub ollama: OllamaConfig,
@@ -39,6 +43,8 @@ impl Default for Config {
             max_body_bytes: 32 * 1024 * 1024,
             debug: false,
             upstream: UpstreamConfig::default(),
+            channels: Vec::new(),
+            routing: RoutingConfig::default(),
             images: ImageConfig::default(),
             openai: OpenAiConfig::default(),
             ollama: OllamaConfig::default(),
@@ -54,14 +60,34 @@ pub enum UpstreamKind {
     Openai,
 }
 
-/// The server diglot forwards to.
+/// A channel: one upstream server (or several sharing a kind, models and limits, when
+/// keys carry their own URLs), the models it serves and how much of the traffic it gets.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
+    /// Shown in logs, `/health` and metrics; unique among channels.
+    pub name: String,
     pub kind: UpstreamKind,
+    #[serde(alias = "base_url")]
     pub url: String,
     /// Sent as `Authorization: Bearer`. Never logged.
     pub api_key: Option<String>,
+    /// More keys, rotated per request, as lines: `sk-...`, `URL|KEY`, `KEY|URL`,
+    /// `URL#KEY` or `URL/KEY` (a key with its own base URL). Never logged.
+    pub keys: Vec<String>,
+    /// A file of such lines (`#` starts a comment), read at start.
+    pub keys_file: Option<PathBuf>,
+    /// Models served: exact names, globs (`llama*`), or `*` for all the upstream lists.
+    pub models: Vec<String>,
+    /// Names clients may use for this channel's models: `"gpt-4o" = "llama3.2:70b"`.
+    pub aliases: BTreeMap<String, String>,
+    /// Higher tiers are tried first; lower ones take over when a tier has nobody healthy.
+    pub priority: i32,
+    /// Share of the traffic within a priority tier.
+    pub weight: u32,
+    /// Requests in flight at once, 0 for no limit (and per key).
+    pub max_concurrency: usize,
+    pub max_concurrency_per_key: usize,
     /// Extra headers sent with every upstream request.
     pub headers: BTreeMap<String, String>,
     pub connect_timeout_secs: f64,
@@ -90,9 +116,18 @@ pub struct UpstreamConfig {
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
+            name: String::new(),
             kind: UpstreamKind::Ollama,
             url: "http://127.0.0.1:11434".into(),
             api_key: None,
+            keys: Vec::new(),
+            keys_file: None,
+            models: vec!["*".into()],
+            aliases: BTreeMap::new(),
+            priority: 0,
+            weight: 1,
+            max_concurrency: 0,
+            max_concurrency_per_key: 0,
             headers: BTreeMap::new(),
             connect_timeout_secs: 5.0,
             first_byte_timeout_secs: 300.0,
@@ -113,9 +148,11 @@ impl Default for UpstreamConfig {
 impl std::fmt::Debug for UpstreamConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
             .field("kind", &self.kind)
             .field("url", &self.url)
             .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("keys", &self.keys.len())
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -128,6 +165,7 @@ impl UpstreamConfig {
         if shown.api_key.is_some() {
             shown.api_key = Some("<redacted>".into());
         }
+        shown.keys.iter_mut().for_each(|k| *k = "<redacted>".into());
         shown.headers.values_mut().for_each(|v| *v = "<redacted>".into());
         shown
     }
@@ -143,6 +181,229 @@ impl UpstreamConfig {
     }
     pub fn total_timeout(&self) -> Option<Duration> {
         (self.total_timeout_secs > 0.0).then(|| secs(self.total_timeout_secs))
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let invalid = |why: String| Err(ConfigError::Invalid(format!("{at}: {why}")));
+        for endpoint in self.endpoints()? {
+            let url = match reqwest::Url::parse(&endpoint.url) {
+                Ok(url) => url,
+                Err(e) => return invalid(format!("url '{}' is not a URL: {e}", endpoint.url)),
+            };
+            if !matches!(url.scheme(), "http" | "https") {
+                return invalid(format!("url '{url}' must start with http:// or https://"));
+            }
+        }
+        if !matches!(self.max_tokens_field.as_str(), "max_tokens" | "max_completion_tokens") {
+            return invalid(format!(
+                "max_tokens_field '{}' is neither \"max_tokens\" nor \"max_completion_tokens\"",
+                self.max_tokens_field
+            ));
+        }
+        if let Some(field) = &self.reasoning_history
+            && field != "reasoning_content"
+            && field != "reasoning"
+        {
+            return invalid(format!(
+                "reasoning_history '{field}' is neither \"reasoning_content\" nor \"reasoning\""
+            ));
+        }
+        if self.models.is_empty() && self.aliases.is_empty() {
+            return invalid("serves no model: set models (\"*\" for all the upstream lists) or aliases".into());
+        }
+        if let Some((alias, _)) = self.aliases.iter().find(|(a, t)| a.is_empty() || t.is_empty()) {
+            return invalid(format!("alias '{alias}' needs a name and a target model"));
+        }
+        Ok(())
+    }
+
+    /// Every key with the base URL it goes to: `api_key`, `keys`, then `keys_file`. One
+    /// entry without a key when there are none.
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>, ConfigError> {
+        let invalid = |line: usize, source: &str, why: String| {
+            ConfigError::Invalid(format!("channel '{}': {source} entry {line}: {why}", self.name))
+        };
+        let mut endpoints = Vec::new();
+        if let Some(key) = self.api_key.as_deref().filter(|k| !k.is_empty()) {
+            endpoints.push(Endpoint {
+                url: self.url.clone(),
+                key: Some(key.to_owned()),
+            });
+        }
+        for (i, line) in self.keys.iter().enumerate() {
+            if let Some(parsed) = parse_key_line(line) {
+                endpoints.push(parsed.map_err(|why| invalid(i + 1, "keys", why))?.or_url(&self.url));
+            }
+        }
+        if let Some(path) = &self.keys_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "channel '{}': keys_file {}: {e}",
+                    self.name,
+                    path.display()
+                ))
+            })?;
+            for (i, line) in text.lines().enumerate() {
+                if let Some(parsed) = parse_key_line(line) {
+                    endpoints.push(
+                        parsed
+                            .map_err(|why| invalid(i + 1, &path.display().to_string(), why))?
+                            .or_url(&self.url),
+                    );
+                }
+            }
+        }
+        if endpoints.is_empty() {
+            endpoints.push(Endpoint {
+                url: self.url.clone(),
+                key: None,
+            });
+        }
+        Ok(endpoints)
+    }
+}
+
+/// Where one key of a channel goes.
+#[derive(Clone, PartialEq)]
+pub struct Endpoint {
+    pub url: String,
+    pub key: Option<String>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &self.url)
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A key line with an optional URL of its own.
+struct KeyLine {
+    url: Option<String>,
+    key: String,
+}
+
+impl KeyLine {
+    fn or_url(self, url: &str) -> Endpoint {
+        Endpoint {
+            url: self.url.unwrap_or_else(|| url.to_owned()),
+            key: Some(self.key),
+        }
+    }
+}
+
+/// One line of a keys list, in the formats the seed gateways accept: `sk-...`, `URL|KEY`,
+/// `KEY|URL`, `URL#KEY`, `URL/KEY` (the last path segment is the key). `None` for blank
+/// lines and `#` comments. Errors never quote the key.
+fn parse_key_line(line: &str) -> Option<Result<KeyLine, String>> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let is_url = |s: &str| s.starts_with("http://") || s.starts_with("https://");
+    let checked = |url: &str, key: &str| -> Result<KeyLine, String> {
+        let url = url.trim().trim_end_matches('/');
+        let key = key.trim();
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return Err("the key is empty or contains spaces".into());
+        }
+        reqwest::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+        Ok(KeyLine {
+            url: Some(url.to_owned()),
+            key: key.to_owned(),
+        })
+    };
+    Some(if let Some((left, right)) = line.split_once('|') {
+        match (is_url(left.trim()), is_url(right.trim())) {
+            (true, false) => checked(left, right),
+            (false, true) => checked(right, left),
+            _ => Err("expected URL|KEY or KEY|URL".into()),
+        }
+    } else if is_url(line) {
+        if let Some((url, key)) = line.split_once('#') {
+            checked(url, key)
+        } else {
+            match line.trim_end_matches('/').rsplit_once('/') {
+                Some((url, key)) if url.contains("://") && !url.ends_with('/') => checked(url, key),
+                _ => Err("a URL without a key (expected URL#KEY, URL|KEY or URL/KEY)".into()),
+            }
+        }
+    } else if line.contains(char::is_whitespace) {
+        Err("a key cannot contain spaces".into())
+    } else {
+        Ok(KeyLine {
+            url: None,
+            key: line.to_owned(),
+        })
+    })
+}
+
+/// How requests are spread over channels and retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Further attempts after the first, each on a channel or key not yet tried.
+    pub max_retries: u32,
+    /// Backoff before attempt n: min(base × 2^(n-1), max), ±20 % jitter; an upstream's
+    /// `Retry-After` (up to `backoff_max_ms`) wins.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// How long a request waits for a slot when every channel is at `max_concurrency`
+    /// (0: answer 429 at once), and how many may wait per channel.
+    pub queue_timeout_secs: f64,
+    pub max_queue: usize,
+    /// A key that got 401/403 is left out for this long.
+    pub bad_key_secs: f64,
+    /// Passive health: a channel with at least `min_requests` outcomes in the last
+    /// `window_secs`, `failure_ratio` or more of them failures, is taken out for
+    /// `cooldown_secs`, then lets one probe request through.
+    pub window_secs: f64,
+    pub min_requests: usize,
+    pub failure_ratio: f64,
+    pub cooldown_secs: f64,
+    /// Active health: every channel's model list (`/api/tags` or `/v1/models`, never a
+    /// completion) is fetched this often, which also refreshes the catalog; 0 turns it off.
+    pub check_interval_secs: f64,
+    /// Seeds the weighted choice, for reproducible tests; unset is random.
+    pub seed: Option<u64>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            backoff_base_ms: 50,
+            backoff_max_ms: 2000,
+            queue_timeout_secs: 10.0,
+            max_queue: 64,
+            bad_key_secs: 300.0,
+            window_secs: 60.0,
+            min_requests: 5,
+            failure_ratio: 0.8,
+            cooldown_secs: 30.0,
+            check_interval_secs: 30.0,
+            seed: None,
+        }
+    }
+}
+
+impl RoutingConfig {
+    pub fn queue_timeout(&self) -> Duration {
+        secs(self.queue_timeout_secs)
+    }
+    pub fn bad_key(&self) -> Duration {
+        secs(self.bad_key_secs)
+    }
+    pub fn window(&self) -> Duration {
+        secs(self.window_secs)
+    }
+    pub fn cooldown(&self) -> Duration {
+        secs(self.cooldown_secs)
+    }
+    pub fn check_interval(&self) -> Option<Duration> {
+        (self.check_interval_secs > 0.0).then(|| secs(self.check_interval_secs))
     }
 }
 
@@ -296,13 +557,30 @@ impl Config {
                 .unwrap_or_default();
             settings.iter().any(|s| s.eq_ignore_ascii_case(first))
         });
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(env)
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        if !overrides.upstream.is_empty() {
+            // An upstream given on the command line is the whole set-up.
+            config.channels.clear();
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The channels to route over: `channels`, or `upstream` as the only one (named
+    /// "default" unless it has a name).
+    pub fn channels(&self) -> Vec<UpstreamConfig> {
+        if !self.channels.is_empty() {
+            return self.channels.clone();
+        }
+        let mut only = self.upstream.clone();
+        if only.name.is_empty() {
+            only.name = "default".into();
+        }
+        vec![only]
     }
 
     /// The socket address to bind, reading Go-style `:PORT` as every interface.
@@ -332,30 +610,24 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
-        let url = reqwest::Url::parse(&self.upstream.url)
-            .map_err(|e| ConfigError::Invalid(format!("upstream.url: '{}' is not a URL: {e}", self.upstream.url)))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ConfigError::Invalid(format!(
-                "upstream.url: '{}' must start with http:// or https://",
-                url
-            )));
+        if !self.channels.is_empty() && self.upstream != UpstreamConfig::default() {
+            return Err(ConfigError::Invalid(
+                "both [upstream] and [[channels]] are set: move the upstream into [[channels]]".into(),
+            ));
         }
-        if !matches!(
-            self.upstream.max_tokens_field.as_str(),
-            "max_tokens" | "max_completion_tokens"
-        ) {
-            return Err(ConfigError::Invalid(format!(
-                "upstream.max_tokens_field: '{}' is neither \"max_tokens\" nor \"max_completion_tokens\"",
-                self.upstream.max_tokens_field
-            )));
-        }
-        if let Some(field) = &self.upstream.reasoning_history
-            && field != "reasoning_content"
-            && field != "reasoning"
-        {
-            return Err(ConfigError::Invalid(format!(
-                "upstream.reasoning_history: '{field}' is neither \"reasoning_content\" nor \"reasoning\""
-            )));
+        let channels = self.channels();
+        for (i, channel) in channels.iter().enumerate() {
+            let at = if self.channels.is_empty() {
+                "upstream".to_owned()
+            } else if channel.name.is_empty() {
+                return Err(ConfigError::Invalid(format!("channels[{i}]: every channel needs a name")));
+            } else {
+                format!("channel '{}'", channel.name)
+            };
+            if channels[..i].iter().any(|c| c.name == channel.name) {
+                return Err(ConfigError::Invalid(format!("{at}: the name is used twice")));
+            }
+            channel.validate(&at)?;
         }
         let version_ok = self.ollama.version.split('.').count() == 3
             && self

@@ -70,6 +70,7 @@ fn main() -> std::process::ExitCode {
         Command::CheckConfig => {
             let shown = Config {
                 upstream: config.upstream.redacted(),
+                channels: config.channels.iter().map(|c| c.redacted()).collect(),
                 ..config
             };
             println!("{}", serde_json::to_string_pretty(&shown).unwrap_or_default());
@@ -99,7 +100,10 @@ fn run(config: Config) -> std::process::ExitCode {
                 return std::process::ExitCode::from(1);
             }
         };
-        tracing::info!(%addr, upstream = %config.upstream.url, kind = ?config.upstream.kind, "diglot listening");
+        for channel in config.channels() {
+            tracing::info!(channel = %channel.name, kind = ?channel.kind, url = %channel.url, models = ?channel.models, priority = channel.priority, weight = channel.weight, "channel");
+        }
+        tracing::info!(%addr, "diglot listening");
         let app = match diglot::server::App::new(config) {
             Ok(app) => app,
             Err(e) => {

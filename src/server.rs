@@ -30,6 +30,7 @@ pub struct App {
 impl App {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let gateway = Gateway::new(&config)?;
+        gateway.start_checks();
         let http = reqwest::Client::builder()
             .connect_timeout(config.upstream.connect_timeout())
             .build()
@@ -37,8 +38,8 @@ impl App {
         Ok(Arc::new(Self { config, gateway, http }))
     }
 
-    /// Where Ollama model management goes: the configured fallback, else the upstream
-    /// itself when it is an Ollama.
+    /// Where Ollama model management goes: the configured fallback, else the first
+    /// channel that is an Ollama.
     pub fn fallback_url(&self) -> Option<String> {
         self.config
             .ollama
@@ -46,8 +47,11 @@ impl App {
             .clone()
             .filter(|u| !u.is_empty())
             .or_else(|| {
-                (self.config.upstream.kind == crate::config::UpstreamKind::Ollama)
-                    .then(|| self.config.upstream.url.clone())
+                self.config
+                    .channels()
+                    .into_iter()
+                    .find(|c| c.kind == crate::config::UpstreamKind::Ollama)
+                    .map(|c| c.url)
             })
     }
 }
@@ -82,7 +86,15 @@ pub fn router(app: Arc<App>) -> Router {
             root = root.push(at("/v1").push(v1)).push(at("").push(bare));
         }
     }
-    root.push(Router::with_path("{**rest}").goal(no_route))
+    root.push(Router::with_path("health").get(health))
+        .push(Router::with_path("{**rest}").goal(no_route))
+}
+
+/// Each channel's state; 200 while at least one can take requests, else 503.
+#[handler]
+async fn health(depot: &mut Depot, res: &mut Response) {
+    let (usable, report) = app(depot).gateway.health();
+    write_json(res, if usable { 200 } else { 503 }, &report);
 }
 
 #[handler]
@@ -138,6 +150,14 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
 pub fn write_json(res: &mut Response, status: u16, body: &impl Serialize) {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     write_bytes(res, status, "application/json", bytes);
+}
+
+/// `Retry-After` in whole seconds (rounded up) when the error says when to come back.
+pub fn retry_after_header(res: &mut Response, error: &Error) {
+    if let Some(after) = error.retry_after {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        let _ = res.add_header("retry-after", secs.max(1).to_string(), true);
+    }
 }
 
 pub fn write_bytes(res: &mut Response, status: u16, content_type: &'static str, body: impl Into<Bytes>) {

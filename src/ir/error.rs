@@ -1,4 +1,5 @@
 use std::fmt;
+use std::time::Duration;
 
 /// What went wrong, in terms both protocols can render with their own shape and status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub enum ErrorKind {
     },
     /// The upstream did not answer in time.
     Timeout,
+    /// No upstream can take the request now (every channel for the model is down).
+    Unavailable,
     /// A bug or an impossible state inside diglot.
     Internal,
 }
@@ -31,6 +34,8 @@ pub struct Error {
     pub message: String,
     /// The request field at fault, when there is one (OpenAI's `param`).
     pub param: Option<String>,
+    /// When to try again: an upstream's `Retry-After`, or diglot's own for its limits.
+    pub retry_after: Option<Duration>,
 }
 
 impl Error {
@@ -39,6 +44,7 @@ impl Error {
             kind,
             message: message.into(),
             param: None,
+            retry_after: None,
         }
     }
 
@@ -82,6 +88,7 @@ impl Error {
             // Whatever the upstream said, it is not the client's fault (a bad upstream key included).
             ErrorKind::UpstreamError { .. } => 502,
             ErrorKind::Timeout => 504,
+            ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
         }
     }

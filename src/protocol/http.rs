@@ -12,7 +12,7 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 use tracing::{Level, debug, enabled};
 
-use crate::config::UpstreamConfig;
+use crate::config::{Endpoint, UpstreamConfig};
 use crate::ir::{Error, ErrorKind};
 
 /// The longest line or body accepted from an upstream (Ollama's own client allows 8 MiB
@@ -20,7 +20,8 @@ use crate::ir::{Error, ErrorKind};
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
-/// One upstream server: base URL, credentials, timeouts and a pooled client.
+/// One upstream server with one key: base URL, credentials, timeouts, and the pooled
+/// client it shares with the other keys of its channel.
 #[derive(Clone)]
 pub struct Upstream {
     http: reqwest::Client,
@@ -29,12 +30,15 @@ pub struct Upstream {
     /// Parsed once: parsing the whole URL (host included) per request costs more than
     /// every other step of building the request.
     base_url: reqwest::Url,
+    /// `Bearer KEY`, marked sensitive so it never shows in debug output.
+    auth: Option<HeaderValue>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> Self {
+    /// The pooled client a channel's keys share: its extra headers, timeouts, no Nagle.
+    pub fn client(config: &UpstreamConfig) -> reqwest::Client {
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
             if let (Ok(name), Ok(value)) = (
@@ -44,12 +48,6 @@ impl Upstream {
                 headers.insert(name, value);
             }
         }
-        if let Some(key) = config.api_key.as_deref().filter(|k| !k.is_empty())
-            && let Ok(mut value) = HeaderValue::try_from(format!("Bearer {key}"))
-        {
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(config.connect_timeout())
@@ -58,13 +56,27 @@ impl Upstream {
         if let Some(total) = config.total_timeout() {
             builder = builder.timeout(total);
         }
+        builder
+            .build()
+            .expect("the upstream HTTP client builds with static settings")
+    }
+
+    pub fn new(config: &UpstreamConfig, http: reqwest::Client, endpoint: &Endpoint) -> Self {
+        let auth = endpoint
+            .key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .and_then(|key| HeaderValue::try_from(format!("Bearer {key}")).ok())
+            .map(|mut value| {
+                value.set_sensitive(true);
+                value
+            });
+        let base = endpoint.url.trim_end_matches('/');
         Self {
-            http: builder
-                .build()
-                .expect("the upstream HTTP client builds with static settings"),
-            base: config.url.trim_end_matches('/').to_owned(),
-            base_url: reqwest::Url::parse(config.url.trim_end_matches('/'))
-                .expect("the upstream URL was validated with the configuration"),
+            http,
+            base: base.to_owned(),
+            base_url: reqwest::Url::parse(base).expect("the upstream URL was validated with the configuration"),
+            auth,
             first_byte_timeout: config.first_byte_timeout(),
             idle_timeout: config.idle_timeout(),
         }
@@ -99,7 +111,10 @@ impl Upstream {
     }
 
     /// Sends and waits for the response headers; a non-2xx answer becomes an error.
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+    async fn send(&self, mut request: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
         let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
             Err(_) => return Err(self.timed_out(self.first_byte_timeout)),
             Ok(Err(e)) => return Err(self.transport_error(&e)),
@@ -109,8 +124,18 @@ impl Upstream {
             return Ok(response);
         }
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64);
         let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
-        Err(upstream_status_error(status, &body, &self.base))
+        Err(Error {
+            retry_after,
+            ..upstream_status_error(status, &body, &self.base)
+        })
     }
 
     /// Reads a whole answer.

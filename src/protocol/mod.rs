@@ -6,7 +6,8 @@ pub mod images;
 pub mod ollama;
 pub mod openai;
 
-use crate::config::{Config, UpstreamKind};
+use crate::config::{UpstreamConfig, UpstreamKind};
+use http::Upstream;
 
 use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ModelCard};
 
@@ -18,14 +19,10 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn from_config(config: &Config) -> Result<Self, String> {
-        let images = images::ImageFetcher::new(&config.images);
-        match config.upstream.kind {
-            UpstreamKind::Ollama => Ok(Backend::Ollama(ollama::client::OllamaClient::new(
-                &config.upstream,
-                images,
-            ))),
-            UpstreamKind::Openai => Ok(Backend::OpenAi(openai::client::OpenAiClient::new(&config.upstream))),
+    pub fn new(config: &UpstreamConfig, upstream: Upstream, images: images::ImageFetcher) -> Self {
+        match config.kind {
+            UpstreamKind::Ollama => Backend::Ollama(ollama::client::OllamaClient::new(config, upstream, images)),
+            UpstreamKind::Openai => Backend::OpenAi(openai::client::OpenAiClient::new(config, upstream)),
         }
     }
 

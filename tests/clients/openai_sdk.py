@@ -221,8 +221,10 @@ def main(base_url):
     ok("embeddings (base64 by default) decode to the fixture vectors")
 
     # 9. Models.
+    # The fake lists tags.json's models, then one per fixture it can answer for.
     ids = [m.id for m in client.models.list()]
-    eq(ids, ["llama3.2:latest", "qwen3:8b", "llava:7b", "all-minilm:latest"], "model ids")
+    eq(ids[:4], ["llama3.2:latest", "qwen3:8b", "llava:7b", "all-minilm:latest"], "model ids")
+    check("chat-text" in ids[4:], f"fixture models listed too: {ids}")
     eq(client.models.retrieve("qwen3:8b").id, "qwen3:8b", "retrieved model id")
     ok("models.list and models.retrieve")
 

@@ -47,13 +47,14 @@ struct State {
 /// A fake upstream that speaks both protocols from the recorded fixtures, picked by the
 /// request's model name:
 /// - Ollama: `/api/chat` and `/api/generate` stream `fixtures/ollama/{chat,generate}/MODEL.ndjson`
-///   line by line, `/api/embed` and `/api/show` answer `embed/MODEL.json` and
-///   `show/MODEL.json`, `/api/tags` answers `tags.json`; an unknown model gets Ollama's 404.
+///   line by line (or answer whole for `stream: false`), `/api/embed` and `/api/show`
+///   answer `embed/MODEL.json` and `show/MODEL.json`, `/api/tags` answers `tags.json`
+///   plus one entry per fixture model; an unknown model gets Ollama's 404.
 ///   `/api/pull` and `/api/delete` answer as Ollama does (for fallback forwarding).
 /// - OpenAI: `/v1/chat/completions` and `/v1/completions` stream
 ///   `fixtures/openai/{chat,completions}/MODEL.sse` event by event, `/v1/embeddings`
 ///   answers `embeddings/MODEL.json`, `/v1/models` a `models/*.json` list plus one entry
-///   per chat fixture; an unknown model gets OpenAI's 404.
+///   per fixture model; an unknown model gets OpenAI's 404.
 /// - `GET /red.png` serves a tiny PNG for image-URL tests.
 #[derive(Clone)]
 pub struct FakeUpstream {
@@ -70,7 +71,7 @@ impl FakeUpstream {
             .push(Router::with_path("api/generate").post(stream_fixture))
             .push(Router::with_path("api/embed").post(json_fixture))
             .push(Router::with_path("api/show").post(json_fixture))
-            .push(Router::with_path("api/tags").get(json_fixture))
+            .push(Router::with_path("api/tags").get(ollama_tags))
             .push(Router::with_path("api/pull").post(ollama_management))
             .push(Router::with_path("api/delete").delete(ollama_management))
             .push(Router::with_path("api/blobs/{digest}").post(blob_upload))
@@ -478,9 +479,13 @@ async fn openai_models(req: &mut Request, depot: &mut Depot, res: &mut Response)
     let name = if name.is_empty() { "openai".to_owned() } else { name };
     let mut list: Value =
         serde_json::from_slice(&std::fs::read(fixture(&format!("openai/models/{name}.json"))).unwrap()).unwrap();
-    let mut scenarios: Vec<String> = std::fs::read_dir(fixture("openai/chat"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_suffix(".sse").map(str::to_owned))
+    let mut scenarios: Vec<String> = ["chat", "completions", "embeddings"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(fixture(&format!("openai/{dir}"))).unwrap())
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_str()?.to_owned();
+            Some(name.strip_suffix(".sse").or(name.strip_suffix(".json"))?.to_owned())
+        })
         .collect();
     scenarios.sort();
     let data = list["data"].as_array_mut().unwrap();
@@ -488,6 +493,33 @@ async fn openai_models(req: &mut Request, depot: &mut Depot, res: &mut Response)
         data.push(serde_json::json!({"id": id, "object": "model", "created": 1_754_000_000, "owned_by": "fixtures"}));
     }
     res.render(Json(list));
+}
+
+/// `tags.json` (a real Ollama's list) plus one entry per fixture model, as a server that
+/// has those models would list them.
+#[handler]
+async fn ollama_tags(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    record(req, depot).await;
+    let mut tags: Value = serde_json::from_slice(&std::fs::read(fixture("ollama/tags.json")).unwrap()).unwrap();
+    let mut names: Vec<String> = ["chat", "generate", "embed"]
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(fixture(&format!("ollama/{dir}"))).unwrap())
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().to_str()?.to_owned();
+            Some(name.strip_suffix(".ndjson").or(name.strip_suffix(".json"))?.to_owned())
+        })
+        .collect();
+    names.sort();
+    let models = tags["models"].as_array_mut().unwrap();
+    for name in names {
+        models.push(serde_json::json!({
+            "name": name, "model": name, "modified_at": "2026-11-01T00:00:00Z", "size": 1_000_000,
+            "digest": "0".repeat(64),
+            "details": {"parent_model": "", "format": "gguf", "family": "fixture", "families": ["fixture"],
+                        "parameter_size": "1B", "quantization_level": "Q4_0"}
+        }));
+    }
+    res.render(Json(tags));
 }
 
 #[handler]

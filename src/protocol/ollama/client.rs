@@ -27,10 +27,10 @@ pub struct OllamaClient {
 }
 
 impl OllamaClient {
-    pub fn new(config: &UpstreamConfig, images: ImageFetcher) -> Self {
+    pub fn new(config: &UpstreamConfig, upstream: Upstream, images: ImageFetcher) -> Self {
         let ttl = Duration::from_secs(config.models_cache_secs);
         Self {
-            upstream: Upstream::new(config),
+            upstream,
             images,
             shows: Cache::builder().time_to_live(ttl).max_capacity(4096).build(),
         }

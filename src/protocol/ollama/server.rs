@@ -19,7 +19,7 @@ use crate::ir::{
     ChatEvent, ChatRequest, ChatResponse, EmbedRequest, Error, ErrorKind, FinishReason, Image, Input, Message,
     ModelCard, Part, Prompt, Role, TokenLogprob, Tool, ToolCall, Usage,
 };
-use crate::server::{App, app, read_json, write_bytes, write_json, write_stream};
+use crate::server::{App, app, read_json, retry_after_header, write_bytes, write_json, write_stream};
 
 /// The routes, relative to the root (and the base path).
 pub fn routes() -> Vec<Router> {
@@ -50,6 +50,7 @@ pub async fn running(res: &mut Response) {
 /// Renders an IR error as Ollama does: `{"error":"..."}` with the status. An unknown
 /// model says `model 'NAME' not found`, which CLIs and apps match on to offer a pull.
 pub fn write_error(res: &mut Response, error: &Error, model: &str) {
+    retry_after_header(res, error);
     write_json(
         res,
         error.status(),
@@ -173,7 +174,7 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         Ok(name) => name,
         Err(e) => return write_error(res, &e, ""),
     };
-    if let Some(upstream) = app.gateway.backend.ollama_show(&name).await {
+    if let Some(upstream) = app.gateway.ollama_show(&name).await {
         return match upstream {
             Ok(answer) => write_json(res, 200, &*answer),
             Err(e) => write_error(res, &e, &name),

@@ -29,14 +29,10 @@ pub struct OpenAiClient {
 }
 
 impl OpenAiClient {
-    pub fn new(config: &UpstreamConfig) -> Self {
-        let prefix = if config.url.trim_end_matches('/').ends_with("/v1") {
-            ""
-        } else {
-            "/v1"
-        };
+    pub fn new(config: &UpstreamConfig, upstream: Upstream) -> Self {
+        let prefix = if upstream.base().ends_with("/v1") { "" } else { "/v1" };
         Self {
-            upstream: Upstream::new(config),
+            upstream,
             prefix,
             max_tokens_field: config.max_tokens_field.clone(),
             pass_options: config.pass_options.clone(),

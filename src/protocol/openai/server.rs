@@ -23,7 +23,7 @@ use crate::ir::{
 };
 use crate::protocol::images::parse_image_ref;
 use crate::protocol::ollama;
-use crate::server::{App, app, read_json, write_json, write_stream};
+use crate::server::{App, app, read_json, retry_after_header, write_json, write_stream};
 
 /// Most parallel answers one request may ask for (`n`, or prompts × `n`).
 const MAX_CHOICES: u32 = 16;
@@ -47,6 +47,7 @@ pub async fn connection_test(res: &mut Response) {
 
 /// Renders an IR error as OpenAI does: `{"error":{"message","type","param","code"}}`.
 pub fn write_error(res: &mut Response, error: &Error) {
+    retry_after_header(res, error);
     write_json(res, error.status(), &error_body(error));
 }
 
@@ -64,6 +65,7 @@ fn error_body(error: &Error) -> wire::ErrorBody {
         ErrorKind::UpstreamUnavailable => ("api_error", Some("upstream_unavailable")),
         ErrorKind::UpstreamError { .. } => ("api_error", Some("upstream_error")),
         ErrorKind::Timeout => ("api_error", Some("timeout")),
+        ErrorKind::Unavailable => ("api_error", Some("service_unavailable")),
         ErrorKind::Internal => ("api_error", None),
     };
     wire::ErrorBody {

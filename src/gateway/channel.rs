@@ -1,0 +1,294 @@
+//! A channel: one configured upstream with its keys, concurrency slots and health.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wildmatch::WildMatch;
+
+use super::health::Health;
+use crate::config::{ImageConfig, UpstreamConfig, UpstreamKind};
+use crate::ir::{Error, ModelCard};
+use crate::protocol::Backend;
+use crate::protocol::http::Upstream;
+use crate::protocol::images::ImageFetcher;
+
+pub struct Channel {
+    pub name: String,
+    pub kind: UpstreamKind,
+    /// The configured base URL, for `/health` (keys with URLs of their own not shown).
+    pub url: String,
+    pub priority: i32,
+    pub weight: u32,
+    /// Exact model names, served whatever the upstream lists.
+    exact: Vec<String>,
+    /// Globs, matched against what the upstream lists.
+    globs: Vec<WildMatch>,
+    /// Client name → this channel's model name.
+    pub aliases: Vec<(String, String)>,
+    keys: Vec<Key>,
+    next_key: AtomicUsize,
+    slots: Option<Arc<Semaphore>>,
+    /// Requests waiting for a slot, bounded by `routing.max_queue`.
+    pub waiting: AtomicUsize,
+    /// Requests holding a lease now.
+    in_flight: AtomicUsize,
+    pub health: Health,
+    /// The upstream's model list (one entry), kept for `models_cache_secs`; a failure
+    /// for at most `FAILED_LISTING_TTL`, so an upstream that is back is seen soon.
+    listing: Cache<(), Listing>,
+}
+
+type Listing = Result<Arc<Vec<ModelCard>>, Error>;
+
+const FAILED_LISTING_TTL: Duration = Duration::from_secs(2);
+
+struct ListingExpiry {
+    ttl: Duration,
+}
+
+impl moka::Expiry<(), Listing> for ListingExpiry {
+    fn expire_after_create(&self, _: &(), value: &Listing, _: std::time::Instant) -> Option<Duration> {
+        Some(match value {
+            Ok(_) => self.ttl,
+            Err(_) => self.ttl.min(FAILED_LISTING_TTL),
+        })
+    }
+}
+
+/// One key of a channel (or the channel itself when it has no key).
+struct Key {
+    backend: Backend,
+    /// Left out until then: it got 401/403, or 429 with a `Retry-After`.
+    benched_until: std::sync::Mutex<Option<Instant>>,
+    slots: Option<Arc<Semaphore>>,
+}
+
+/// A request's hold on a channel and key: the concurrency slots it took, given back when
+/// the request (or its stream) ends or the client hangs up.
+pub struct Lease {
+    pub channel: Arc<Channel>,
+    pub key: usize,
+    /// This request is the half-open channel's probe.
+    pub probe: bool,
+    _slots: (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>),
+}
+
+impl Lease {
+    pub fn backend(&self) -> &Backend {
+        &self.channel.keys[self.key].backend
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.channel.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.probe {
+            // No verdict came (the client left first): let another request probe.
+            self.channel.health.probe_abandoned();
+        }
+    }
+}
+
+/// Why a channel could not give a slot now.
+pub enum NoSlot {
+    /// Every usable key is at its limit, or the channel is: worth waiting for.
+    Full,
+    /// No usable key at all (all benched or already tried by this request).
+    NoKey,
+}
+
+impl Channel {
+    pub fn new(config: &UpstreamConfig, images: &ImageConfig) -> Result<Self, String> {
+        let http = Upstream::client(config);
+        let fetcher = ImageFetcher::new(images);
+        let keys = config
+            .endpoints()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|endpoint| Key {
+                backend: Backend::new(config, Upstream::new(config, http.clone(), endpoint), fetcher.clone()),
+                benched_until: std::sync::Mutex::new(None),
+                slots: (config.max_concurrency_per_key > 0)
+                    .then(|| Arc::new(Semaphore::new(config.max_concurrency_per_key))),
+            })
+            .collect();
+        let is_glob = |m: &String| m.contains(['*', '?']);
+        Ok(Self {
+            name: config.name.clone(),
+            kind: config.kind,
+            url: config.url.clone(),
+            priority: config.priority,
+            weight: config.weight,
+            exact: config.models.iter().filter(|m| !is_glob(m)).cloned().collect(),
+            globs: config.models.iter().filter(|m| is_glob(m)).map(|m| WildMatch::new(m)).collect(),
+            aliases: config.aliases.iter().map(|(a, t)| (a.clone(), t.clone())).collect(),
+            keys,
+            next_key: AtomicUsize::new(0),
+            slots: (config.max_concurrency > 0).then(|| Arc::new(Semaphore::new(config.max_concurrency))),
+            waiting: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            health: Health::default(),
+            listing: Cache::builder()
+                .expire_after(ListingExpiry {
+                    ttl: Duration::from_secs(config.models_cache_secs),
+                })
+                .build(),
+        })
+    }
+
+    /// The name this channel knows `model` by, if it serves it; `listed` is what the
+    /// upstream lists (`None` when that is unknown: globs then match any name).
+    pub fn serves(&self, model: &str, listed: Option<&[ModelCard]>) -> Option<String> {
+        if let Some((_, target)) = self.aliases.iter().find(|(alias, _)| alias == model) {
+            return Some(target.clone());
+        }
+        if self.exact.iter().any(|m| m == model) {
+            return Some(model.to_owned());
+        }
+        let glob = self.globs.iter().any(|g| g.matches(model));
+        let listed = listed.is_none_or(|cards| cards.iter().any(|c| c.id == model));
+        (glob && listed).then(|| model.to_owned())
+    }
+
+    /// The names this channel serves: exact ones, listed ones its globs match, aliases.
+    pub fn served_names(&self, listed: Option<&[ModelCard]>) -> Vec<String> {
+        let mut names = self.exact.clone();
+        for card in listed.unwrap_or_default() {
+            if self.globs.iter().any(|g| g.matches(&card.id)) && !names.contains(&card.id) {
+                names.push(card.id.clone());
+            }
+        }
+        names.extend(self.aliases.iter().map(|(alias, _)| alias.clone()));
+        names
+    }
+
+    /// The upstream's model list, cached; fetched with the first key not benched.
+    pub async fn listing(&self) -> Listing {
+        self.listing
+            .get_with((), async {
+                let started = Instant::now();
+                let result = self.keys[self.listing_key()].backend.models().await;
+                self.health.checked(started.elapsed(), result.as_ref().err());
+                result.map(Arc::new)
+            })
+            .await
+    }
+
+    /// Forgets the cached list, so the next `listing` asks the upstream again.
+    pub fn forget_listing(&self) {
+        self.listing.invalidate_all();
+    }
+
+    fn listing_key(&self) -> usize {
+        let now = Instant::now();
+        (0..self.keys.len()).find(|&k| !self.benched(k, now)).unwrap_or(0)
+    }
+
+    /// A backend to ask for things that are not completions (`/api/show`).
+    pub fn any_backend(&self) -> &Backend {
+        &self.keys[self.listing_key()].backend
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn benched(&self, key: usize, now: Instant) -> bool {
+        let until = self.keys[key].benched_until.lock().expect("key lock");
+        until.is_some_and(|t| t > now)
+    }
+
+    /// Leaves a key out until `until`.
+    pub fn bench_key(&self, key: usize, until: Instant) {
+        *self.keys[key].benched_until.lock().expect("key lock") = Some(until);
+    }
+
+    /// Takes a slot on the next key in rotation that is neither benched nor in `tried`,
+    /// without waiting.
+    pub fn try_lease(self: &Arc<Self>, tried: &[(usize, usize)], index: usize, probe: bool) -> Result<Lease, NoSlot> {
+        let channel_slot = match &self.slots {
+            Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| NoSlot::Full)?),
+            None => None,
+        };
+        self.lease_key(tried, index, probe, channel_slot)
+    }
+
+    /// Waits (bounded by `timeout`) for a slot on this channel.
+    pub async fn wait_lease(
+        self: &Arc<Self>,
+        tried: &[(usize, usize)],
+        index: usize,
+        timeout: Duration,
+    ) -> Option<Lease> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let channel_slot = match &self.slots {
+            Some(slots) => Some(
+                tokio::time::timeout_at(deadline, slots.clone().acquire_owned())
+                    .await
+                    .ok()?
+                    .ok()?,
+            ),
+            None => None,
+        };
+        loop {
+            match self.lease_key(tried, index, false, None) {
+                Ok(mut lease) => {
+                    lease._slots.0 = channel_slot;
+                    return Some(lease);
+                }
+                Err(NoSlot::NoKey) => return None,
+                Err(NoSlot::Full) if tokio::time::Instant::now() >= deadline => return None,
+                // Per-key limits: poll, since any of the keys may free up first.
+                Err(NoSlot::Full) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    fn lease_key(
+        self: &Arc<Self>,
+        tried: &[(usize, usize)],
+        index: usize,
+        probe: bool,
+        channel_slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<Lease, NoSlot> {
+        let now = Instant::now();
+        let start = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut any_usable = false;
+        for offset in 0..self.keys.len() {
+            let key = (start + offset) % self.keys.len();
+            if tried.contains(&(index, key)) || self.benched(key, now) {
+                continue;
+            }
+            any_usable = true;
+            let key_slot = match &self.keys[key].slots {
+                Some(slots) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => Some(slot),
+                    Err(_) => continue,
+                },
+                None => None,
+            };
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            return Ok(Lease {
+                channel: self.clone(),
+                key,
+                probe,
+                _slots: (channel_slot, key_slot),
+            });
+        }
+        Err(if any_usable { NoSlot::Full } else { NoSlot::NoKey })
+    }
+
+    /// Whether any key could still serve a request that tried `tried`.
+    pub fn has_key(&self, tried: &[(usize, usize)], index: usize) -> bool {
+        let now = Instant::now();
+        (0..self.keys.len()).any(|k| !tried.contains(&(index, k)) && !self.benched(k, now))
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}

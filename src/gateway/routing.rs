@@ -1,0 +1,353 @@
+//! Which channel and key serve a request, and what happens when they fail: priority
+//! tiers, weighted choice inside a tier, failover that never goes back to a channel or
+//! key that already failed, backoff, and the concurrency slots.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tracing::{info, warn};
+
+use super::channel::{Channel, Lease, NoSlot};
+use super::health::Admission;
+use crate::config::RoutingConfig;
+use crate::ir::{Error, ErrorKind};
+
+/// A channel that serves the asked model, and the name it knows it by.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub channel: usize,
+    pub model: String,
+}
+
+pub struct Router {
+    pub channels: Vec<Arc<Channel>>,
+    pub config: RoutingConfig,
+    rng: Mutex<StdRng>,
+}
+
+/// One request's way through the channels: each `next` leases a channel and key not yet
+/// failed for it (after a backoff from the second on), and `failed` says whether to go on.
+pub struct Attempts<'a> {
+    router: &'a Router,
+    model: &'a str,
+    candidates: &'a [Candidate],
+    tried_channels: Vec<usize>,
+    tried_keys: Vec<(usize, usize)>,
+    last_error: Option<Error>,
+    attempt: u32,
+    started: Instant,
+}
+
+impl Attempts<'_> {
+    /// A lease for the next attempt and the model name to ask for, or the error to
+    /// answer with when there is nobody left to try.
+    pub async fn next(&mut self) -> Result<(Lease, String), Error> {
+        let router = self.router;
+        if self.attempt > router.config.max_retries {
+            return Err(self.give_up());
+        }
+        if self.attempt > 0 {
+            tokio::time::sleep(router.backoff(self.attempt)).await;
+        }
+        self.attempt += 1;
+        match router
+            .lease(self.model, self.candidates, &self.tried_channels, &self.tried_keys)
+            .await
+        {
+            Ok((lease, candidate)) => {
+                self.started = Instant::now();
+                Ok((lease, candidate.model.clone()))
+            }
+            Err(e) => Err(self.last_error.take().unwrap_or(e)),
+        }
+    }
+
+    fn give_up(&mut self) -> Error {
+        self.last_error
+            .take()
+            .unwrap_or_else(|| Error::internal("no attempt was made"))
+    }
+
+    /// The attempt on `lease` answered.
+    pub fn succeeded(&self, lease: &Lease) {
+        let channel = &lease.channel;
+        channel
+            .health
+            .record(Ok(self.started.elapsed()), lease.probe, &self.router.config);
+        if self.attempt > 1 {
+            info!(model = self.model, channel = %channel.name, key = lease.key, attempt = self.attempt, "answered after failover");
+        }
+    }
+
+    /// The attempt on `lease` failed with `error`: `Err` hands it back when it is the
+    /// answer (the request was at fault); `Ok` when another attempt may follow.
+    pub fn failed(&mut self, lease: Lease, error: Error) -> Result<(), Error> {
+        let channel = &lease.channel;
+        let index = self
+            .router
+            .channels
+            .iter()
+            .position(|c| Arc::ptr_eq(c, channel))
+            .expect("a lease is on one of the router's channels");
+        let failure = classify(&error);
+        let took = self.started.elapsed();
+        warn!(
+            model = self.model,
+            channel = %channel.name,
+            key = lease.key,
+            attempt = self.attempt,
+            status = error.status(),
+            error = %error.message,
+            took_ms = took.as_millis() as u64,
+            next = ?failure,
+            "upstream attempt failed"
+        );
+        let config = &self.router.config;
+        match failure {
+            Failure::Final => {
+                // The upstream did its job: the request was at fault.
+                channel.health.record(Ok(took), lease.probe, config);
+                return Err(error);
+            }
+            Failure::BadKey => {
+                channel.bench_key(lease.key, Instant::now() + config.bad_key());
+                self.tried_keys.push((index, lease.key));
+            }
+            Failure::Throttled => {
+                if let Some(after) = error.retry_after {
+                    channel.bench_key(lease.key, Instant::now() + after);
+                }
+                self.tried_keys.push((index, lease.key));
+            }
+            Failure::Channel => {
+                channel.health.record(Err(&error), lease.probe, config);
+                self.tried_channels.push(index);
+            }
+        }
+        self.last_error = Some(error);
+        Ok(())
+    }
+}
+
+/// What a failed attempt means for the next one.
+#[derive(Debug, PartialEq)]
+enum Failure {
+    /// The client's request is at fault, or the model is missing: answer now.
+    Final,
+    /// The key was refused (401/403): leave it out for a while, try another.
+    BadKey,
+    /// Rate-limited (429): leave that key out (until `Retry-After`), try another.
+    Throttled,
+    /// The channel failed (connect error, timeout, 5xx): try another channel.
+    Channel,
+}
+
+fn classify(error: &Error) -> Failure {
+    match error.kind {
+        ErrorKind::UpstreamError { status: 401 | 403 } => Failure::BadKey,
+        ErrorKind::RateLimited => Failure::Throttled,
+        ErrorKind::UpstreamUnavailable | ErrorKind::Timeout | ErrorKind::UpstreamError { .. } => Failure::Channel,
+        _ => Failure::Final,
+    }
+}
+
+impl Router {
+    pub fn new(channels: Vec<Arc<Channel>>, config: RoutingConfig) -> Self {
+        let rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Self {
+            channels,
+            config,
+            rng: Mutex::new(rng),
+        }
+    }
+
+    /// The attempts of one request at `model`, over `candidates`.
+    pub fn attempts<'a>(&'a self, model: &'a str, candidates: &'a [Candidate]) -> Attempts<'a> {
+        Attempts {
+            router: self,
+            model,
+            candidates,
+            tried_channels: Vec::new(),
+            tried_keys: Vec::new(),
+            last_error: None,
+            attempt: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Backoff before attempt `n` (n ≥ 1): min(base × 2^(n-1), max), ±20 % jitter.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.config.backoff_base_ms as f64 * 2f64.powi(attempt as i32 - 1);
+        let capped = base.min(self.config.backoff_max_ms as f64);
+        let jitter = self.rng.lock().expect("rng lock").random_range(0.8..=1.2);
+        Duration::from_secs_f64(capped * jitter / 1000.0)
+    }
+
+    /// A lease on the best candidate that has a free slot: the highest priority tier
+    /// with a usable channel, weighted random inside it. When every usable channel is
+    /// full, waits in the first choice's queue.
+    async fn lease<'c>(
+        &self,
+        model: &str,
+        candidates: &'c [Candidate],
+        tried_channels: &[usize],
+        tried_keys: &[(usize, usize)],
+    ) -> Result<(Lease, &'c Candidate), Error> {
+        let now = Instant::now();
+        let mut open: Vec<(&Candidate, Admission)> = candidates
+            .iter()
+            .filter(|c| !tried_channels.contains(&c.channel))
+            .filter(|c| self.channels[c.channel].has_key(tried_keys, c.channel))
+            .map(|c| (c, self.channels[c.channel].health.admission(now)))
+            .filter(|(_, admission)| *admission != Admission::No)
+            .collect();
+        let mut full: Vec<&Candidate> = Vec::new();
+        while !open.is_empty() {
+            let top = open
+                .iter()
+                .map(|(c, _)| self.channels[c.channel].priority)
+                .max()
+                .expect("not empty");
+            let tier: Vec<usize> = (0..open.len())
+                .filter(|&i| self.channels[open[i].0.channel].priority == top)
+                .collect();
+            let picked = tier[self.pick(&tier.iter().map(|&i| self.channels[open[i].0.channel].weight).collect::<Vec<_>>())];
+            let (candidate, admission) = open.swap_remove(picked);
+            let channel = &self.channels[candidate.channel];
+            let probe = admission == Admission::Probe;
+            if probe && !channel.health.claim_probe() {
+                continue;
+            }
+            match channel.try_lease(tried_keys, candidate.channel, probe) {
+                Ok(lease) => return Ok((lease, candidate)),
+                Err(NoSlot::Full) => {
+                    if probe {
+                        channel.health.probe_abandoned();
+                    }
+                    full.push(candidate);
+                }
+                Err(NoSlot::NoKey) => {
+                    if probe {
+                        channel.health.probe_abandoned();
+                    }
+                }
+            }
+        }
+        let Some(first) = full.first() else {
+            return Err(self.unavailable(model, candidates, now));
+        };
+        let channel = &self.channels[first.channel];
+        let busy = || Error {
+            retry_after: Some(Duration::from_secs(1)),
+            ..Error::new(
+                ErrorKind::RateLimited,
+                format!("every upstream serving model '{model}' is at its concurrency limit; try again shortly"),
+            )
+        };
+        let timeout = self.config.queue_timeout();
+        if timeout.is_zero() || channel.waiting.fetch_add(1, Ordering::SeqCst) >= self.config.max_queue {
+            if !timeout.is_zero() {
+                channel.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
+            return Err(busy());
+        }
+        let lease = channel.wait_lease(tried_keys, first.channel, timeout).await;
+        channel.waiting.fetch_sub(1, Ordering::SeqCst);
+        lease.map(|lease| (lease, *first)).ok_or_else(busy)
+    }
+
+    /// Why nobody can take the request: each channel's last error, and when the first
+    /// circuit lets a probe through.
+    fn unavailable(&self, model: &str, candidates: &[Candidate], now: Instant) -> Error {
+        let reasons: Vec<String> = candidates
+            .iter()
+            .map(|c| {
+                let channel = &self.channels[c.channel];
+                match channel.health.last_error() {
+                    Some(error) => format!("{}: {error}", channel.name),
+                    None => format!("{}: out of service", channel.name),
+                }
+            })
+            .collect();
+        let retry_after = candidates
+            .iter()
+            .filter_map(|c| self.channels[c.channel].health.reopens_in(now))
+            .min();
+        Error {
+            retry_after: retry_after.or(Some(Duration::from_secs(1))),
+            ..Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "no healthy upstream can serve model '{model}' now ({})",
+                    reasons.join("; ")
+                ),
+            )
+        }
+    }
+
+    /// An index into `weights`, chosen with probability proportional to its weight. A
+    /// weight of 0 still gets a trickle (1 % of the tier's total), so its health stays
+    /// known; when all are 0 the choice is even.
+    fn pick(&self, weights: &[u32]) -> usize {
+        let total: f64 = weights.iter().map(|&w| w as f64).sum();
+        let trickle = if total > 0.0 { total / 100.0 } else { 1.0 };
+        let effective: Vec<f64> = weights
+            .iter()
+            .map(|&w| if w == 0 { trickle } else { w as f64 })
+            .collect();
+        let sum: f64 = effective.iter().sum();
+        let mut point = self.rng.lock().expect("rng lock").random_range(0.0..sum);
+        for (i, w) in effective.iter().enumerate() {
+            if point < *w {
+                return i;
+            }
+            point -= w;
+        }
+        effective.len() - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_classified_by_what_they_mean_for_a_retry() {
+        let upstream = |status| classify(&Error::upstream(status, "x"));
+        assert_eq!(upstream(401), Failure::BadKey);
+        assert_eq!(upstream(403), Failure::BadKey);
+        assert_eq!(upstream(500), Failure::Channel);
+        assert_eq!(upstream(503), Failure::Channel);
+        assert_eq!(classify(&Error::new(ErrorKind::RateLimited, "x")), Failure::Throttled);
+        assert_eq!(classify(&Error::new(ErrorKind::Timeout, "x")), Failure::Channel);
+        assert_eq!(classify(&Error::new(ErrorKind::UpstreamUnavailable, "x")), Failure::Channel);
+        assert_eq!(classify(&Error::bad_request("x")), Failure::Final);
+        assert_eq!(classify(&Error::model_not_found("m")), Failure::Final);
+    }
+
+    #[test]
+    fn weighted_choice_follows_weights_and_zero_gets_a_trickle() {
+        let router = Router::new(
+            Vec::new(),
+            RoutingConfig {
+                seed: Some(7),
+                ..Default::default()
+            },
+        );
+        let mut counts = [0u32; 3];
+        for _ in 0..20_000 {
+            counts[router.pick(&[1, 3, 0])] += 1;
+        }
+        // Expected shares: 1/4.04, 3/4.04, 0.04/4.04.
+        let share = |i: usize| counts[i] as f64 / 20_000.0;
+        assert!((share(0) - 0.2475).abs() < 0.015, "{counts:?}");
+        assert!((share(1) - 0.7426).abs() < 0.015, "{counts:?}");
+        assert!(share(2) > 0.003 && share(2) < 0.02, "{counts:?}");
+    }
+}
