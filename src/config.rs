@@ -237,11 +237,7 @@ impl UpstreamConfig {
         }
         if let Some(path) = &self.keys_file {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::Invalid(format!(
-                    "channel '{}': keys_file {}: {e}",
-                    self.name,
-                    path.display()
-                ))
+                ConfigError::Invalid(format!("channel '{}': keys_file {}: {e}", self.name, path.display()))
             })?;
             for (i, line) in text.lines().enumerate() {
                 if let Some(parsed) = parse_key_line(line) {
@@ -620,7 +616,9 @@ impl Config {
             let at = if self.channels.is_empty() {
                 "upstream".to_owned()
             } else if channel.name.is_empty() {
-                return Err(ConfigError::Invalid(format!("channels[{i}]: every channel needs a name")));
+                return Err(ConfigError::Invalid(format!(
+                    "channels[{i}]: every channel needs a name"
+                )));
             } else {
                 format!("channel '{}'", channel.name)
             };

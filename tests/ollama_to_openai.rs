@@ -156,7 +156,10 @@ async fn tags_survive_a_dead_upstream() {
     assert_eq!(res.json::<Value>().await.unwrap(), json!({"models": []}));
     let (status, body) = post_json(&base, "/api/chat", json!({"model": "m", "messages": user("x")})).await;
     assert_eq!(status, 503, "no upstream can take it: {body}");
-    assert!(body["error"].as_str().unwrap().contains(&dead), "says which and why: {body}");
+    assert!(
+        body["error"].as_str().unwrap().contains(&dead),
+        "says which and why: {body}"
+    );
 }
 
 #[tokio::test]

@@ -591,7 +591,10 @@ async fn models_list_and_lookup() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids[..4], ["llama3.2:latest", "qwen3:8b", "llava:7b", "all-minilm:latest"]);
+    assert_eq!(
+        ids[..4],
+        ["llama3.2:latest", "qwen3:8b", "llava:7b", "all-minilm:latest"]
+    );
     assert!(ids.contains(&"chat-text"), "and the fake's fixture models: {ids:?}");
     assert_eq!(models["data"][0]["object"], "model");
     assert_eq!(models["data"][0]["owned_by"], "library");

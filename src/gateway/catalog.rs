@@ -74,7 +74,10 @@ impl Gateway {
             spellings.push(format!("{name}:latest"));
         }
         for suffix in [self.tag_suffix.as_str(), ":latest"] {
-            if let Some(stripped) = name.strip_suffix(suffix).filter(|s| !suffix.is_empty() && !s.is_empty()) {
+            if let Some(stripped) = name
+                .strip_suffix(suffix)
+                .filter(|s| !suffix.is_empty() && !s.is_empty())
+            {
                 spellings.push(stripped.to_owned());
             }
         }

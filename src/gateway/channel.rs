@@ -123,7 +123,12 @@ impl Channel {
             priority: config.priority,
             weight: config.weight,
             exact: config.models.iter().filter(|m| !is_glob(m)).cloned().collect(),
-            globs: config.models.iter().filter(|m| is_glob(m)).map(|m| WildMatch::new(m)).collect(),
+            globs: config
+                .models
+                .iter()
+                .filter(|m| is_glob(m))
+                .map(|m| WildMatch::new(m))
+                .collect(),
             aliases: config.aliases.iter().map(|(a, t)| (a.clone(), t.clone())).collect(),
             keys,
             next_key: AtomicUsize::new(0),

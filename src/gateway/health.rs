@@ -112,7 +112,11 @@ impl Health {
         }
         state.outcomes.push_back((now, ok));
         let window = config.window();
-        while state.outcomes.front().is_some_and(|(at, _)| now.duration_since(*at) > window) {
+        while state
+            .outcomes
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > window)
+        {
             state.outcomes.pop_front();
         }
         let total = state.outcomes.len();
@@ -169,7 +173,11 @@ impl Health {
             (false, Circuit::Open { .. }) => "open",
             (false, Circuit::HalfOpen { .. }) => "half_open",
         };
-        let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let unix = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
         let failures = state.outcomes.iter().filter(|(_, ok)| !ok).count();
         json!({
             "state": name,

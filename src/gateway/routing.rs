@@ -217,7 +217,12 @@ impl Router {
             let tier: Vec<usize> = (0..open.len())
                 .filter(|&i| self.channels[open[i].0.channel].priority == top)
                 .collect();
-            let picked = tier[self.pick(&tier.iter().map(|&i| self.channels[open[i].0.channel].weight).collect::<Vec<_>>())];
+            let picked = tier[self.pick(
+                &tier
+                    .iter()
+                    .map(|&i| self.channels[open[i].0.channel].weight)
+                    .collect::<Vec<_>>(),
+            )];
             let (candidate, admission) = open.swap_remove(picked);
             let channel = &self.channels[candidate.channel];
             let probe = admission == Admission::Probe;
@@ -326,7 +331,10 @@ mod tests {
         assert_eq!(upstream(503), Failure::Channel);
         assert_eq!(classify(&Error::new(ErrorKind::RateLimited, "x")), Failure::Throttled);
         assert_eq!(classify(&Error::new(ErrorKind::Timeout, "x")), Failure::Channel);
-        assert_eq!(classify(&Error::new(ErrorKind::UpstreamUnavailable, "x")), Failure::Channel);
+        assert_eq!(
+            classify(&Error::new(ErrorKind::UpstreamUnavailable, "x")),
+            Failure::Channel
+        );
         assert_eq!(classify(&Error::bad_request("x")), Failure::Final);
         assert_eq!(classify(&Error::model_not_found("m")), Failure::Final);
     }

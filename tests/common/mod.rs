@@ -42,6 +42,20 @@ struct State {
     completed_streams: AtomicU64,
     /// Which `fixtures/openai/models/*.json` answers `/v1/models`.
     models: Mutex<String>,
+    faults: Mutex<Faults>,
+}
+
+/// Failures the fake answers with instead of its fixtures.
+#[derive(Default, Clone)]
+struct Faults {
+    /// The next N completion/embedding calls get this status (and `Retry-After`).
+    next: u32,
+    status: u16,
+    retry_after: Option<u64>,
+    /// Calls carrying `Authorization: Bearer KEY` get 401.
+    rejected_key: Option<String>,
+    /// `/api/tags` and `/v1/models` get this status.
+    listing_status: Option<u16>,
 }
 
 /// A fake upstream that speaks both protocols from the recorded fixtures, picked by the
@@ -67,6 +81,7 @@ impl FakeUpstream {
         let state = Arc::new(State::default());
         let router = Router::new()
             .hoop(affix_state::inject(state.clone()))
+            .hoop(inject_faults)
             .push(Router::with_path("api/chat").post(stream_fixture))
             .push(Router::with_path("api/generate").post(stream_fixture))
             .push(Router::with_path("api/embed").post(json_fixture))
@@ -80,7 +95,8 @@ impl FakeUpstream {
             .push(Router::with_path("v1/embeddings").post(openai_json))
             .push(Router::with_path("v1/models").get(openai_models))
             .push(Router::with_path("red.png").get(red_png));
-        let acceptor = TcpListener::new("127.0.0.1:0").bind().await;
+        // With TCP_NODELAY, as real servers set it: else each small write waits for an ACK.
+        let acceptor = diglot::server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = acceptor.holdings()[0].local_addr.clone().into_std().unwrap();
         tokio::spawn(Server::new(acceptor).serve(router));
         Self { addr, state }
@@ -117,6 +133,31 @@ impl FakeUpstream {
             .filter(|r| r.path == path)
             .map(|r| r.body)
             .collect()
+    }
+
+    /// Answers the next `n` completion and embedding calls with `status` (in the
+    /// protocol's error shape), with a `Retry-After` of `retry_after` seconds if given.
+    pub fn fail_next(&self, n: u32, status: u16, retry_after: Option<u64>) {
+        let mut faults = self.state.faults.lock().unwrap();
+        (faults.next, faults.status, faults.retry_after) = (n, status, retry_after);
+    }
+
+    /// Answers calls made with this bearer key with 401, as a server does for a revoked key.
+    pub fn reject_key(&self, key: &str) {
+        self.state.faults.lock().unwrap().rejected_key = Some(key.to_owned());
+    }
+
+    /// Answers `/api/tags` and `/v1/models` with `status` (None: normally).
+    pub fn fail_listing(&self, status: Option<u16>) {
+        self.state.faults.lock().unwrap().listing_status = status;
+    }
+
+    /// How many completion and embedding calls arrived (failed ones included).
+    pub fn calls(&self) -> usize {
+        self.received()
+            .iter()
+            .filter(|r| r.method == "POST" && is_call(&r.path))
+            .count()
     }
 
     pub fn cancelled(&self) -> bool {
@@ -230,9 +271,9 @@ fn ollama_whole_answer(res: &mut Response, state: Arc<State>, ndjson: &str) {
     if !logprobs.is_empty() {
         answer["logprobs"] = Value::Array(logprobs);
     }
+    let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst)) * lines.len() as u32;
     res.add_header("content-type", "application/json; charset=utf-8", true)
         .unwrap();
-    let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst)) * lines.len() as u32;
     res.stream(async_stream::stream! {
         let mut guard = CancelGuard { state: state.clone(), finished: false };
         tokio::time::sleep(delay).await;
@@ -497,6 +538,60 @@ async fn openai_models(req: &mut Request, depot: &mut Depot, res: &mut Response)
 
 /// `tags.json` (a real Ollama's list) plus one entry per fixture model, as a server that
 /// has those models would list them.
+fn is_call(path: &str) -> bool {
+    [
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+    ]
+    .contains(&path)
+}
+
+/// Answers with an injected failure (see `Faults`) before any handler runs.
+#[handler]
+async fn inject_faults(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let state = depot.get_typed::<Arc<State>>().unwrap().clone();
+    let path = req.uri().path().to_owned();
+    let status = {
+        let mut faults = state.faults.lock().unwrap();
+        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        if path == "/api/tags" || path == "/v1/models" {
+            faults.listing_status.map(|s| (s, None))
+        } else if !is_call(&path) {
+            None
+        } else if auth.is_some() && auth == faults.rejected_key.as_ref().map(|k| format!("Bearer {k}")).as_deref() {
+            Some((401, None))
+        } else if faults.next > 0 {
+            faults.next -= 1;
+            Some((faults.status, faults.retry_after))
+        } else {
+            None
+        }
+    };
+    let Some((status, retry_after)) = status else {
+        return;
+    };
+    record(req, depot).await;
+    ctrl.skip_rest();
+    res.status_code(StatusCode::from_u16(status).unwrap());
+    if let Some(after) = retry_after {
+        res.add_header("retry-after", after.to_string(), true).unwrap();
+    }
+    let message = format!("injected failure {status}");
+    if path.starts_with("/api/") {
+        // Ollama's shape (server/routes.go: gin.H{"error": ...}).
+        res.render(Json(serde_json::json!({"error": message})));
+    } else {
+        // OpenAI's shape.
+        res.render(Json(
+            serde_json::json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}}),
+        ));
+    }
+}
+
 #[handler]
 async fn ollama_tags(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     record(req, depot).await;
@@ -541,6 +636,28 @@ pub async fn diglot(upstream: &str, tweak: impl FnOnce(&mut Config)) -> String {
     format!("http://{addr}")
 }
 
+/// diglot on an ephemeral port routing over `channels`, with `tweak` applied.
+pub async fn diglot_channels(channels: Vec<diglot::config::UpstreamConfig>, tweak: impl FnOnce(&mut Config)) -> String {
+    let mut config = Config {
+        listen: "127.0.0.1:0".into(),
+        channels,
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let addr = diglot::server::spawn(config).await.unwrap();
+    format!("http://{addr}")
+}
+
+/// A channel named `name` in front of `fake`.
+pub fn channel(name: &str, fake: &FakeUpstream, kind: diglot::config::UpstreamKind) -> diglot::config::UpstreamConfig {
+    diglot::config::UpstreamConfig {
+        name: name.into(),
+        kind,
+        url: fake.url(),
+        ..Default::default()
+    }
+}
+
 /// A fake upstream and a diglot in front of it, speaking OpenAI to it.
 pub async fn setup_openai() -> (FakeUpstream, String) {
     let fake = FakeUpstream::start().await;
@@ -555,8 +672,13 @@ pub async fn setup() -> (FakeUpstream, String) {
     (fake, base)
 }
 
+/// One client for every test: building one (its TLS roots) costs ~20 ms in a debug build.
+/// No idle connections are kept, since each test has its own runtime.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::new()
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap())
+        .clone()
 }
 
 /// `GET url` as JSON.

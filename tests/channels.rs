@@ -1,0 +1,640 @@
+//! Channels: several fake upstreams behind one diglot, and what routing does with them —
+//! weights, priorities, failover, key rotation, circuit breaking, limits, `/health`,
+//! aliases.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use diglot::config::{RoutingConfig, UpstreamConfig, UpstreamKind};
+use serde_json::{Value, json};
+
+const OLLAMA: UpstreamKind = UpstreamKind::Ollama;
+const OPENAI: UpstreamKind = UpstreamKind::Openai;
+
+async fn post(base: &str, path: &str, body: Value) -> (u16, Option<String>, Value) {
+    let res = client().post(format!("{base}{path}")).json(&body).send().await.unwrap();
+    let status = res.status().as_u16();
+    let retry_after = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let text = res.text().await.unwrap();
+    (
+        status,
+        retry_after,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
+}
+
+fn streamed(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Why?"}], "stream": true})
+}
+
+/// Routing with no waiting between attempts, and no background checks unless a test
+/// sets an interval.
+fn quick(routing: RoutingConfig) -> impl FnOnce(&mut diglot::config::Config) {
+    let default_interval = RoutingConfig::default().check_interval_secs;
+    move |c| {
+        c.routing = RoutingConfig {
+            backoff_base_ms: 1,
+            backoff_max_ms: 5,
+            check_interval_secs: if routing.check_interval_secs == default_interval {
+                0.0
+            } else {
+                routing.check_interval_secs
+            },
+            ..routing
+        }
+    }
+}
+
+fn dead_url() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    url
+}
+
+async fn health(base: &str) -> (u16, Value) {
+    let res = client().get(format!("{base}/health")).send().await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+fn state<'a>(health: &'a Value, name: &str) -> &'a Value {
+    health["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn weights_share_a_tier_and_priority_tiers_fail_over() {
+    let (a, b, c) = (
+        FakeUpstream::start().await,
+        FakeUpstream::start().await,
+        FakeUpstream::start().await,
+    );
+    let base = diglot_channels(
+        vec![
+            UpstreamConfig {
+                weight: 1,
+                priority: 5,
+                ..channel("a", &a, OLLAMA)
+            },
+            UpstreamConfig {
+                weight: 3,
+                priority: 5,
+                ..channel("b", &b, OLLAMA)
+            },
+            UpstreamConfig {
+                priority: 0,
+                ..channel("backup", &c, OLLAMA)
+            },
+        ],
+        quick(RoutingConfig {
+            seed: Some(42),
+            ..Default::default()
+        }),
+    )
+    .await;
+    for _ in 0..400 {
+        let (status, _, _) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+        assert_eq!(status, 200);
+    }
+    let (na, nb) = (a.calls() as f64, b.calls() as f64);
+    assert_eq!(na + nb, 400.0);
+    assert_eq!(c.calls(), 0, "the lower tier waits while the top tier is healthy");
+    // Expected 100 : 300; a binomial(400, 1/4) stays within ±30 with p > 0.999.
+    assert!((na - 100.0).abs() <= 30.0, "weights 1:3 gave {na}:{nb}");
+
+    // Both top channels fail: the lower tier answers, each failed channel tried once.
+    a.fail_next(100, 503, None);
+    b.fail_next(100, 500, None);
+    let (status, _, answer) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model"], "chat-text");
+    assert_eq!((a.calls(), b.calls(), c.calls()), (na as usize + 1, nb as usize + 1, 1));
+}
+
+#[tokio::test]
+async fn a_failed_channel_is_never_tried_twice_and_the_last_error_is_answered() {
+    let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    a.fail_next(100, 500, None);
+    b.fail_next(100, 502, None);
+    let base = diglot_channels(
+        vec![channel("a", &a, OLLAMA), channel("b", &b, OLLAMA)],
+        quick(RoutingConfig {
+            max_retries: 5,
+            min_requests: 100,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let (status, _, body) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+    assert_eq!(
+        (a.calls(), b.calls()),
+        (1, 1),
+        "five retries allowed, but only two channels"
+    );
+    assert_eq!(status, 502);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("injected failure"),
+        "{body}"
+    );
+
+    // A connect error is a channel failure too.
+    let dead = UpstreamConfig {
+        url: dead_url(),
+        priority: 1,
+        ..channel("dead", &a, OLLAMA)
+    };
+    a.fail_next(0, 500, None);
+    let base = diglot_channels(vec![dead, channel("a", &a, OLLAMA)], quick(RoutingConfig::default())).await;
+    let (status, _, _) = post(
+        &base,
+        "/api/chat",
+        json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}], "stream": false}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn client_errors_are_answered_without_retry() {
+    let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    a.fail_next(1, 400, None);
+    let base = diglot_channels(
+        vec![
+            UpstreamConfig {
+                priority: 1,
+                ..channel("a", &a, OLLAMA)
+            },
+            channel("b", &b, OLLAMA),
+        ],
+        quick(RoutingConfig::default()),
+    )
+    .await;
+    let (status, _, body) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (400, Some("invalid_request_error"))
+    );
+    assert_eq!(
+        (a.calls(), b.calls()),
+        (1, 0),
+        "400 is the request's fault: no other channel tried"
+    );
+    let (status, _, body) = post(
+        &base,
+        "/api/chat",
+        json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}], "stream": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(a.calls(), 2, "and the channel stays in service");
+}
+
+#[tokio::test]
+async fn a_refused_key_is_benched_and_the_next_key_used() {
+    let a = FakeUpstream::start().await;
+    a.reject_key("sk-revoked");
+    let base = diglot_channels(
+        vec![UpstreamConfig {
+            keys: vec!["sk-revoked".into(), "sk-good".into()],
+            ..channel("a", &a, OPENAI)
+        }],
+        quick(RoutingConfig::default()),
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, _, body) = post(
+            &base,
+            "/api/chat",
+            json!({"model": "oai-text", "messages": [{"role": "user", "content": "Why?"}], "stream": false}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let keys: Vec<String> = a
+        .requests("/v1/chat/completions")
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "Bearer sk-revoked",
+            "Bearer sk-good",
+            "Bearer sk-good",
+            "Bearer sk-good"
+        ],
+        "rotation starts at the first key; once refused it is left out"
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_keys_rotate_and_retry_after_reaches_the_client() {
+    let a = FakeUpstream::start().await;
+    let base = diglot_channels(
+        vec![UpstreamConfig {
+            keys: vec!["sk-1".into(), "sk-2".into()],
+            ..channel("a", &a, OPENAI)
+        }],
+        quick(RoutingConfig::default()),
+    )
+    .await;
+    a.fail_next(1, 429, Some(30));
+    let (status, _, _) = post(&base, "/v1/chat/completions", chat("oai-text")).await;
+    assert_eq!(status, 200, "the other key answered");
+    // Both keys throttled: the client gets 429 and the upstream's Retry-After.
+    a.fail_next(2, 429, Some(7));
+    let (status, retry_after, body) = post(&base, "/v1/chat/completions", chat("oai-text")).await;
+    assert_eq!(
+        (status, retry_after.as_deref(), body["error"]["type"].as_str()),
+        (429, Some("7"), Some("rate_limit_error")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn streams_fail_over_before_the_first_byte_and_never_after() {
+    let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    let base = diglot_channels(
+        vec![
+            UpstreamConfig {
+                priority: 1,
+                ..channel("a", &a, OLLAMA)
+            },
+            channel("b", &b, OLLAMA),
+        ],
+        quick(RoutingConfig {
+            min_requests: 100,
+            ..Default::default()
+        }),
+    )
+    .await;
+    a.fail_next(1, 503, None);
+    let res = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&streamed("chat-text"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let chunks = sse_chunks(&res.text().await.unwrap());
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, "The sky is blue because of Rayleigh scattering.");
+    assert_eq!((a.calls(), b.calls()), (1, 1));
+
+    // The upstream fails after content went out: the stream ends with an error event,
+    // in the client's protocol; nothing is sent twice.
+    let res = client()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&streamed("chat-error"))
+        .send()
+        .await
+        .unwrap();
+    let body = res.text().await.unwrap();
+    let data = sse_data(&body);
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert!(
+        last["error"]["message"].as_str().unwrap().contains("unexpected EOF"),
+        "{body}"
+    );
+    assert!(body.contains("The answer"), "{body}");
+    assert_eq!((a.calls(), b.calls()), (2, 1), "no failover after the first byte");
+
+    // An upstream silent past the idle timeout before its first line: failover.
+    let slow = FakeUpstream::start().await;
+    slow.set_line_delay(Duration::from_millis(600));
+    let base = diglot_channels(
+        vec![
+            UpstreamConfig {
+                priority: 1,
+                idle_timeout_secs: 0.2,
+                ..channel("slow", &slow, OLLAMA)
+            },
+            channel("b", &b, OLLAMA),
+        ],
+        quick(RoutingConfig::default()),
+    )
+    .await;
+    let res = client()
+        .post(format!("{base}/api/chat"))
+        .json(&json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("Rayleigh"));
+    assert_eq!((slow.calls(), b.calls()), (1, 2));
+}
+
+#[tokio::test]
+async fn the_circuit_opens_half_opens_and_closes() {
+    let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    let base = diglot_channels(
+        vec![
+            UpstreamConfig {
+                priority: 1,
+                ..channel("a", &a, OLLAMA)
+            },
+            channel("b", &b, OLLAMA),
+        ],
+        quick(RoutingConfig {
+            min_requests: 2,
+            failure_ratio: 0.8,
+            cooldown_secs: 0.4,
+            ..Default::default()
+        }),
+    )
+    .await;
+    a.fail_next(1000, 500, None);
+    for _ in 0..2 {
+        assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    }
+    assert_eq!(a.calls(), 2);
+    let (status, report) = health(&base).await;
+    assert_eq!((status, &state(&report, "a")["state"]), (200, &json!("open")));
+    assert!(
+        state(&report, "a")["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("injected failure 500")
+    );
+    assert_eq!(state(&report, "b")["state"], "healthy");
+    for _ in 0..3 {
+        assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    }
+    assert_eq!(a.calls(), 2, "an open circuit takes no requests");
+
+    // After the cooldown one probe goes through; it fails, so the circuit opens again.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(state(&health(&base).await.1, "a")["state"], "half_open");
+    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    assert_eq!(a.calls(), 3, "one probe");
+    assert_eq!(state(&health(&base).await.1, "a")["state"], "open");
+
+    // The upstream recovers: the next probe closes the circuit.
+    a.fail_next(0, 500, None);
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    assert_eq!(a.calls(), 4);
+    assert_eq!(state(&health(&base).await.1, "a")["state"], "healthy");
+    let b_before = b.calls();
+    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    assert_eq!(
+        (a.calls(), b.calls()),
+        (5, b_before),
+        "back in service as the first choice"
+    );
+}
+
+#[tokio::test]
+async fn health_reports_states_and_503_when_nothing_is_usable() {
+    let a = FakeUpstream::start().await;
+    let base = diglot_channels(
+        vec![channel("a", &a, OLLAMA)],
+        quick(RoutingConfig {
+            check_interval_secs: 0.1,
+            ..Default::default()
+        }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let (status, report) = health(&base).await;
+    assert_eq!(status, 200);
+    assert_eq!(report["status"], "ok");
+    let a_report = state(&report, "a");
+    assert_eq!(
+        (a_report["state"].as_str(), a_report["kind"].as_str()),
+        (Some("healthy"), Some("ollama"))
+    );
+    assert!(a_report["last_check"]["took_ms"].as_f64().is_some(), "{report}");
+    let checks = a.requests("/api/tags").len();
+    assert!(checks >= 1, "the active check lists models");
+
+    // The active check fails: the channel is down, /health says 503, requests get 503.
+    a.fail_listing(Some(500));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, report) = health(&base).await;
+    assert_eq!((status, &report["status"]), (503, &json!("unavailable")));
+    assert_eq!(state(&report, "a")["state"], "down");
+    let (status, retry_after, body) = post(
+        &base,
+        "/api/chat",
+        json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}]}),
+    )
+    .await;
+    assert_eq!(status, 503);
+    assert!(retry_after.is_some());
+    assert!(
+        body["error"].as_str().unwrap().contains("no healthy upstream"),
+        "{body}"
+    );
+    assert_eq!(a.calls(), 0, "never a completion as a health check");
+
+    a.fail_listing(None);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(health(&base).await.0, 200, "back once a check succeeds");
+}
+
+#[tokio::test]
+async fn concurrency_limits_overflow_queue_and_free_on_hang_up() {
+    let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    a.set_line_delay(Duration::from_millis(100));
+    let limited = UpstreamConfig {
+        priority: 1,
+        max_concurrency: 1,
+        ..channel("a", &a, OLLAMA)
+    };
+    // No queue, no other channel: the second concurrent request gets 429 at once.
+    let base = diglot_channels(
+        vec![limited.clone()],
+        quick(RoutingConfig {
+            queue_timeout_secs: 0.0,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let first = tokio::spawn({
+        let base = base.clone();
+        async move { post(&base, "/v1/chat/completions", chat("chat-text")).await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let (status, retry_after, body) = post(
+        &base,
+        "/api/chat",
+        json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}]}),
+    )
+    .await;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("1")), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("concurrency limit"),
+        "Ollama's shape: {body}"
+    );
+    assert_eq!(first.await.unwrap(), 200);
+
+    // With a lower tier, the overflow goes there instead.
+    let base = diglot_channels(
+        vec![limited.clone(), channel("b", &b, OLLAMA)],
+        quick(RoutingConfig::default()),
+    )
+    .await;
+    let first = tokio::spawn({
+        let base = base.clone();
+        async move { post(&base, "/v1/chat/completions", chat("chat-text")).await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    assert_eq!(b.calls(), 1, "overflow");
+    assert_eq!(first.await.unwrap(), 200);
+
+    // With a queue, the second waits for the first and then runs on the same channel.
+    let base = diglot_channels(vec![limited.clone()], quick(RoutingConfig::default())).await;
+    let calls = a.calls();
+    let first = tokio::spawn({
+        let base = base.clone();
+        async move { post(&base, "/v1/chat/completions", chat("chat-text")).await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    assert_eq!((first.await.unwrap(), a.calls()), (200, calls + 2));
+
+    // A client that hangs up mid-stream cancels the upstream call and frees the slot.
+    let slow = FakeUpstream::start().await;
+    slow.set_line_delay(Duration::from_millis(300));
+    let base = diglot_channels(
+        vec![UpstreamConfig {
+            max_concurrency: 1,
+            ..channel("slow", &slow, OLLAMA)
+        }],
+        quick(RoutingConfig {
+            queue_timeout_secs: 0.0,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let mut res = client()
+        .post(format!("{base}/api/chat"))
+        .json(&json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.chunk().await.unwrap().is_some(), "the stream began");
+    drop(res);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(slow.cancelled(), "the upstream saw the connection close");
+    assert_eq!(slow.completed_streams(), 0);
+    slow.set_line_delay(Duration::ZERO);
+    let (status, _, body) = post(
+        &base,
+        "/api/chat",
+        json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}], "stream": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "the slot was freed: {body}");
+}
+
+#[tokio::test]
+async fn aliases_route_to_each_channels_model_and_answers_keep_the_clients_name() {
+    let (ollama, openai) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    let base = diglot_channels(
+        vec![
+            UpstreamConfig {
+                priority: 1,
+                models: vec![],
+                aliases: [("gpt-4o".to_owned(), "chat-text".to_owned())].into(),
+                ..channel("gpu", &ollama, OLLAMA)
+            },
+            UpstreamConfig {
+                models: vec!["oai-*".into()],
+                aliases: [("gpt-4o".to_owned(), "oai-text".to_owned())].into(),
+                ..channel("cloud", &openai, OPENAI)
+            },
+        ],
+        quick(RoutingConfig::default()),
+    )
+    .await;
+    let (status, _, answer) = post(&base, "/v1/chat/completions", chat("gpt-4o")).await;
+    assert_eq!((status, answer["model"].as_str()), (200, Some("gpt-4o")));
+    assert_eq!(ollama.bodies("/api/chat")[0]["model"], "chat-text");
+
+    // The same alias on the other channel when the first fails, streamed, Ollama side.
+    ollama.fail_next(1, 500, None);
+    let res = client()
+        .post(format!("{base}/api/chat"))
+        .json(&json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "Why?"}]}))
+        .send()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = res
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.iter().all(|l| l["model"] == "gpt-4o"), "{lines:?}");
+    assert_eq!(openai.bodies("/v1/chat/completions")[0]["model"], "oai-text");
+
+    // The catalog: the alias once, the glob's matches from the OpenAI list, nothing else.
+    let models: Value = get_json(&format!("{base}/v1/models")).await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.iter().filter(|id| **id == "gpt-4o").count(), 1, "{ids:?}");
+    assert!(
+        ids.contains(&"oai-text") && ids.iter().all(|id| *id == "gpt-4o" || id.starts_with("oai-")),
+        "{ids:?}"
+    );
+    let tags: Value = get_json(&format!("{base}/api/tags")).await;
+    assert!(
+        tags["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "gpt-4o:latest"),
+        "{tags}"
+    );
+    // chat-text is only reachable through its alias.
+    let (status, _, _) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn embeddings_fail_over_too() {
+    let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    a.fail_next(1, 503, None);
+    let base = diglot_channels(
+        vec![
+            UpstreamConfig {
+                priority: 1,
+                ..channel("a", &a, OLLAMA)
+            },
+            channel("b", &b, OLLAMA),
+        ],
+        quick(RoutingConfig::default()),
+    )
+    .await;
+    let (status, _, body) = post(
+        &base,
+        "/v1/embeddings",
+        json!({"model": "embed-minilm", "input": ["a", "b"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    assert_eq!((a.calls(), b.calls()), (1, 1));
+}
