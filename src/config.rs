@@ -72,6 +72,8 @@ pub struct UpstreamConfig {
     pub url: String,
     /// Sent as `Authorization: Bearer`. Never logged.
     pub api_key: Option<String>,
+    /// An environment variable holding the key, so profiles can be shared without it.
+    pub api_key_env: Option<String>,
     /// More keys, rotated per request, as lines: `sk-...`, `URL|KEY`, `KEY|URL`,
     /// `URL#KEY` or `URL/KEY` (a key with its own base URL). Never logged.
     pub keys: Vec<String>,
@@ -120,6 +122,7 @@ impl Default for UpstreamConfig {
             kind: UpstreamKind::Ollama,
             url: "http://127.0.0.1:11434".into(),
             api_key: None,
+            api_key_env: None,
             keys: Vec::new(),
             keys_file: None,
             models: vec!["*".into()],
@@ -228,6 +231,18 @@ impl UpstreamConfig {
             endpoints.push(Endpoint {
                 url: self.url.clone(),
                 key: Some(key.to_owned()),
+            });
+        }
+        if let Some(name) = &self.api_key_env {
+            let key = std::env::var(name).map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "channel '{}': api_key_env names {name}, which is not set",
+                    self.name
+                ))
+            })?;
+            endpoints.push(Endpoint {
+                url: self.url.clone(),
+                key: Some(key),
             });
         }
         for (i, line) in self.keys.iter().enumerate() {
@@ -730,6 +745,142 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("profiles/missing.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn key_lines_in_every_seed_format() {
+        let parsed = |line: &str| parse_key_line(line).map(|r| r.map(|k| (k.url.unwrap_or_default(), k.key)));
+        let with = |url: &str, key: &str| Some(Ok((url.to_owned(), key.to_owned())));
+        assert_eq!(parsed("sk-abc123"), with("", "sk-abc123"));
+        assert_eq!(parsed("  sk-abc123  "), with("", "sk-abc123"));
+        assert_eq!(
+            parsed("https://api.example.com/v1|sk-a"),
+            with("https://api.example.com/v1", "sk-a")
+        );
+        assert_eq!(
+            parsed("sk-b|https://api.example.com/v1/"),
+            with("https://api.example.com/v1", "sk-b")
+        );
+        assert_eq!(parsed("http://gpu:8000/v1#sk-c"), with("http://gpu:8000/v1", "sk-c"));
+        assert_eq!(
+            parsed("https://openrouter.ai/api/v1/sk-or-d"),
+            with("https://openrouter.ai/api/v1", "sk-or-d")
+        );
+        assert_eq!(parsed("https://host/sk-e"), with("https://host", "sk-e"));
+        assert_eq!(parsed(""), None);
+        assert_eq!(parsed("   "), None);
+        assert_eq!(parsed("# a comment with sk-secret"), None);
+        for bad in [
+            "https://host",
+            "a b",
+            "sk-x|sk-y",
+            "https://a|https://b",
+            "https://host#",
+            "ftp:/x|sk",
+        ] {
+            let error = parsed(bad).unwrap().unwrap_err();
+            assert!(!error.contains("sk-"), "errors never quote keys: {error}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn channels_take_keys_from_everywhere_and_are_validated() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "keys.txt",
+                "# team keys\nsk-file-1\n\nhttps://eu.example.com/v1|sk-file-2\n",
+            )?;
+            jail.create_file(
+                "gw.toml",
+                r#"
+[[channels]]
+name = "cloud"
+kind = "openai"
+base_url = "https://api.example.com/v1"
+api_key = "sk-main"
+keys = ["sk-extra"]
+keys_file = "keys.txt"
+models = ["gpt-*"]
+aliases = { "fast" = "gpt-4o-mini" }
+
+[[channels]]
+name = "gpu"
+url = "http://gpu:11434"
+priority = 10
+"#,
+            )?;
+            let config = Config::load(Some("gw.toml"), &Overrides::default()).unwrap();
+            let channels = config.channels();
+            assert_eq!(channels.len(), 2);
+            let endpoints = channels[0].endpoints().unwrap();
+            let shown: Vec<(&str, &str)> = endpoints
+                .iter()
+                .map(|e| (e.url.as_str(), e.key.as_deref().unwrap()))
+                .collect();
+            assert_eq!(
+                shown,
+                [
+                    ("https://api.example.com/v1", "sk-main"),
+                    ("https://api.example.com/v1", "sk-extra"),
+                    ("https://api.example.com/v1", "sk-file-1"),
+                    ("https://eu.example.com/v1", "sk-file-2"),
+                ]
+            );
+            assert!(
+                !format!("{:?} {:?}", channels[0], endpoints).contains("sk-"),
+                "Debug never shows keys"
+            );
+            assert_eq!(channels[1].endpoints().unwrap()[0].key, None);
+
+            // Flags name the one upstream: they replace the profile's channels.
+            let flags = Overrides {
+                upstream: UpstreamOverrides {
+                    url: Some("http://other:11434".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let config = Config::load(Some("gw.toml"), &flags).unwrap();
+            assert_eq!(config.channels().len(), 1);
+            assert_eq!(config.channels()[0].url, "http://other:11434");
+
+            for (body, wanted) in [
+                ("[[channels]]\nurl = \"http://a:1\"\n", "needs a name"),
+                ("[[channels]]\nname = \"a\"\n[[channels]]\nname = \"a\"\n", "used twice"),
+                (
+                    "[upstream]\nurl = \"http://b:1\"\n[[channels]]\nname = \"a\"\n",
+                    "both [upstream] and [[channels]]",
+                ),
+                ("[[channels]]\nname = \"a\"\nkeys = [\"https://x\"]\n", "keys entry 1"),
+                ("[[channels]]\nname = \"a\"\nmodels = []\n", "serves no model"),
+                ("[[channels]]\nname = \"a\"\nkeys_file = \"nope.txt\"\n", "nope.txt"),
+            ] {
+                jail.create_file("bad.toml", body)?;
+                let err = Config::load(Some("bad.toml"), &Overrides::default())
+                    .unwrap_err()
+                    .to_string();
+                assert!(err.contains(wanted), "{body}: {err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn shipped_profiles_load() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("OPENROUTER_API_KEY", "sk-or-test");
+            for name in ["default", "kerlig", "gateway"] {
+                let path = format!("{}/profiles/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+                let config = Config::load(Some(&path), &Overrides::default());
+                assert!(config.is_ok(), "{name}: {:?}", config.err());
+                for channel in config.unwrap().channels() {
+                    assert!(channel.endpoints().is_ok(), "{name}");
+                }
+            }
             Ok(())
         });
     }

@@ -638,3 +638,43 @@ async fn embeddings_fail_over_too() {
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     assert_eq!((a.calls(), b.calls()), (1, 1));
 }
+
+#[tokio::test]
+async fn per_key_limits_spread_requests_over_keys() {
+    let a = FakeUpstream::start().await;
+    a.set_line_delay(Duration::from_millis(100));
+    let base = diglot_channels(
+        vec![UpstreamConfig {
+            keys: vec!["sk-1".into(), "sk-2".into()],
+            max_concurrency_per_key: 1,
+            ..channel("a", &a, OPENAI)
+        }],
+        quick(RoutingConfig {
+            queue_timeout_secs: 0.0,
+            ..Default::default()
+        }),
+    )
+    .await;
+    let running: Vec<_> = (0..2)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move { post(&base, "/v1/chat/completions", streamed("oai-text")).await.0 })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let (status, _, body) = post(&base, "/v1/chat/completions", chat("oai-text")).await;
+    assert_eq!(
+        (status, body["error"]["type"].as_str()),
+        (429, Some("rate_limit_error"))
+    );
+    for r in running {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    let mut keys: Vec<String> = a
+        .requests("/v1/chat/completions")
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_owned())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["Bearer sk-1", "Bearer sk-2"], "one request per key at a time");
+}

@@ -17,8 +17,9 @@ pub struct Health {
 
 #[derive(Default)]
 struct State {
-    /// Outcomes inside the window: when, and whether the upstream did its job.
-    outcomes: VecDeque<(Instant, bool)>,
+    /// Outcomes inside the window, counted in `BUCKETS` slices of it so memory stays
+    /// flat whatever the request rate.
+    outcomes: VecDeque<Bucket>,
     circuit: Circuit,
     /// The last active check could not reach the upstream.
     down: bool,
@@ -29,6 +30,14 @@ struct State {
     checked: Option<(SystemTime, Duration)>,
 }
 
+const BUCKETS: u32 = 20;
+
+struct Bucket {
+    since: Instant,
+    ok: usize,
+    failed: usize,
+}
+
 #[derive(Default, Clone, Copy, PartialEq, Debug)]
 enum Circuit {
     #[default]
@@ -37,6 +46,15 @@ enum Circuit {
     Open { until: Instant },
     /// Cooled down: one probe request decides.
     HalfOpen { probing: bool },
+}
+
+impl State {
+    /// Outcomes and failures in the window.
+    fn counts(&self) -> (usize, usize) {
+        self.outcomes
+            .iter()
+            .fold((0, 0), |(all, failed), b| (all + b.ok + b.failed, failed + b.failed))
+    }
 }
 
 /// Whether a channel may take a request now.
@@ -110,17 +128,30 @@ impl Health {
             };
             return;
         }
-        state.outcomes.push_back((now, ok));
         let window = config.window();
+        let width = window / BUCKETS;
+        match state.outcomes.back_mut() {
+            Some(bucket) if now.duration_since(bucket.since) < width => {
+                if ok {
+                    bucket.ok += 1
+                } else {
+                    bucket.failed += 1
+                }
+            }
+            _ => state.outcomes.push_back(Bucket {
+                since: now,
+                ok: usize::from(ok),
+                failed: usize::from(!ok),
+            }),
+        }
         while state
             .outcomes
             .front()
-            .is_some_and(|(at, _)| now.duration_since(*at) > window)
+            .is_some_and(|b| now.duration_since(b.since) > window)
         {
             state.outcomes.pop_front();
         }
-        let total = state.outcomes.len();
-        let failures = state.outcomes.iter().filter(|(_, ok)| !ok).count();
+        let (total, failures) = state.counts();
         if state.circuit == Circuit::Closed
             && total >= config.min_requests.max(1)
             && failures as f64 >= config.failure_ratio * total as f64
@@ -178,7 +209,7 @@ impl Health {
                 .map(|d| d.as_secs())
                 .unwrap_or(0)
         };
-        let failures = state.outcomes.iter().filter(|(_, ok)| !ok).count();
+        let (requests, failures) = state.counts();
         json!({
             "state": name,
             "usable": admission != Admission::No,
@@ -186,10 +217,39 @@ impl Health {
                 Circuit::Open { until } => Some(until.saturating_duration_since(now).as_millis() as u64),
                 _ => None,
             },
-            "window": {"requests": state.outcomes.len(), "failures": failures},
+            "window": {"requests": requests, "failures": failures},
             "latency_ms": state.latency.map(|d| d.as_secs_f64() * 1000.0),
             "last_check": state.checked.map(|(at, took)| json!({"at": unix(at), "took_ms": took.as_secs_f64() * 1000.0})),
             "last_error": state.last_error.as_ref().map(|(message, at)| json!({"message": message, "at": unix(*at)})),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_stays_small_and_opens_on_the_failure_ratio() {
+        let health = Health::default();
+        let config = RoutingConfig {
+            min_requests: 10,
+            failure_ratio: 0.5,
+            ..Default::default()
+        };
+        for _ in 0..100_000 {
+            health.record(Ok(Duration::from_millis(1)), false, &config);
+        }
+        assert!(health.state.lock().unwrap().outcomes.len() <= BUCKETS as usize + 1);
+        assert_eq!(health.admission(Instant::now()), Admission::Yes);
+        let failure = Error::upstream(500, "boom");
+        for _ in 0..99_999 {
+            health.record(Err(&failure), false, &config);
+        }
+        assert_eq!(health.admission(Instant::now()), Admission::Yes, "49.99 % failures");
+        health.record(Err(&failure), false, &config);
+        assert_eq!(health.admission(Instant::now()), Admission::No, "50 %");
+        assert_eq!(health.report()["state"], "open");
+        assert_eq!(health.last_error().as_deref(), Some("boom"));
     }
 }

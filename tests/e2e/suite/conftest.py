@@ -17,11 +17,7 @@ KNOWN_DEFECTS: dict[str, str] = {}
 
 # Differences from what a test expects that diglot keeps on purpose: also strict expected
 # failures, so that a change of behaviour shows up.
-BY_DESIGN: dict[str, str] = {
-    "test_unknown_model": (
-        "the upstream decides which names exist; llama-server accepts any. Channels (issue 4) will "
-        "make diglot's catalog authoritative."),
-}
+BY_DESIGN: dict[str, str] = {}
 
 
 def pytest_collection_modifyitems(config, items):

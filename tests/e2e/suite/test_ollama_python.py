@@ -187,9 +187,8 @@ def test_unknown_model(client):
     with pytest.raises(ollama.ResponseError) as e:
         client.show("no-such-model")
     assert e.value.status_code == 404
-    # ... and so should /api/chat (README: "an unknown model is `404 model 'NAME' not found`"); for
-    # now diglot passes the name on and the upstream decides, and llama-server accepts any name
-    # (an expected failure, conftest.BY_DESIGN)
+    # ... and so does /api/chat (README: "a model no channel serves is `404 model 'NAME' not
+    # found` before any upstream call"), although llama-server itself would accept any name
     with pytest.raises(ollama.ResponseError) as e:
         client.chat(model="no-such-model", messages=MESSAGES, options={"num_predict": 2})
     assert e.value.status_code == 404 and e.value.error == "model 'no-such-model' not found"
