@@ -5,8 +5,10 @@
 //! (`ir`), the `gateway` routes it, a backend (`protocol::*::client`) sends it upstream
 //! and decodes the answer into IR events, and the same frontend encodes those.
 
+pub mod cli;
 pub mod config;
 pub mod gateway;
 pub mod ir;
 pub mod protocol;
 pub mod server;
+pub mod store;

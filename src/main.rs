@@ -45,6 +45,17 @@ enum Command {
     Serve,
     /// Load the configuration, report problems, and print the result (secrets redacted).
     CheckConfig,
+    /// Manage API tokens in the store (`store.data_dir` of the profile).
+    #[command(subcommand)]
+    Token(diglot::cli::TokenCommand),
+    /// Usage per token per day, from the store.
+    Usage {
+        /// How many days back.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,6 +88,31 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Command::Serve => run(config),
+        Command::Token(command) => with_store(&config, |store| diglot::cli::token(store, command)),
+        Command::Usage { days, json } => with_store(&config, |store| diglot::cli::usage(store, days, json)),
+    }
+}
+
+fn with_store(
+    config: &Config,
+    run: impl FnOnce(&dyn diglot::store::Store) -> Result<String, String>,
+) -> std::process::ExitCode {
+    let store = match diglot::store::open(&config.store.data_dir) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("diglot: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match run(store.as_ref()) {
+        Ok(out) => {
+            print!("{out}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("diglot: {e}");
+            std::process::ExitCode::from(1)
+        }
     }
 }
 
@@ -111,6 +147,14 @@ fn run(config: Config) -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         };
+        if !app.gateway.auth.required() && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "AUTHENTICATION IS OFF on an address other machines can reach: anyone there can use \
+                 every upstream. Create a token (`diglot token create --name NAME`), set API_TOKEN, or \
+                 set [auth] keys_file; or listen on 127.0.0.1."
+            );
+        }
         diglot::server::serve(acceptor, app).await;
         std::process::ExitCode::SUCCESS
     })

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::gateway::auth::Caller;
 use crate::ir::{Error, ErrorKind};
 use crate::protocol::{ollama, openai};
 
@@ -64,10 +65,20 @@ pub fn app(depot: &Depot) -> Arc<App> {
         .clone()
 }
 
+/// Who is calling, as the auth hoop found out (anonymous where no hoop ran).
+pub fn caller(depot: &Depot) -> Caller {
+    depot
+        .get::<Caller>(CALLER)
+        .cloned()
+        .unwrap_or_else(|_| Caller::anonymous("openai"))
+}
+
+const CALLER: &str = "diglot.caller";
+
 /// Every route, at the root and under the configured base path.
 pub fn router(app: Arc<App>) -> Router {
     let base = app.config.base_path();
-    let mut root = Router::new().hoop(affix_state::inject(app));
+    let mut root = Router::new().hoop(affix_state::inject(app)).hoop(authenticate);
     let mut prefixes = vec![String::new()];
     if !base.is_empty() {
         prefixes.push(base);
@@ -90,11 +101,68 @@ pub fn router(app: Arc<App>) -> Router {
         .push(Router::with_path("{**rest}").goal(no_route))
 }
 
-/// Each channel's state; 200 while at least one can take requests, else 503.
+/// 200 while at least one channel can take requests, else 503. Each channel's state
+/// (names, URLs, errors) only for admins, or for everyone when authentication is off.
 #[handler]
 async fn health(depot: &mut Depot, res: &mut Response) {
-    let (usable, report) = app(depot).gateway.health();
+    let (usable, mut report) = app(depot).gateway.health();
+    if !caller(depot).is_admin()
+        && let Some(report) = report.as_object_mut()
+    {
+        report.remove("channels");
+    }
     write_json(res, if usable { 200 } else { 503 }, &report);
+}
+
+/// Paths anyone may call: liveness probes and what clients ask before they know of a
+/// token (`/`, `/api/version`, `GET /v1`).
+fn is_public(path: &str, base: &str) -> bool {
+    let path = path
+        .strip_prefix(base)
+        .filter(|p| p.is_empty() || p.starts_with('/'))
+        .unwrap_or(path);
+    matches!(path, "" | "/" | "/api/version" | "/v1" | "/v1/")
+}
+
+/// The API a path belongs to, for the shape of its errors and for usage records.
+fn frontend_of(path: &str, base: &str) -> &'static str {
+    let path = path.strip_prefix(base).unwrap_or(path);
+    if path.starts_with("/api/") { "ollama" } else { "openai" }
+}
+
+/// Checks the caller's address and token before any handler runs, and answers 401/403 in
+/// the protocol of the path.
+#[handler]
+async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let app = app(depot);
+    let base = app.config.base_path();
+    let path = req.uri().path().to_owned();
+    let frontend = frontend_of(&path, &base);
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let peer = req
+        .remote_addr()
+        .clone()
+        .into_std()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let ip = app.gateway.auth.client_ip(peer, header("x-forwarded-for"));
+    let token = crate::gateway::auth::presented_token(header("authorization"), header("x-api-key"), header("api-key"));
+    let result = app.gateway.auth.authenticate(ip, token.as_deref(), frontend);
+    match result {
+        Ok(caller) => depot.insert(CALLER, caller),
+        // Public paths still answer; a bad token there is simply anonymous.
+        Err(_) if is_public(&path, &base) || path == "/health" || path.ends_with("/health") => {
+            depot.insert(CALLER, Caller::anonymous(frontend).with_ip(ip).not_admin())
+        }
+        Err(error) => {
+            ctrl.skip_rest();
+            if frontend == "ollama" {
+                ollama::server::write_error(res, &error, "");
+            } else {
+                openai::server::write_error(res, &error);
+            }
+            return;
+        }
+    };
 }
 
 #[handler]
@@ -152,11 +220,17 @@ pub fn write_json(res: &mut Response, status: u16, body: &impl Serialize) {
     write_bytes(res, status, "application/json", bytes);
 }
 
-/// `Retry-After` in whole seconds (rounded up) when the error says when to come back.
-pub fn retry_after_header(res: &mut Response, error: &Error) {
+/// `Retry-After` in whole seconds (rounded up) when the error says when to come back,
+/// and any other headers it carries (`x-ratelimit-*`).
+pub fn error_headers(res: &mut Response, error: &Error) {
     if let Some(after) = error.retry_after {
         let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
         let _ = res.add_header("retry-after", secs.max(1).to_string(), true);
+    }
+    for (name, value) in &error.headers {
+        if let Ok(name) = salvo::http::HeaderName::try_from(name.as_str()) {
+            let _ = res.add_header(name, value.clone(), true);
+        }
     }
 }
 
@@ -208,7 +282,10 @@ pub async fn serve(acceptor: TcpAcceptor, app: Arc<App>) {
         tracing::info!("shutting down; waiting up to 30 s for open requests");
         handle.stop_graceful(std::time::Duration::from_secs(30));
     });
-    server.serve(router(app)).await;
+    server.serve(router(app.clone())).await;
+    // Every request has ended: write the usage records still queued.
+    app.gateway.usage.flush().await;
+    tracing::info!("usage records flushed; stopped");
 }
 
 async fn shutdown_signal() {

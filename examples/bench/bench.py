@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import atexit
 import ctypes
+import hashlib
 import datetime
 import http.client
 import json
@@ -331,17 +332,38 @@ def start_mock(fleet, args):
     return proc, port
 
 
-def start_diglot(fleet, args, name, kind, mock_port, headers=None):
+# The API token of the "features on" rows (F), and what its profile declares.
+BENCH_TOKEN = "dg-bench0000000000000000000000000000000000000"
+
+
+def features_on(work):
+    """Profile tables that turn on what a shared gateway runs with: a token (declared as
+    its digest) with per-token limits, global and per-IP limits (never reached), and usage
+    records in an SQLite store."""
+    digest = hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()
+    return [
+        "[limits]", "rpm = 100000000", "tpm = 100000000000", "ip_rpm = 100000000",
+        "[store]", f'data_dir = "{os.path.join(work, "store")}"',
+        "[[tokens]]", 'name = "bench"', f'digest = "{digest}"', "rpm = 100000000", "tpm = 100000000000",
+        "monthly_quota = 100000000000000",
+    ]
+
+
+def start_diglot(fleet, args, name, kind, mock_port, headers=None, features=False):
     port = free_port()
     profile = os.path.join(args.work, f"{name}.toml")
     lines = [
         f'listen = "127.0.0.1:{port}"',
+        "[routing]",
+        "check_interval_secs = 0.0",
         "[upstream]",
         f'kind = "{kind}"',
         f'url = "http://127.0.0.1:{mock_port}"',
         "[upstream.headers]",
     ]
     lines += [f'"{k}" = "{v}"' for k, v in (headers or {}).items()]
+    # Features off: no store, no token, no limits (each row says which it measures).
+    lines += features_on(args.work) if features else ["[store]", 'data_dir = ""']
     with open(profile, "w") as f:
         f.write("\n".join(lines) + "\n")
     proc = fleet.start(name, [args.diglot, "--profile", profile], env={"RUST_LOG": "warn"})
@@ -958,9 +980,23 @@ def main():
             failures.append(f"E: {mem_failures} slow streams through diglot failed to open")
 
         # --- F. Gateway features
-        md += ["### F. Gateway features on (token check, rate limit, metrics)", "",
-               "Pending: diglot has no tokens, rate limits or metrics yet. This row will be measured with them "
-               "on (and off, as above) once they exist.", ""]
+        title_f = "F. Gateway features on: OpenAI client → Ollama upstream with a token, rate limits, quota, usage records"
+        f_proc, f_port = start_diglot(fleet, args, "diglot-features", "ollama", mock_port, features=True)
+        status, answer = post(f_port, "/v1/chat/completions", body_openai(False),
+                              headers={"Authorization": f"Bearer {BENCH_TOKEN}"})
+        if status != 200:
+            raise RuntimeError(f"diglot with features answered HTTP {status}: {answer[:300]!r}")
+        auth = {"Authorization": f"Bearer {BENCH_TOKEN}"}
+        rows_f = [oha.measure("F", "diglot", f"http://127.0.0.1:{f_port}/v1/chat/completions",
+                              body_openai(False), headers=auth, rate=rate, pids=[f_proc.pid])
+                  for rate in cfg["rates"] + [None]]
+        reuse_f = [r for r in rows_a if r["target"] in ("direct", "nginx") and (r["rate"] in cfg["rates"] or r["rate"] is None)]
+        md += report_overhead(title_f, rows_f + [{**r, "scenario": "F", "reused": True} for r in reuse_f], notes)
+        md += ["diglot here checks the token (SHA-256 digest, constant-time compare), applies global, per-IP "
+               "and per-token request and token limits and a monthly quota (reserve, then settle), and writes "
+               "a usage record per request to SQLite in batches. Metrics (Prometheus) are not built yet. "
+               "Compare with A's diglot rows (features off).", ""]
+        fleet.stop(f_proc)
 
         # diglot must never fail a request in any row.
         for r in oha.runs:

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Gateway;
+use super::auth::Caller;
 use super::routing::Candidate;
 use crate::ir::{Error, ModelCard};
 
@@ -85,9 +86,19 @@ impl Gateway {
         spellings
     }
 
-    /// Every model clients may ask for, completed with the profile's model settings.
-    /// An error only when no channel could list anything and none names a model.
-    pub async fn models(&self) -> Result<Arc<Vec<ModelCard>>, Error> {
+    /// The models `caller` may use, completed with the profile's model settings. An
+    /// error only when no channel could list anything and none names a model.
+    pub async fn models(&self, caller: &Caller) -> Result<Arc<Vec<ModelCard>>, Error> {
+        let all = self.all_models().await?;
+        if caller.token.is_none() {
+            return Ok(all);
+        }
+        Ok(Arc::new(
+            all.iter().filter(|m| caller.may_use(&m.id)).cloned().collect(),
+        ))
+    }
+
+    async fn all_models(&self) -> Result<Arc<Vec<ModelCard>>, Error> {
         let listings = self.listings().await;
         let mut cards: Vec<ModelCard> = Vec::new();
         for (channel, listing) in self.router.channels.iter().zip(&listings) {
@@ -149,8 +160,9 @@ impl Gateway {
     }
 
     /// One model by the name a client used, in any of its spellings.
-    pub async fn model(&self, name: &str) -> Result<ModelCard, Error> {
-        let models = self.models().await?;
+    pub async fn model(&self, name: &str, caller: &Caller) -> Result<ModelCard, Error> {
+        caller.check_model(name)?;
+        let models = self.all_models().await?;
         self.spellings(name)
             .iter()
             .find_map(|spelling| models.iter().find(|m| m.id == *spelling))

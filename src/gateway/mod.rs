@@ -1,12 +1,17 @@
 //! Between a frontend and a backend: what applies to every request whatever its
-//! protocols. Today: the model catalog, routing over channels with failover and health;
-//! auth, limits, overrides and cache will sit here too (see DESIGN.md).
+//! protocols. Today: who may call (auth, limits, quotas), the model catalog, routing
+//! over channels with failover and health, and usage records; overrides and cache will
+//! sit here too (see DESIGN.md).
 
+pub mod auth;
 mod catalog;
 pub mod channel;
 pub mod health;
+pub mod limits;
 pub mod routing;
+pub mod usage;
 
+use std::borrow::Cow;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -15,9 +20,13 @@ use moka::future::Cache;
 use serde_json::{Value, json};
 
 use crate::config::{Config, ModelSettings, RoutingConfig};
-use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error};
+use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, estimate_tokens};
+use crate::store::Store;
+use auth::{Auth, Caller};
 use channel::Channel;
+use limits::Limits;
 use routing::Router;
+use usage::{Meter, UsageLog};
 
 pub use catalog::DEFAULT_CONTEXT_LENGTH;
 
@@ -26,6 +35,10 @@ pub use catalog::DEFAULT_CONTEXT_LENGTH;
 pub const RECENT_USE: Duration = Duration::from_secs(300);
 
 pub struct Gateway {
+    pub auth: Arc<Auth>,
+    limits: Arc<Limits>,
+    pub usage: Arc<UsageLog>,
+    pub store: Option<Arc<dyn Store>>,
     router: Router,
     settings: std::collections::BTreeMap<String, ModelSettings>,
     tag_suffix: String,
@@ -36,13 +49,31 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Opens the store, and starts the usage writer: call inside a Tokio runtime.
     pub fn new(config: &Config) -> Result<Self, String> {
         let channels = config
             .channels()
             .iter()
             .map(|c| Channel::new(c, &config.images).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let store = if config.store.data_dir.as_os_str().is_empty() {
+            None
+        } else {
+            Some(crate::store::open(&config.store.data_dir).map_err(|e| e.to_string())?)
+        };
+        let limits = Limits::new(config.limits.clone());
+        if let Some(store) = &store {
+            let month = limits::month_start_ms();
+            let used = store.tokens_used_since(month).map_err(|e| e.to_string())?;
+            limits.set_used_before(month, used.into_iter().collect());
+        }
+        let auth = Arc::new(Auth::new(&config.auth, &config.tokens, store.clone())?);
+        auth.start_reloading();
         Ok(Self {
+            auth,
+            limits: Arc::new(limits),
+            usage: Arc::new(UsageLog::start(store.clone())),
+            store,
             router: Router::new(channels, config.routing.clone()),
             settings: config.models.clone(),
             tag_suffix: config.ollama.tag_suffix.clone(),
@@ -78,24 +109,63 @@ impl Gateway {
 
     /// Starts a generation. Returns once an upstream produced its first event, so a
     /// failure before any output fails over to another channel, or reaches the client
-    /// as a proper error status; after it, an error ends the stream.
-    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
+    /// as a proper error status; after it, an error ends the stream. Every request,
+    /// answered or not, leaves a usage record.
+    pub async fn chat(&self, request: &ChatRequest, caller: &Caller) -> Result<ChatStream, Error> {
+        let mut meter = Meter::start(self.usage.clone(), caller, &request.model);
+        let events = match self.start_chat(request, caller, &mut meter).await {
+            Ok(events) => events,
+            Err(error) => {
+                meter.finish(error.status());
+                return Err(error);
+            }
+        };
+        Ok(Box::pin(events.map(move |event| {
+            meter.saw(&event);
+            event
+        })))
+    }
+
+    async fn start_chat(&self, request: &ChatRequest, caller: &Caller, meter: &mut Meter) -> Result<ChatStream, Error> {
+        caller.check_model(&request.model)?;
         let candidates = self.route(&request.model).await?;
+        // With a quota, an answer of unset length may not be longer than what the quota
+        // has left; one that asks for more than is left is refused.
+        let prompt = request.estimated_prompt_tokens();
+        let asked = request.sampling.max_tokens.filter(|&n| n > 0).map(|n| n as u64);
+        let room = self
+            .limits
+            .quota_left(caller)
+            .map(|left| left.saturating_sub(prompt).max(1));
+        let capped = room.filter(|_| asked.is_none());
+        let max_tokens = capped.or(asked).unwrap_or(self.limits.default_max_tokens());
+        meter.admitted(self.limits.admit(caller, prompt + max_tokens)?, prompt);
+        let base = match capped {
+            Some(cap) => Cow::Owned(ChatRequest {
+                sampling: crate::ir::Sampling {
+                    max_tokens: Some(cap as i64),
+                    ..request.sampling.clone()
+                },
+                ..request.clone()
+            }),
+            None => Cow::Borrowed(request),
+        };
         let mut attempts = self.router.attempts(&request.model, &candidates);
         let (events, lease) = loop {
             let (lease, model) = attempts.next().await?;
-            let renamed = (model != request.model).then(|| ChatRequest {
-                model,
-                ..request.clone()
+            let renamed = (model != base.model).then(|| ChatRequest {
+                model: model.clone(),
+                ..(*base).clone()
             });
             let started = async {
-                let mut events = lease.backend().chat(renamed.as_ref().unwrap_or(request)).await?;
+                let mut events = lease.backend().chat(renamed.as_ref().unwrap_or(&*base)).await?;
                 let first = events.next().await.transpose()?;
                 Ok::<_, Error>(stream::iter(first.map(Ok)).chain(events))
             };
             match started.await {
                 Ok(events) => {
                     attempts.succeeded(&lease);
+                    meter.routed(&lease.channel.name, &model);
                     break (events, lease);
                 }
                 Err(error) => attempts.failed(lease, error)?,
@@ -115,23 +185,40 @@ impl Gateway {
         })))
     }
 
-    pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, Error> {
+    pub async fn embed(&self, request: &EmbedRequest, caller: &Caller) -> Result<EmbedResponse, Error> {
+        let mut meter = Meter::start(self.usage.clone(), caller, &request.model);
+        let result = self.start_embed(request, caller, &mut meter).await;
+        meter.finish(result.as_ref().map_or_else(Error::status, |_| 200));
+        result
+    }
+
+    async fn start_embed(
+        &self,
+        request: &EmbedRequest,
+        caller: &Caller,
+        meter: &mut Meter,
+    ) -> Result<EmbedResponse, Error> {
+        caller.check_model(&request.model)?;
         let candidates = self.route(&request.model).await?;
+        let prompt: u64 = request.inputs.iter().map(|i| estimate_tokens(i.len())).sum();
+        meter.admitted(self.limits.admit(caller, prompt)?, prompt);
         let mut attempts = self.router.attempts(&request.model, &candidates);
         let answer = loop {
             let (lease, model) = attempts.next().await?;
             let renamed = (model != request.model).then(|| EmbedRequest {
-                model,
+                model: model.clone(),
                 ..request.clone()
             });
             match lease.backend().embed(renamed.as_ref().unwrap_or(request)).await {
                 Ok(answer) => {
                     attempts.succeeded(&lease);
+                    meter.routed(&lease.channel.name, &model);
                     break answer;
                 }
                 Err(error) => attempts.failed(lease, error)?,
             }
         };
+        meter.counted(answer.prompt_tokens);
         self.recent
             .insert(request.model.clone(), chrono::Utc::now().timestamp())
             .await;
@@ -140,7 +227,10 @@ impl Gateway {
 
     /// An Ollama upstream's own `/api/show` answer for a model an Ollama channel serves,
     /// passed through as it is; `None` when no Ollama channel serves it.
-    pub async fn ollama_show(&self, name: &str) -> Option<Result<Arc<Value>, Error>> {
+    pub async fn ollama_show(&self, name: &str, caller: &Caller) -> Option<Result<Arc<Value>, Error>> {
+        if let Err(e) = caller.check_model(name) {
+            return Some(Err(e));
+        }
         let candidates = match self.route(name).await {
             Ok(candidates) => candidates,
             Err(e) => return Some(Err(e)),

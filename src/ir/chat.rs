@@ -32,6 +32,52 @@ pub struct ChatRequest {
     pub extra: Map<String, Value>,
 }
 
+/// Roughly four characters of text make a token; an image is counted like OpenAI's
+/// low-detail tile.
+const CHARS_PER_TOKEN: u64 = 4;
+const TOKENS_PER_IMAGE: u64 = 85;
+const TOKENS_PER_MESSAGE: u64 = 4;
+
+/// A token count estimated from text, for limits reserved before a call and for usage
+/// an upstream did not report.
+pub fn estimate_tokens(chars: usize) -> u64 {
+    (chars as u64).div_ceil(CHARS_PER_TOKEN)
+}
+
+impl ChatRequest {
+    /// The prompt's size in tokens, estimated (no tokenizer knows every model).
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        let tools: usize = self
+            .tools
+            .iter()
+            .map(|t| t.name.len() + t.description.as_ref().map_or(0, String::len) + t.parameters.to_string().len())
+            .sum();
+        let input = match &self.input {
+            Input::Messages(messages) => messages
+                .iter()
+                .map(|m| {
+                    let text: usize = m
+                        .parts
+                        .iter()
+                        .map(|p| match p {
+                            Part::Text(t) => t.len(),
+                            Part::Image(_) => 0,
+                        })
+                        .sum();
+                    let calls: usize = m.tool_calls.iter().map(|c| c.name.len() + c.arguments.len()).sum();
+                    estimate_tokens(text + calls) + TOKENS_PER_MESSAGE + m.images().count() as u64 * TOKENS_PER_IMAGE
+                })
+                .sum(),
+            Input::Prompt(p) => {
+                let chars =
+                    p.text.len() + p.system.as_ref().map_or(0, String::len) + p.suffix.as_ref().map_or(0, String::len);
+                estimate_tokens(chars) + p.images.len() as u64 * TOKENS_PER_IMAGE
+            }
+        };
+        input + estimate_tokens(tools)
+    }
+}
+
 /// What the model continues from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {

@@ -36,6 +36,10 @@ pub struct Error {
     pub param: Option<String>,
     /// When to try again: an upstream's `Retry-After`, or diglot's own for its limits.
     pub retry_after: Option<Duration>,
+    /// A more precise machine-readable reason than the kind's (`insufficient_quota`).
+    pub code: Option<&'static str>,
+    /// Extra response headers (`x-ratelimit-*`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Error {
@@ -45,6 +49,8 @@ impl Error {
             message: message.into(),
             param: None,
             retry_after: None,
+            code: None,
+            headers: Vec::new(),
         }
     }
 

@@ -624,12 +624,33 @@ async fn red_png(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     res.body(RED_PNG);
 }
 
+/// The defaults, on an ephemeral port, with no store (tests that need one set
+/// `store.data_dir` to a `temp_dir()`).
+pub fn test_config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".into(),
+        store: diglot::config::StoreConfig {
+            data_dir: PathBuf::new(),
+        },
+        ..Config::default()
+    }
+}
+
+/// A fresh directory for a test's store.
+pub fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("diglot-test-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
 /// diglot on an ephemeral port in front of `upstream`, with `tweak` applied to the config.
 pub async fn diglot(upstream: &str, tweak: impl FnOnce(&mut Config)) -> String {
-    let mut config = Config {
-        listen: "127.0.0.1:0".into(),
-        ..Config::default()
-    };
+    let mut config = test_config();
     config.upstream.url = upstream.to_owned();
     tweak(&mut config);
     let addr = diglot::server::spawn(config).await.unwrap();
@@ -639,9 +660,8 @@ pub async fn diglot(upstream: &str, tweak: impl FnOnce(&mut Config)) -> String {
 /// diglot on an ephemeral port routing over `channels`, with `tweak` applied.
 pub async fn diglot_channels(channels: Vec<diglot::config::UpstreamConfig>, tweak: impl FnOnce(&mut Config)) -> String {
     let mut config = Config {
-        listen: "127.0.0.1:0".into(),
         channels,
-        ..Config::default()
+        ..test_config()
     };
     tweak(&mut config);
     let addr = diglot::server::spawn(config).await.unwrap();

@@ -15,11 +15,12 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, warn};
 
 use super::{decode, wire};
+use crate::gateway::auth::Caller;
 use crate::ir::{
     ChatEvent, ChatRequest, ChatResponse, EmbedRequest, Error, ErrorKind, FinishReason, Image, Input, Message,
     ModelCard, Part, Prompt, Role, TokenLogprob, Tool, ToolCall, Usage,
 };
-use crate::server::{App, app, read_json, retry_after_header, write_bytes, write_json, write_stream};
+use crate::server::{App, app, caller, read_json, error_headers, write_bytes, write_json, write_stream};
 
 /// The routes, relative to the root (and the base path).
 pub fn routes() -> Vec<Router> {
@@ -50,7 +51,7 @@ pub async fn running(res: &mut Response) {
 /// Renders an IR error as Ollama does: `{"error":"..."}` with the status. An unknown
 /// model says `model 'NAME' not found`, which CLIs and apps match on to offer a pull.
 pub fn write_error(res: &mut Response, error: &Error, model: &str) {
-    retry_after_header(res, error);
+    error_headers(res, error);
     write_json(
         res,
         error.status(),
@@ -80,7 +81,7 @@ async fn version(depot: &mut Depot, res: &mut Response) {
 #[handler]
 async fn tags(depot: &mut Depot, res: &mut Response) {
     let app = app(depot);
-    let models = match app.gateway.models().await {
+    let models = match app.gateway.models(&caller(depot)).await {
         Ok(models) => models
             .iter()
             .map(|card| entry(card, app.gateway.tag_suffix()))
@@ -174,13 +175,14 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         Ok(name) => name,
         Err(e) => return write_error(res, &e, ""),
     };
-    if let Some(upstream) = app.gateway.ollama_show(&name).await {
+    let who = caller(depot);
+    if let Some(upstream) = app.gateway.ollama_show(&name, &who).await {
         return match upstream {
             Ok(answer) => write_json(res, 200, &*answer),
             Err(e) => write_error(res, &e, &name),
         };
     }
-    let card = match app.gateway.model(&name).await {
+    let card = match app.gateway.model(&name, &caller(depot)).await {
         Ok(card) => card,
         Err(e) => return write_error(res, &e, &name),
     };
@@ -226,7 +228,7 @@ fn show_from_card(card: &ModelCard, name: &str) -> wire::ShowResponse {
 #[handler]
 async fn ps(depot: &mut Depot, res: &mut Response) {
     let app = app(depot);
-    let cards = app.gateway.models().await.unwrap_or_default();
+    let cards = app.gateway.models(&caller(depot)).await.unwrap_or_default();
     let suffix = app.gateway.tag_suffix();
     let mut models: Vec<wire::ModelEntry> = Vec::new();
     for (name, last_used) in app.gateway.recent().await {
@@ -263,7 +265,7 @@ async fn chat(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         return load_answer(res, &model, &wire.generation.keep_alive, stream, Kind::Chat);
     }
     match decode_chat(wire) {
-        Ok(request) => generate_answer(res, &app, request, Kind::Chat).await,
+        Ok(request) => generate_answer(res, &app, request, Kind::Chat, &caller(depot)).await,
         Err(e) => write_error(res, &e, &model),
     }
 }
@@ -281,7 +283,7 @@ async fn generate(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         return load_answer(res, &model, &wire.generation.keep_alive, stream, Kind::Generate);
     }
     match decode_generate(wire) {
-        Ok(request) => generate_answer(res, &app, request, Kind::Generate).await,
+        Ok(request) => generate_answer(res, &app, request, Kind::Generate, &caller(depot)).await,
         Err(e) => write_error(res, &e, &model),
     }
 }
@@ -307,10 +309,10 @@ fn load_answer(res: &mut Response, model: &str, keep_alive: &Option<Value>, stre
 
 /// Answers from an upstream stream even when the client wants one object: only a stream
 /// shows when output began, which splits the durations Ollama clients divide by.
-async fn generate_answer(res: &mut Response, app: &App, mut request: ChatRequest, kind: Kind) {
+async fn generate_answer(res: &mut Response, app: &App, mut request: ChatRequest, kind: Kind, caller: &Caller) {
     let started = Instant::now();
     let client_streams = std::mem::replace(&mut request.stream, true);
-    let events = match app.gateway.chat(&request).await {
+    let events = match app.gateway.chat(&request, caller).await {
         Ok(events) => events,
         Err(e) => return write_error(res, &e, &request.model),
     };
@@ -749,7 +751,7 @@ async fn embed(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         keep_alive: wire.keep_alive,
         options: wire.options,
     };
-    match app.gateway.embed(&request).await {
+    match app.gateway.embed(&request, &caller(depot)).await {
         Ok(answer) => {
             let total = answer
                 .total_duration_ns
@@ -805,7 +807,7 @@ async fn embeddings(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         options: wire.options,
         ..Default::default()
     };
-    match app.gateway.embed(&request).await {
+    match app.gateway.embed(&request, &caller(depot)).await {
         Ok(answer) => write_json(
             res,
             200,
@@ -838,7 +840,7 @@ async fn pull(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         Ok(name) => name,
         Err(e) => return write_error(res, &e, ""),
     };
-    let card = match app.gateway.model(&name).await {
+    let card = match app.gateway.model(&name, &caller(depot)).await {
         Ok(card) => card,
         Err(_) => {
             let read = req.payload_with_max_size(app.config.max_body_bytes).await.ok().cloned();

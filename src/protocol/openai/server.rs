@@ -16,6 +16,7 @@ use tracing::debug;
 
 use super::wire;
 use crate::config::OpenAiConfig;
+use crate::gateway::auth::Caller;
 use crate::ir::{
     ChatEvent, ChatRequest, ChatResponse, ChatStream, EmbedRequest, Error, ErrorKind, FinishReason, Input, Message,
     Part, Prompt, Reasoning, ResponseFormat, Role, Sampling, TokenLogprob, Tool, ToolCall, ToolChoice, Usage,
@@ -23,7 +24,7 @@ use crate::ir::{
 };
 use crate::protocol::images::parse_image_ref;
 use crate::protocol::ollama;
-use crate::server::{App, app, read_json, retry_after_header, write_json, write_stream};
+use crate::server::{App, app, caller, read_json, error_headers, write_json, write_stream};
 
 /// Most parallel answers one request may ask for (`n`, or prompts × `n`).
 const MAX_CHOICES: u32 = 16;
@@ -47,7 +48,7 @@ pub async fn connection_test(res: &mut Response) {
 
 /// Renders an IR error as OpenAI does: `{"error":{"message","type","param","code"}}`.
 pub fn write_error(res: &mut Response, error: &Error) {
-    retry_after_header(res, error);
+    error_headers(res, error);
     write_json(res, error.status(), &error_body(error));
 }
 
@@ -68,6 +69,12 @@ fn error_body(error: &Error) -> wire::ErrorBody {
         ErrorKind::Unavailable => ("api_error", Some("service_unavailable")),
         ErrorKind::Internal => ("api_error", None),
     };
+    // OpenAI names an exhausted quota in both fields.
+    let (kind, code) = match error.code {
+        Some("insufficient_quota") => ("insufficient_quota", Some("insufficient_quota")),
+        Some(code) => (kind, Some(code)),
+        None => (kind, code),
+    };
     wire::ErrorBody {
         error: wire::ErrorObject {
             message: error.message.clone(),
@@ -83,6 +90,7 @@ fn error_body(error: &Error) -> wire::ErrorBody {
 #[handler]
 async fn chat_completions(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let app = app(depot);
+    let who = caller(depot);
     let result = async {
         let wire: wire::ChatCompletionRequest = read_json(req, app.config.max_body_bytes).await?;
         let include_usage = wire
@@ -91,7 +99,7 @@ async fn chat_completions(req: &mut Request, depot: &mut Depot, res: &mut Respon
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
         let request = decode_chat(wire)?;
-        let streams = start(&app, std::iter::repeat_n(&request, request.n as usize)).await?;
+        let streams = start(&app, std::iter::repeat_n(&request, request.n as usize), &who).await?;
         Ok::<_, Error>((request, include_usage, streams))
     }
     .await;
@@ -121,8 +129,9 @@ async fn chat_completions(req: &mut Request, depot: &mut Depot, res: &mut Respon
 async fn start<'a>(
     app: &Arc<App>,
     requests: impl IntoIterator<Item = &'a ChatRequest>,
+    caller: &Caller,
 ) -> Result<Vec<ChatStream>, Error> {
-    future::try_join_all(requests.into_iter().map(|r| app.gateway.chat(r))).await
+    future::try_join_all(requests.into_iter().map(|r| app.gateway.chat(r, caller))).await
 }
 
 async fn collect(streams: Vec<ChatStream>) -> Result<Vec<ChatResponse>, Error> {
@@ -371,6 +380,7 @@ fn decode_n(n: Option<u32>, prompts: u32) -> Result<u32, Error> {
 #[handler]
 async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let app = app(depot);
+    let who = caller(depot);
     let result = async {
         let wire: wire::CompletionRequest = read_json(req, app.config.max_body_bytes).await?;
         let include_usage = wire
@@ -380,7 +390,7 @@ async fn completions(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             .unwrap_or(false);
         let echo = wire.echo.unwrap_or(false);
         let requests = decode_completion(wire)?;
-        let streams = start(&app, &requests).await?;
+        let streams = start(&app, &requests, &who).await?;
         Ok::<_, Error>((requests, include_usage, echo, streams))
     }
     .await;
@@ -847,6 +857,7 @@ fn legacy_logprobs(logprobs: &[TokenLogprob]) -> Option<Value> {
 #[handler]
 async fn embeddings(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let app = app(depot);
+    let who = caller(depot);
     let result = async {
         let wire: wire::EmbeddingRequest = read_json(req, app.config.max_body_bytes).await?;
         let base64 = match wire.encoding_format.as_deref() {
@@ -860,7 +871,7 @@ async fn embeddings(req: &mut Request, depot: &mut Depot, res: &mut Response) {
             }
         };
         let request = decode_embedding(wire)?;
-        let answer = app.gateway.embed(&request).await?;
+        let answer = app.gateway.embed(&request, &who).await?;
         Ok((request.model, base64, answer))
     }
     .await;
@@ -934,7 +945,7 @@ fn encode_vector(vector: Vec<f32>, base64: bool) -> Value {
 
 #[handler]
 async fn list_models(depot: &mut Depot, res: &mut Response) {
-    match app(depot).gateway.models().await {
+    match app(depot).gateway.models(&caller(depot)).await {
         Ok(models) => {
             let data = models.iter().map(model_entry).collect();
             write_json(
@@ -953,7 +964,7 @@ async fn list_models(depot: &mut Depot, res: &mut Response) {
 #[handler]
 async fn get_model(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let id: String = req.param("id").unwrap_or_default();
-    match app(depot).gateway.model(&id).await {
+    match app(depot).gateway.model(&id, &caller(depot)).await {
         Ok(card) => write_json(
             res,
             200,

@@ -1,0 +1,262 @@
+//! The `token` and `usage` commands: manage API tokens in the store and read usage.
+//! A new token is printed once; the store keeps only its digest.
+
+use clap::{Args, Subcommand};
+
+use crate::gateway::auth::{digest, display_prefix, generate_token, parse_net};
+use crate::store::{Role, Store, TokenRecord};
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it (once: only its digest is kept).
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = parse_role, default_value = "user")]
+        role: Role,
+        #[command(flatten)]
+        rules: Rules,
+    },
+    /// List tokens (never the tokens themselves).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a token (by id, name or prefix); its usage records stay.
+    Revoke { token: String },
+    /// Change a token's rules (by id, name or prefix).
+    Update {
+        token: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, value_parser = parse_role)]
+        role: Option<Role>,
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        #[command(flatten)]
+        rules: Rules,
+    },
+}
+
+/// Limits and permissions; on `update`, only those given change (0 or "" clears).
+#[derive(Args, Default)]
+pub struct Rules {
+    /// Models it may use, comma-separated names and globs ("llama*,gpt-4o"); empty: all.
+    #[arg(long)]
+    models: Option<String>,
+    /// Addresses and CIDRs it may call from, comma-separated; empty: any.
+    #[arg(long)]
+    ips: Option<String>,
+    /// Days until it expires (0: never).
+    #[arg(long)]
+    expires_in_days: Option<u32>,
+    /// Tokens per calendar month (0: no quota).
+    #[arg(long)]
+    quota: Option<u64>,
+    /// Requests per minute (0: no limit).
+    #[arg(long)]
+    rpm: Option<u64>,
+    /// Tokens per minute (0: no limit).
+    #[arg(long)]
+    tpm: Option<u64>,
+    /// Requests at once (0: no limit).
+    #[arg(long)]
+    max_concurrent: Option<u32>,
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    match text {
+        "admin" => Ok(Role::Admin),
+        "user" => Ok(Role::User),
+        other => Err(format!("'{other}' is neither admin nor user")),
+    }
+}
+
+fn list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn nonzero<T: PartialEq + Default>(value: T) -> Option<T> {
+    (value != T::default()).then_some(value)
+}
+
+impl Rules {
+    fn apply(&self, token: &mut TokenRecord) -> Result<(), String> {
+        if let Some(models) = &self.models {
+            token.models = list(models);
+        }
+        if let Some(ips) = &self.ips {
+            token.ips = list(ips);
+            for ip in &token.ips {
+                parse_net(ip)?;
+            }
+        }
+        if let Some(days) = self.expires_in_days {
+            token.expires_at = nonzero(days).map(|d| chrono::Utc::now().timestamp() + i64::from(d) * 86_400);
+        }
+        if let Some(quota) = self.quota {
+            token.monthly_quota = nonzero(quota);
+        }
+        if let Some(rpm) = self.rpm {
+            token.rpm = nonzero(rpm);
+        }
+        if let Some(tpm) = self.tpm {
+            token.tpm = nonzero(tpm);
+        }
+        if let Some(max) = self.max_concurrent {
+            token.max_concurrent = nonzero(max);
+        }
+        Ok(())
+    }
+}
+
+/// Runs a token command; what it prints goes to stdout.
+pub fn token(store: &dyn Store, command: TokenCommand) -> Result<String, String> {
+    match command {
+        TokenCommand::Create { name, role, rules } => {
+            let secret = generate_token();
+            let mut token = TokenRecord {
+                id: None,
+                name,
+                digest: digest(&secret),
+                prefix: display_prefix(&secret),
+                role,
+                enabled: true,
+                created_at: chrono::Utc::now().timestamp(),
+                expires_at: None,
+                models: Vec::new(),
+                ips: Vec::new(),
+                monthly_quota: None,
+                rpm: None,
+                tpm: None,
+                max_concurrent: None,
+            };
+            rules.apply(&mut token)?;
+            let token = store.create_token(&token).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{secret}\n\nToken '{}' (id {}, {}) created. This is the only time it is shown: \
+                 store it now.\nDigest (for a profile's [[tokens]]): {}\n",
+                token.name,
+                token.id.unwrap_or_default(),
+                token.role.as_str(),
+                token.digest
+            ))
+        }
+        TokenCommand::List { json } => {
+            let tokens = store.tokens().map_err(|e| e.to_string())?;
+            if json {
+                return serde_json::to_string_pretty(&tokens).map_err(|e| e.to_string());
+            }
+            let mut out = format!(
+                "{:<4} {:<20} {:<9} {:<6} {:<8} {:<10} {:<24} {}\n",
+                "id", "name", "prefix", "role", "enabled", "expires", "models", "limits"
+            );
+            for t in tokens {
+                let expires = t
+                    .expires_at
+                    .and_then(|at| chrono::DateTime::from_timestamp(at, 0))
+                    .map_or("never".into(), |d| d.format("%Y-%m-%d").to_string());
+                let limits: Vec<String> = [
+                    t.monthly_quota.map(|q| format!("quota {q}/month")),
+                    t.rpm.map(|n| format!("{n} rpm")),
+                    t.tpm.map(|n| format!("{n} tpm")),
+                    t.max_concurrent.map(|n| format!("{n} at once")),
+                    (!t.ips.is_empty()).then(|| format!("from {}", t.ips.join(","))),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                out.push_str(&format!(
+                    "{:<4} {:<20} {:<9} {:<6} {:<8} {:<10} {:<24} {}\n",
+                    t.id.unwrap_or_default(),
+                    t.name,
+                    t.prefix,
+                    t.role.as_str(),
+                    t.enabled,
+                    expires,
+                    if t.models.is_empty() {
+                        "all".into()
+                    } else {
+                        t.models.join(",")
+                    },
+                    limits.join(", ")
+                ));
+            }
+            Ok(out)
+        }
+        TokenCommand::Revoke { token } => {
+            let found = find(store, &token)?;
+            store
+                .delete_token(found.id.unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+            Ok(format!("Token '{}' ({}) revoked.\n", found.name, found.prefix))
+        }
+        TokenCommand::Update {
+            token,
+            name,
+            role,
+            enable,
+            disable,
+            rules,
+        } => {
+            let mut found = find(store, &token)?;
+            if let Some(name) = name {
+                found.name = name;
+            }
+            if let Some(role) = role {
+                found.role = role;
+            }
+            if enable || disable {
+                found.enabled = enable;
+            }
+            rules.apply(&mut found)?;
+            store.update_token(&found).map_err(|e| e.to_string())?;
+            Ok(format!("Token '{}' ({}) updated.\n", found.name, found.prefix))
+        }
+    }
+}
+
+/// The one token an id, a name or a display prefix names.
+fn find(store: &dyn Store, which: &str) -> Result<TokenRecord, String> {
+    let tokens = store.tokens().map_err(|e| e.to_string())?;
+    let matches: Vec<TokenRecord> = tokens
+        .into_iter()
+        .filter(|t| t.id.map(|id| id.to_string()).as_deref() == Some(which) || t.name == which || t.prefix == which)
+        .collect();
+    match matches.len() {
+        1 => Ok(matches.into_iter().next().expect("one")),
+        0 => Err(format!("no token has the id, name or prefix '{which}'")),
+        n => Err(format!("{n} tokens match '{which}': use the id")),
+    }
+}
+
+/// Usage per token per day over the last `days` days.
+pub fn usage(store: &dyn Store, days: u32, json: bool) -> Result<String, String> {
+    let since = chrono::Utc::now().timestamp_millis() - i64::from(days) * 86_400_000;
+    let rows = store.daily_usage(since).map_err(|e| e.to_string())?;
+    if json {
+        return serde_json::to_string_pretty(&rows).map_err(|e| e.to_string());
+    }
+    let mut out = format!(
+        "{:<10} {:<9} {:>8} {:>12} {:>12} {:>7}\n",
+        "day", "token", "requests", "prompt", "completion", "errors"
+    );
+    for r in rows {
+        out.push_str(&format!(
+            "{:<10} {:<9} {:>8} {:>12} {:>12} {:>7}\n",
+            r.day,
+            r.token_prefix.as_deref().unwrap_or("-"),
+            r.requests,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.errors
+        ));
+    }
+    Ok(out)
+}

@@ -1,0 +1,448 @@
+//! Who is calling: API tokens (kept as SHA-256 digests, compared in constant time), the
+//! simpler modes (none, one legacy `API_TOKEN`, a keys file), and the IP rules.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use ipnet::IpNet;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+use wildmatch::WildMatch;
+
+use crate::config::{AuthConfig, AuthMode};
+use crate::ir::{Error, ErrorKind};
+use crate::store::{Role, Store, TokenRecord};
+
+/// Every token diglot issues starts with this.
+pub const TOKEN_PREFIX: &str = "dg-";
+/// Random base62 characters after the prefix.
+const TOKEN_RANDOM_CHARS: usize = 40;
+/// How often tokens are re-read from the store and the keys file.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
+/// An unknown token triggers a re-read at most this often (so a token made a moment
+/// ago works, and unknown tokens cannot hammer the store).
+const RELOAD_ON_MISS: Duration = Duration::from_millis(200);
+
+/// A new token: `dg-` and 40 random base62 characters (~238 bits).
+pub fn generate_token() -> String {
+    let random: String = rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(TOKEN_RANDOM_CHARS)
+        .map(char::from)
+        .collect();
+    format!("{TOKEN_PREFIX}{random}")
+}
+
+/// SHA-256 of a token, lowercase hex: all diglot ever keeps of it.
+pub fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The start of a token, safe to show (`dg-AbCd`).
+pub fn display_prefix(token: &str) -> String {
+    token.chars().take(TOKEN_PREFIX.len() + 4).collect()
+}
+
+/// Who is calling, as the gateway needs to know it.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub ip: IpAddr,
+    /// `openai` or `ollama`: which API the request came in on.
+    pub frontend: &'static str,
+    /// None when authentication is off.
+    pub token: Option<Arc<TokenRecord>>,
+    /// No token although tokens are required (only public paths get this far).
+    pub restricted: bool,
+}
+
+impl Caller {
+    /// A caller with no token (authentication off), e.g. for tests and tools.
+    pub fn anonymous(frontend: &'static str) -> Self {
+        Self {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            frontend,
+            token: None,
+            restricted: false,
+        }
+    }
+
+    /// Whether the token may use `model`: exact names and globs; no list means all. A
+    /// name matches with or without Ollama's default `:latest` tag.
+    pub fn may_use(&self, model: &str) -> bool {
+        let Some(token) = &self.token else { return true };
+        if token.models.is_empty() {
+            return true;
+        }
+        let bare = model.strip_suffix(":latest").unwrap_or(model);
+        let tagged = format!("{bare}:latest");
+        token.models.iter().any(|allowed| {
+            let glob = WildMatch::new(allowed);
+            [model, bare, tagged.as_str()]
+                .iter()
+                .any(|name| allowed == name || glob.matches(name))
+        })
+    }
+
+    /// 403 for a model the token may not use, saying so.
+    pub fn check_model(&self, model: &str) -> Result<(), Error> {
+        if self.may_use(model) {
+            return Ok(());
+        }
+        let name = self.token.as_ref().map_or("", |t| t.name.as_str());
+        Err(Error {
+            param: Some("model".into()),
+            ..Error::new(
+                ErrorKind::Forbidden,
+                format!("the API token '{name}' may not use model '{model}'"),
+            )
+        })
+    }
+
+    pub fn with_ip(self, ip: IpAddr) -> Self {
+        Self { ip, ..self }
+    }
+
+    /// A caller let through only to a public path while tokens are required.
+    pub fn not_admin(self) -> Self {
+        Self {
+            restricted: true,
+            ..self
+        }
+    }
+
+    /// Admins see everything: callers with an admin token, or everyone when
+    /// authentication is off.
+    pub fn is_admin(&self) -> bool {
+        !self.restricted && self.token.as_ref().is_none_or(|t| t.role == Role::Admin)
+    }
+}
+
+/// Checks callers against the configured tokens and IP rules.
+pub struct Auth {
+    mode: AuthMode,
+    /// Whether callers need a token now (`auto` follows whether any token exists).
+    required: std::sync::atomic::AtomicBool,
+    /// Digest → token, from every source; swapped whole on reload.
+    tokens: RwLock<Arc<HashMap<String, Arc<TokenRecord>>>>,
+    declared: Vec<TokenRecord>,
+    legacy: Option<TokenRecord>,
+    keys_file: Option<PathBuf>,
+    store: Option<Arc<dyn Store>>,
+    last_reload: Mutex<Option<Instant>>,
+    keys_file_seen: Mutex<Option<SystemTime>>,
+    keys_file_tokens: Mutex<Vec<TokenRecord>>,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+    trust_proxy: Vec<IpNet>,
+}
+
+/// Parses `10.0.0.0/8` or a bare address (as a /32 or /128).
+pub fn parse_net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("'{text}' is neither an IP address nor a CIDR range"))
+}
+
+fn nets(list: &[String]) -> Result<Vec<IpNet>, String> {
+    list.iter().map(|s| parse_net(s)).collect()
+}
+
+fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+/// IPv4-mapped IPv6 addresses (from dual-stack listeners) as plain IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Auth {
+    /// `auto` requires tokens when any source of them exists (profile, store, `API_TOKEN`,
+    /// keys file); with none it lets everyone in (the server warns when that is not on
+    /// loopback).
+    pub fn new(config: &AuthConfig, declared: &[TokenRecord], store: Option<Arc<dyn Store>>) -> Result<Self, String> {
+        let legacy = std::env::var("API_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| synthetic("API_TOKEN", t.trim(), Role::Admin));
+        let keys_file = config.keys_file.clone().filter(|p| !p.as_os_str().is_empty());
+        let auth = Self {
+            mode: config.mode,
+            required: std::sync::atomic::AtomicBool::new(config.mode == AuthMode::Tokens),
+            tokens: RwLock::new(Arc::new(HashMap::new())),
+            declared: declared.to_vec(),
+            legacy,
+            keys_file,
+            store,
+            last_reload: Mutex::new(None),
+            keys_file_seen: Mutex::new(None),
+            keys_file_tokens: Mutex::new(Vec::new()),
+            allow: nets(&config.allow_ips).map_err(|e| format!("auth.allow_ips: {e}"))?,
+            deny: nets(&config.deny_ips).map_err(|e| format!("auth.deny_ips: {e}"))?,
+            trust_proxy: nets(&config.trust_proxy).map_err(|e| format!("auth.trust_proxy: {e}"))?,
+        };
+        for token in declared {
+            nets(&token.ips).map_err(|e| format!("tokens '{}': {e}", token.name))?;
+        }
+        auth.reload();
+        Ok(auth)
+    }
+
+    pub fn required(&self) -> bool {
+        self.required.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Re-reads the store's tokens and the keys file (when it changed).
+    pub fn reload(&self) {
+        *self.last_reload.lock().expect("reload lock") = Some(Instant::now());
+        let mut all: Vec<TokenRecord> = self.declared.clone();
+        all.extend(self.legacy.clone());
+        if let Some(store) = &self.store {
+            match store.tokens() {
+                Ok(tokens) => all.extend(tokens),
+                Err(e) => warn!(error = %e, "cannot read tokens from the store; keeping the ones known"),
+            }
+        }
+        all.extend(self.read_keys_file());
+        let map = all
+            .into_iter()
+            .map(|t| (t.digest.clone(), Arc::new(t)))
+            .collect::<HashMap<_, _>>();
+        // A keys file counts as a source even while empty: its owner means to require keys.
+        let required = match self.mode {
+            AuthMode::None => false,
+            AuthMode::Tokens => true,
+            AuthMode::Auto => !map.is_empty() || self.keys_file.is_some(),
+        };
+        self.required.store(required, std::sync::atomic::Ordering::Relaxed);
+        *self.tokens.write().expect("tokens lock") = Arc::new(map);
+    }
+
+    fn read_keys_file(&self) -> Vec<TokenRecord> {
+        let Some(path) = &self.keys_file else { return Vec::new() };
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mut seen = self.keys_file_seen.lock().expect("keys file lock");
+        let mut cached = self.keys_file_tokens.lock().expect("keys file lock");
+        if modified.is_some() && *seen == modified {
+            return cached.clone();
+        }
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                *cached = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .enumerate()
+                    .map(|(i, key)| synthetic(&format!("keys-file:{}", i + 1), key, Role::User))
+                    .collect();
+                *seen = modified;
+                info!(path = %path.display(), keys = cached.len(), "keys file loaded");
+            }
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot read the keys file; keeping the keys known"),
+        }
+        cached.clone()
+    }
+
+    /// Reloads in the background every `RELOAD_EVERY`, while `alive` holds.
+    pub fn start_reloading(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RELOAD_EVERY).await;
+                let Some(auth) = weak.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || auth.reload()).await;
+            }
+        });
+    }
+
+    /// The client's address: the peer, or — when the peer is a trusted proxy — the
+    /// nearest address in `X-Forwarded-For` that is not one.
+    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+        let peer = canonical(peer);
+        if !contains(&self.trust_proxy, peer) {
+            return peer;
+        }
+        let Some(chain) = forwarded_for else { return peer };
+        let hops: Vec<IpAddr> = chain
+            .split(',')
+            .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
+            .map(canonical)
+            .collect();
+        hops.iter()
+            .rev()
+            .find(|ip| !contains(&self.trust_proxy, **ip))
+            .or(hops.first())
+            .copied()
+            .unwrap_or(peer)
+    }
+
+    /// Checks the global IP rules, then the token (when tokens are required).
+    pub fn authenticate(&self, ip: IpAddr, presented: Option<&str>, frontend: &'static str) -> Result<Caller, Error> {
+        if contains(&self.deny, ip) || (!self.allow.is_empty() && !contains(&self.allow, ip)) {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                format!("requests from {ip} are not allowed here"),
+            ));
+        }
+        if !self.required() {
+            return Ok(Caller {
+                ip,
+                frontend,
+                token: None,
+                restricted: false,
+            });
+        }
+        let Some(presented) = presented.map(str::trim).filter(|t| !t.is_empty()) else {
+            return Err(Error::new(
+                ErrorKind::Unauthorized,
+                "an API token is required: send it as `Authorization: Bearer TOKEN` (or `X-API-Key`)",
+            ));
+        };
+        let wanted = digest(presented);
+        let token = self.find(&wanted).or_else(|| {
+            // A token created a moment ago (by `diglot token create` in another process).
+            let stale = self
+                .last_reload
+                .lock()
+                .expect("reload lock")
+                .is_none_or(|at| at.elapsed() > RELOAD_ON_MISS);
+            if stale {
+                self.reload();
+            }
+            self.find(&wanted)
+        });
+        let Some(token) = token else {
+            return Err(Error::new(ErrorKind::Unauthorized, "the API token is not valid"));
+        };
+        if !token.enabled {
+            return Err(Error::new(
+                ErrorKind::Unauthorized,
+                format!("the API token '{}' is disabled", token.name),
+            ));
+        }
+        if let Some(expires) = token.expires_at
+            && expires <= chrono::Utc::now().timestamp()
+        {
+            return Err(Error::new(
+                ErrorKind::Unauthorized,
+                format!("the API token '{}' has expired", token.name),
+            ));
+        }
+        if !token.ips.is_empty() && !contains(&nets(&token.ips).unwrap_or_default(), ip) {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                format!("the API token '{}' may not be used from {ip}", token.name),
+            ));
+        }
+        Ok(Caller {
+            ip,
+            frontend,
+            token: Some(token),
+            restricted: false,
+        })
+    }
+
+    /// The token with this digest, compared in constant time once found by the map.
+    fn find(&self, wanted: &str) -> Option<Arc<TokenRecord>> {
+        let tokens = self.tokens.read().expect("tokens lock").clone();
+        let token = tokens.get(wanted)?;
+        bool::from(token.digest.as_bytes().ct_eq(wanted.as_bytes())).then(|| token.clone())
+    }
+}
+
+/// A token record for a key that comes from somewhere other than the store.
+fn synthetic(name: &str, key: &str, role: Role) -> TokenRecord {
+    TokenRecord {
+        id: None,
+        name: name.to_owned(),
+        digest: digest(key),
+        prefix: display_prefix(key),
+        role,
+        enabled: true,
+        created_at: 0,
+        expires_at: None,
+        models: Vec::new(),
+        ips: Vec::new(),
+        monthly_quota: None,
+        rpm: None,
+        tpm: None,
+        max_concurrent: None,
+    }
+}
+
+/// The token a request carries: `Authorization: Bearer`, `X-API-Key` or `api-key`.
+pub fn presented_token(authorization: Option<&str>, x_api_key: Option<&str>, api_key: Option<&str>) -> Option<String> {
+    authorization
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim().to_owned())
+        })
+        .or_else(|| x_api_key.map(|v| v.trim().to_owned()))
+        .or_else(|| api_key.map(|v| v.trim().to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_look_right_and_only_digests_are_kept() {
+        let token = generate_token();
+        assert!(token.starts_with("dg-") && token.len() == 43, "{token}");
+        assert!(token[3..].chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(generate_token(), token);
+        assert_eq!(
+            digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(display_prefix(&token), token[..7]);
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let config = AuthConfig {
+            trust_proxy: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        };
+        let auth = Auth::new(&config, &[], None).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            auth.client_ip(ip("10.1.1.1"), Some("203.0.113.7, 10.2.2.2")),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            auth.client_ip(ip("198.51.100.1"), Some("203.0.113.7")),
+            ip("198.51.100.1")
+        );
+        assert_eq!(auth.client_ip(ip("10.1.1.1"), None), ip("10.1.1.1"));
+        assert_eq!(
+            auth.client_ip(ip("::ffff:10.1.1.1"), Some("203.0.113.9")),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn presented_tokens_come_from_three_headers() {
+        assert_eq!(
+            presented_token(Some("Bearer dg-a"), None, None).as_deref(),
+            Some("dg-a")
+        );
+        assert_eq!(
+            presented_token(Some("bearer  dg-a "), None, None).as_deref(),
+            Some("dg-a")
+        );
+        assert_eq!(presented_token(None, Some("dg-b"), None).as_deref(), Some("dg-b"));
+        assert_eq!(presented_token(None, None, Some("dg-c")).as_deref(), Some("dg-c"));
+        assert_eq!(presented_token(Some("Basic xyz"), None, None), None);
+    }
+}

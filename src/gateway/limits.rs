@@ -1,0 +1,323 @@
+//! Rate limits (requests and tokens per minute: global, per IP, per token), monthly
+//! token quotas and per-token concurrency. Token counts are reserved from an estimate
+//! before a call and settled with the real usage after it, so concurrent requests cannot
+//! overrun a limit by each seeing the same headroom.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{Datelike, TimeZone, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::auth::Caller;
+use crate::config::LimitsConfig;
+use crate::ir::{Error, ErrorKind};
+
+const WINDOW: Duration = Duration::from_secs(60);
+
+pub struct Limits {
+    config: LimitsConfig,
+    windows: Mutex<HashMap<String, Window>>,
+    quotas: Mutex<HashMap<String, Quota>>,
+    concurrency: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Tokens each token digest used this month before the process started.
+    used_before: Mutex<Option<(i64, HashMap<String, u64>)>>,
+}
+
+/// A fixed one-minute window, starting at its first use.
+struct Window {
+    started: Instant,
+    requests: u64,
+    tokens: u64,
+}
+
+struct Quota {
+    /// Start of the month (unix ms) the counts are for.
+    month: i64,
+    used: u64,
+    reserved: u64,
+}
+
+/// One limit that applies to a request.
+struct Rule {
+    key: String,
+    what: &'static str,
+    rpm: u64,
+    tpm: u64,
+}
+
+/// What a request holds until it is settled: its reservations and its concurrency slot.
+/// Dropping it unsettled gives the reserved tokens back.
+pub struct Ticket {
+    limits: Arc<Limits>,
+    windows: Vec<String>,
+    quota: Option<String>,
+    estimate: u64,
+    settled: bool,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// The first instant of the current month (UTC), in unix milliseconds.
+pub fn month_start_ms() -> i64 {
+    let now = Utc::now();
+    Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .single()
+        .map_or(0, |t| t.timestamp_millis())
+}
+
+impl Limits {
+    pub fn new(config: LimitsConfig) -> Self {
+        Self {
+            config,
+            windows: Mutex::new(HashMap::new()),
+            quotas: Mutex::new(HashMap::new()),
+            concurrency: Mutex::new(HashMap::new()),
+            used_before: Mutex::new(None),
+        }
+    }
+
+    pub fn default_max_tokens(&self) -> u64 {
+        self.config.default_max_tokens
+    }
+
+    /// What the store says each token used this month (read once per month).
+    pub fn set_used_before(&self, month: i64, used: HashMap<String, u64>) {
+        *self.used_before.lock().expect("limits lock") = Some((month, used));
+    }
+
+    fn rules(&self, caller: &Caller) -> Vec<Rule> {
+        let mut rules = vec![
+            Rule {
+                key: "global".into(),
+                what: "the gateway",
+                rpm: self.config.rpm,
+                tpm: self.config.tpm,
+            },
+            Rule {
+                key: format!("ip:{}", caller.ip),
+                what: "your address",
+                rpm: self.config.ip_rpm,
+                tpm: self.config.ip_tpm,
+            },
+        ];
+        if let Some(token) = &caller.token {
+            rules.push(Rule {
+                key: format!("token:{}", token.digest),
+                what: "your API token",
+                rpm: token.rpm.unwrap_or(0),
+                tpm: token.tpm.unwrap_or(0),
+            });
+        }
+        rules.retain(|r| r.rpm > 0 || r.tpm > 0);
+        rules
+    }
+
+    /// How many tokens the caller's monthly quota has left, if it has one.
+    pub fn quota_left(&self, caller: &Caller) -> Option<u64> {
+        let token = caller.token.as_ref()?;
+        let quota = token.monthly_quota?;
+        let mut quotas = self.quotas.lock().expect("limits lock");
+        let entry = self.quota_entry(&mut quotas, &token.digest);
+        Some(quota.saturating_sub(entry.used + entry.reserved))
+    }
+
+    fn quota_entry<'a>(&self, quotas: &'a mut HashMap<String, Quota>, digest: &str) -> &'a mut Quota {
+        let month = month_start_ms();
+        let before = || {
+            let used = self.used_before.lock().expect("limits lock");
+            match &*used {
+                Some((m, map)) if *m == month => map.get(digest).copied().unwrap_or(0),
+                _ => 0,
+            }
+        };
+        let entry = quotas.entry(digest.to_owned()).or_insert_with(|| Quota {
+            month,
+            used: before(),
+            reserved: 0,
+        });
+        if entry.month != month {
+            *entry = Quota {
+                month,
+                used: 0,
+                reserved: 0,
+            };
+        }
+        entry
+    }
+
+    /// Admits a request estimated at `estimate` tokens, or says which limit it hit.
+    pub fn admit(self: &Arc<Self>, caller: &Caller, estimate: u64) -> Result<Ticket, Error> {
+        let slot = match caller.token.as_ref().and_then(|t| Some((t, t.max_concurrent?))) {
+            Some((token, max)) => {
+                let semaphore = self
+                    .concurrency
+                    .lock()
+                    .expect("limits lock")
+                    .entry(token.digest.clone())
+                    .or_insert_with(|| Arc::new(Semaphore::new(max as usize)))
+                    .clone();
+                Some(semaphore.try_acquire_owned().map_err(|_| {
+                    limited(
+                        format!("your API token allows {max} requests at a time; wait for one to finish"),
+                        Duration::from_secs(1),
+                        Vec::new(),
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let rules = self.rules(caller);
+        let now = Instant::now();
+        let mut windows = self.windows.lock().expect("limits lock");
+        for rule in &rules {
+            let window = windows.entry(rule.key.clone()).or_insert(Window {
+                started: now,
+                requests: 0,
+                tokens: 0,
+            });
+            if now.duration_since(window.started) >= WINDOW {
+                *window = Window {
+                    started: now,
+                    requests: 0,
+                    tokens: 0,
+                };
+            }
+            let reset = WINDOW.saturating_sub(now.duration_since(window.started));
+            if rule.rpm > 0 && window.requests + 1 > rule.rpm {
+                return Err(limited(
+                    format!("rate limit reached: {} requests per minute for {}", rule.rpm, rule.what),
+                    reset,
+                    rate_headers(rule, window, reset),
+                ));
+            }
+            if rule.tpm > 0 && window.tokens + estimate > rule.tpm {
+                return Err(limited(
+                    format!(
+                        "rate limit reached: {} tokens per minute for {} (this request may use {estimate})",
+                        rule.tpm, rule.what
+                    ),
+                    reset,
+                    rate_headers(rule, window, reset),
+                ));
+            }
+        }
+        // The quota is checked and reserved under the windows' lock, so a request that
+        // fails it leaves no trace in them.
+        let mut quota_key = None;
+        if let Some(token) = &caller.token
+            && let Some(quota) = token.monthly_quota
+        {
+            let mut quotas = self.quotas.lock().expect("limits lock");
+            let entry = self.quota_entry(&mut quotas, &token.digest);
+            let left = quota.saturating_sub(entry.used + entry.reserved);
+            if estimate > left {
+                return Err(Error {
+                    code: Some("insufficient_quota"),
+                    ..limited(
+                        format!(
+                            "the API token '{}' has used its monthly quota of {quota} tokens ({left} left, this request may use {estimate})",
+                            token.name
+                        ),
+                        until_next_month(),
+                        Vec::new(),
+                    )
+                });
+            }
+            entry.reserved += estimate;
+            quota_key = Some(token.digest.clone());
+        }
+        for rule in &rules {
+            let window = windows.get_mut(&rule.key).expect("inserted above");
+            window.requests += 1;
+            window.tokens += estimate;
+        }
+        drop(windows);
+        Ok(Ticket {
+            limits: self.clone(),
+            windows: rules.into_iter().map(|r| r.key).collect(),
+            quota: quota_key,
+            estimate,
+            settled: false,
+            _slot: slot,
+        })
+    }
+}
+
+impl Ticket {
+    /// Replaces the estimate with what the request really used.
+    pub fn settle(mut self, used: u64) {
+        self.apply(used);
+    }
+
+    fn apply(&mut self, used: u64) {
+        if std::mem::replace(&mut self.settled, true) {
+            return;
+        }
+        {
+            let mut windows = self.limits.windows.lock().expect("limits lock");
+            for key in &self.windows {
+                if let Some(window) = windows.get_mut(key) {
+                    window.tokens = (window.tokens + used).saturating_sub(self.estimate);
+                }
+            }
+        }
+        if let Some(digest) = &self.quota {
+            let mut quotas = self.limits.quotas.lock().expect("limits lock");
+            if let Some(entry) = quotas.get_mut(digest) {
+                entry.reserved = entry.reserved.saturating_sub(self.estimate);
+                entry.used += used;
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.apply(0);
+    }
+}
+
+fn rate_headers(rule: &Rule, window: &Window, reset: Duration) -> Vec<(String, String)> {
+    let reset = format!("{}s", reset.as_secs().max(1));
+    let mut headers = Vec::new();
+    if rule.rpm > 0 {
+        headers.push(("x-ratelimit-limit-requests".into(), rule.rpm.to_string()));
+        headers.push((
+            "x-ratelimit-remaining-requests".into(),
+            rule.rpm.saturating_sub(window.requests).to_string(),
+        ));
+        headers.push(("x-ratelimit-reset-requests".into(), reset.clone()));
+    }
+    if rule.tpm > 0 {
+        headers.push(("x-ratelimit-limit-tokens".into(), rule.tpm.to_string()));
+        headers.push((
+            "x-ratelimit-remaining-tokens".into(),
+            rule.tpm.saturating_sub(window.tokens).to_string(),
+        ));
+        headers.push(("x-ratelimit-reset-tokens".into(), reset));
+    }
+    headers
+}
+
+fn limited(message: String, retry_after: Duration, headers: Vec<(String, String)>) -> Error {
+    Error {
+        retry_after: Some(retry_after),
+        headers,
+        ..Error::new(ErrorKind::RateLimited, message)
+    }
+}
+
+fn until_next_month() -> Duration {
+    let now = Utc::now();
+    let (year, month) = if now.month() == 12 {
+        (now.year() + 1, 1)
+    } else {
+        (now.year(), now.month() + 1)
+    };
+    Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
+        .single()
+        .map_or(Duration::from_secs(3600), |next| {
+            (next - now).to_std().unwrap_or(Duration::from_secs(3600))
+        })
+}

@@ -1,0 +1,136 @@
+//! What diglot keeps across restarts: tokens and usage records. Behind a small trait so
+//! a shared store (PostgreSQL, for several replicas) can sit beside the embedded SQLite.
+
+mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use sqlite::SqliteStore;
+
+/// A failure of the store, said with what it was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Who may call: kept as a digest, never the token itself. Also the shape of
+/// `[[tokens]]` in a profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// The store's id; none for tokens declared in a profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    pub name: String,
+    /// SHA-256 of the whole token, lowercase hex.
+    pub digest: String,
+    /// The start of the token, for display (`dg-AbC1…`).
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub created_at: i64,
+    /// Unix seconds; none: never.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Names and globs (`llama*`) it may use; empty: every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Addresses and CIDRs it may call from; empty: anywhere.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// Tokens (prompt + completion) per calendar month, UTC.
+    #[serde(default)]
+    pub monthly_quota: Option<u64>,
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    #[default]
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+/// One request, as the usage table keeps it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct UsageRecord {
+    pub at_ms: i64,
+    pub token_digest: Option<String>,
+    pub token_prefix: Option<String>,
+    pub client_ip: Option<String>,
+    pub frontend: &'static str,
+    pub model: String,
+    pub channel: Option<String>,
+    pub upstream_model: Option<String>,
+    pub status: u16,
+    pub latency_ms: u64,
+    pub ttft_ms: Option<u64>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// The upstream reported no usage: the counts are diglot's estimate.
+    pub estimated: bool,
+    pub cache_hit: bool,
+}
+
+/// Usage of one token on one day (UTC).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DailyUsage {
+    pub day: String,
+    pub token_prefix: Option<String>,
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub errors: u64,
+}
+
+/// The storage every part of diglot goes through. Calls block: async callers run them
+/// with `spawn_blocking`, and the request path never waits on a write.
+pub trait Store: Send + Sync + 'static {
+    fn create_token(&self, token: &TokenRecord) -> StoreResult<TokenRecord>;
+    fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+    /// Replaces the stored fields of the token with `token.id`.
+    fn update_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    fn delete_token(&self, id: i64) -> StoreResult<()>;
+    fn write_usage(&self, records: &[UsageRecord]) -> StoreResult<()>;
+    /// Tokens used per token digest since `since_ms` (a month's start, for quotas).
+    fn tokens_used_since(&self, since_ms: i64) -> StoreResult<Vec<(String, u64)>>;
+    /// Per token per day, from `since_ms` on.
+    fn daily_usage(&self, since_ms: i64) -> StoreResult<Vec<DailyUsage>>;
+    fn usage_count(&self) -> StoreResult<u64>;
+    /// The latest `limit` records, newest first.
+    fn recent_usage(&self, limit: u32) -> StoreResult<Vec<UsageRecord>>;
+}
+
+/// Opens (creating and migrating) the SQLite store under `data_dir`.
+pub fn open(data_dir: &Path) -> StoreResult<Arc<dyn Store>> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| StoreError(format!("cannot create the data directory {}: {e}", data_dir.display())))?;
+    Ok(Arc::new(SqliteStore::open(&data_dir.join("diglot.db"))?))
+}

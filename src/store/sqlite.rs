@@ -1,0 +1,299 @@
+//! The embedded store: one SQLite file, created and migrated on open (versioned
+//! migrations in `migrations/`, applied in order and recorded in `user_version`).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+
+use super::{DailyUsage, Role, Store, StoreError, StoreResult, TokenRecord, UsageRecord};
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(include_str!("migrations/0001_tokens_and_usage.sql"))])
+}
+
+pub struct SqliteStore {
+    connection: Mutex<Connection>,
+}
+
+fn failed(doing: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    move |e| StoreError(format!("store: {doing}: {e}"))
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        let mut connection = Connection::open(path)
+            .map_err(|e| StoreError(format!("cannot open the database {}: {e}", path.display())))?;
+        // WAL: the CLI and the server may use the file at the same time.
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(failed("set WAL mode"))?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(failed("set the busy timeout"))?;
+        migrations()
+            .to_latest(&mut connection)
+            .map_err(|e| StoreError(format!("cannot migrate the database {}: {e}", path.display())))?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn with<T>(&self, run: impl FnOnce(&mut Connection) -> StoreResult<T>) -> StoreResult<T> {
+        let mut connection = self
+            .connection
+            .lock()
+            .map_err(|_| StoreError("store: a previous call panicked".into()))?;
+        run(&mut connection)
+    }
+}
+
+fn json_list(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".into())
+}
+
+fn token_from_row(row: &rusqlite::Row) -> rusqlite::Result<TokenRecord> {
+    let list = |i: usize| -> rusqlite::Result<Vec<String>> {
+        let text: String = row.get(i)?;
+        Ok(serde_json::from_str(&text).unwrap_or_default())
+    };
+    let role: String = row.get(4)?;
+    let as_u64 = |v: Option<i64>| v.map(|n| n.max(0) as u64);
+    Ok(TokenRecord {
+        id: Some(row.get(0)?),
+        name: row.get(1)?,
+        digest: row.get(2)?,
+        prefix: row.get(3)?,
+        role: if role == "admin" { Role::Admin } else { Role::User },
+        enabled: row.get(5)?,
+        created_at: row.get(6)?,
+        expires_at: row.get(7)?,
+        models: list(8)?,
+        ips: list(9)?,
+        monthly_quota: as_u64(row.get(10)?),
+        rpm: as_u64(row.get(11)?),
+        tpm: as_u64(row.get(12)?),
+        max_concurrent: row.get::<_, Option<i64>>(13)?.map(|n| n.max(0) as u32),
+    })
+}
+
+const TOKEN_COLUMNS: &str = "id, name, digest, prefix, role, enabled, created_at, expires_at, models, ips, \
+                             monthly_quota, rpm, tpm, max_concurrent";
+
+impl Store for SqliteStore {
+    fn create_token(&self, token: &TokenRecord) -> StoreResult<TokenRecord> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO tokens (name, digest, prefix, role, enabled, created_at, expires_at, models, ips, \
+                 monthly_quota, rpm, tpm, max_concurrent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                params![
+                    token.name,
+                    token.digest,
+                    token.prefix,
+                    token.role.as_str(),
+                    token.enabled,
+                    token.created_at,
+                    token.expires_at,
+                    json_list(&token.models),
+                    json_list(&token.ips),
+                    token.monthly_quota.map(|n| n as i64),
+                    token.rpm.map(|n| n as i64),
+                    token.tpm.map(|n| n as i64),
+                    token.max_concurrent,
+                ],
+            )
+            .map_err(failed("create a token"))?;
+            Ok(TokenRecord {
+                id: Some(c.last_insert_rowid()),
+                ..token.clone()
+            })
+        })
+    }
+
+    fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.with(|c| {
+            let mut statement = c
+                .prepare(&format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY id"))
+                .map_err(failed("list tokens"))?;
+            let rows = statement.query_map([], token_from_row).map_err(failed("list tokens"))?;
+            rows.collect::<Result<_, _>>().map_err(failed("read a token"))
+        })
+    }
+
+    fn update_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        let id = token
+            .id
+            .ok_or_else(|| StoreError("store: only stored tokens can be updated".into()))?;
+        self.with(|c| {
+            let changed = c
+                .execute(
+                    "UPDATE tokens SET name = ?2, role = ?3, enabled = ?4, expires_at = ?5, models = ?6, ips = ?7, \
+                     monthly_quota = ?8, rpm = ?9, tpm = ?10, max_concurrent = ?11 WHERE id = ?1",
+                    params![
+                        id,
+                        token.name,
+                        token.role.as_str(),
+                        token.enabled,
+                        token.expires_at,
+                        json_list(&token.models),
+                        json_list(&token.ips),
+                        token.monthly_quota.map(|n| n as i64),
+                        token.rpm.map(|n| n as i64),
+                        token.tpm.map(|n| n as i64),
+                        token.max_concurrent,
+                    ],
+                )
+                .map_err(failed("update a token"))?;
+            if changed == 0 {
+                return Err(StoreError(format!("no token with id {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_token(&self, id: i64) -> StoreResult<()> {
+        self.with(|c| {
+            let changed = c
+                .execute("DELETE FROM tokens WHERE id = ?1", [id])
+                .map_err(failed("delete a token"))?;
+            if changed == 0 {
+                return Err(StoreError(format!("no token with id {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    fn write_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
+        self.with(|c| {
+            let transaction = c.transaction().map_err(failed("begin writing usage"))?;
+            {
+                let mut insert = transaction
+                    .prepare_cached(
+                        "INSERT INTO usage (at_ms, token_digest, token_prefix, client_ip, frontend, model, channel, \
+                         upstream_model, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, estimated, \
+                         cache_hit) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                    )
+                    .map_err(failed("prepare a usage insert"))?;
+                for r in records {
+                    insert
+                        .execute(params![
+                            r.at_ms,
+                            r.token_digest,
+                            r.token_prefix,
+                            r.client_ip,
+                            r.frontend,
+                            r.model,
+                            r.channel,
+                            r.upstream_model,
+                            r.status,
+                            r.latency_ms as i64,
+                            r.ttft_ms.map(|n| n as i64),
+                            r.prompt_tokens as i64,
+                            r.completion_tokens as i64,
+                            r.estimated,
+                            r.cache_hit,
+                        ])
+                        .map_err(failed("write usage"))?;
+                }
+            }
+            transaction.commit().map_err(failed("commit usage"))
+        })
+    }
+
+    fn tokens_used_since(&self, since_ms: i64) -> StoreResult<Vec<(String, u64)>> {
+        self.with(|c| {
+            let mut statement = c
+                .prepare(
+                    "SELECT token_digest, SUM(prompt_tokens + completion_tokens) FROM usage \
+                     WHERE token_digest IS NOT NULL AND at_ms >= ?1 AND cache_hit = 0 GROUP BY token_digest",
+                )
+                .map_err(failed("sum usage"))?;
+            let rows = statement
+                .query_map([since_ms], |row| Ok((row.get(0)?, row.get::<_, i64>(1)?.max(0) as u64)))
+                .map_err(failed("sum usage"))?;
+            rows.collect::<Result<_, _>>().map_err(failed("read usage"))
+        })
+    }
+
+    fn daily_usage(&self, since_ms: i64) -> StoreResult<Vec<DailyUsage>> {
+        self.with(|c| {
+            let mut statement = c
+                .prepare(
+                    "SELECT date(at_ms / 1000, 'unixepoch') AS day, token_prefix, COUNT(*), SUM(prompt_tokens), \
+                     SUM(completion_tokens), SUM(status >= 400) FROM usage WHERE at_ms >= ?1 \
+                     GROUP BY day, token_digest ORDER BY day, token_prefix",
+                )
+                .map_err(failed("aggregate usage"))?;
+            let rows = statement
+                .query_map([since_ms], |row| {
+                    let n = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
+                    Ok(DailyUsage {
+                        day: row.get(0)?,
+                        token_prefix: row.get(1)?,
+                        requests: n(2)?,
+                        prompt_tokens: n(3)?,
+                        completion_tokens: n(4)?,
+                        errors: n(5)?,
+                    })
+                })
+                .map_err(failed("aggregate usage"))?;
+            rows.collect::<Result<_, _>>().map_err(failed("read usage"))
+        })
+    }
+
+    fn recent_usage(&self, limit: u32) -> StoreResult<Vec<UsageRecord>> {
+        self.with(|c| {
+            let mut statement = c
+                .prepare(
+                    "SELECT at_ms, token_digest, token_prefix, client_ip, frontend, model, channel, upstream_model, \
+                     status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, estimated, cache_hit \
+                     FROM usage ORDER BY id DESC LIMIT ?1",
+                )
+                .map_err(failed("read usage"))?;
+            let rows = statement
+                .query_map([limit], usage_from_row)
+                .map_err(failed("read usage"))?;
+            rows.collect::<Result<_, _>>().map_err(failed("read usage"))
+        })
+    }
+
+    fn usage_count(&self) -> StoreResult<u64> {
+        self.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM usage", [], |row| row.get::<_, i64>(0))
+                .optional()
+                .map_err(failed("count usage"))
+                .map(|n| n.unwrap_or(0).max(0) as u64)
+        })
+    }
+}
+
+fn usage_from_row(row: &rusqlite::Row) -> rusqlite::Result<UsageRecord> {
+    let frontend: String = row.get(4)?;
+    let n = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
+    Ok(UsageRecord {
+        at_ms: row.get(0)?,
+        token_digest: row.get(1)?,
+        token_prefix: row.get(2)?,
+        client_ip: row.get(3)?,
+        frontend: if frontend == "ollama" { "ollama" } else { "openai" },
+        model: row.get(5)?,
+        channel: row.get(6)?,
+        upstream_model: row.get(7)?,
+        status: row.get(8)?,
+        latency_ms: n(9)?,
+        ttft_ms: row.get::<_, Option<i64>>(10)?.map(|v| v.max(0) as u64),
+        prompt_tokens: n(11)?,
+        completion_tokens: n(12)?,
+        estimated: row.get(13)?,
+        cache_hit: row.get(14)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_are_valid() {
+        assert!(super::migrations().validate().is_ok());
+    }
+}
