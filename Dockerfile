@@ -12,14 +12,18 @@ RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin diglot
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home /app diglot
+    && useradd --system --uid 10001 --home /app diglot \
+    && mkdir /data && chown diglot /data
 WORKDIR /app
 COPY --from=build /src/target/release/diglot /usr/local/bin/diglot
 COPY profiles ./profiles
 USER diglot
 # Inside a container, listen on every interface; reach an Ollama on the host by default.
+# Tokens and usage records live in the /data volume.
 ENV DIGLOT_LISTEN=0.0.0.0:3000 \
-    DIGLOT_UPSTREAM__URL=http://host.docker.internal:11434
+    DIGLOT_UPSTREAM__URL=http://host.docker.internal:11434 \
+    DIGLOT_STORE__DATA_DIR=/data
+VOLUME /data
 EXPOSE 3000
 ENTRYPOINT ["diglot"]
 CMD ["serve"]

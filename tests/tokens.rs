@@ -502,3 +502,37 @@ async fn a_keys_file_is_reread_when_it_changes() {
         401
     );
 }
+
+#[tokio::test]
+async fn a_token_may_hold_only_so_many_requests_at_once() {
+    let fake = FakeUpstream::start().await;
+    fake.set_line_delay(Duration::from_millis(50));
+    let secret = "dg-one-at-a-time-0000000000000000000000000000";
+    let base = gateway(
+        &fake,
+        vec![TokenRecord {
+            max_concurrent: Some(1),
+            ..declared("serial", secret)
+        }],
+        |_| {},
+    )
+    .await;
+    let first = tokio::spawn({
+        let base = base.clone();
+        async move { call(&base, "/api/chat", Some(secret), ollama("chat-text")).await.status }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let a = call(&base, "/api/chat", Some(secret), ollama("chat-text")).await;
+    assert_eq!(a.status, 429);
+    assert!(
+        a.body["error"].as_str().unwrap().contains("1 requests at a time"),
+        "{}",
+        a.body
+    );
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(
+        call(&base, "/api/chat", Some(secret), ollama("chat-text")).await.status,
+        200,
+        "the slot is back"
+    );
+}

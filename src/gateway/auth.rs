@@ -409,6 +409,20 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_found_only_when_its_digest_matches_byte_for_byte() {
+        let auth = Auth::new(&AuthConfig::default(), &[synthetic("a", "dg-a", Role::User)], None).unwrap();
+        assert!(auth.required(), "a declared token turns authentication on");
+        assert!(auth.find(&digest("dg-a")).is_some());
+        assert!(auth.find(&digest("dg-b")).is_none());
+        // A map entry whose record disagrees with its key (never made by `reload`) is not
+        // trusted: the constant-time comparison of the digests decides, not the lookup.
+        let mut map = HashMap::new();
+        map.insert(digest("dg-b"), Arc::new(synthetic("a", "dg-a", Role::User)));
+        *auth.tokens.write().unwrap() = Arc::new(map);
+        assert!(auth.find(&digest("dg-b")).is_none());
+    }
+
+    #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let config = AuthConfig {
             trust_proxy: vec!["10.0.0.0/8".into()],

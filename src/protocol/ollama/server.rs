@@ -20,7 +20,7 @@ use crate::ir::{
     ChatEvent, ChatRequest, ChatResponse, EmbedRequest, Error, ErrorKind, FinishReason, Image, Input, Message,
     ModelCard, Part, Prompt, Role, TokenLogprob, Tool, ToolCall, Usage,
 };
-use crate::server::{App, app, caller, read_json, error_headers, write_bytes, write_json, write_stream};
+use crate::server::{App, app, caller, error_headers, read_json, write_bytes, write_json, write_stream};
 
 /// The routes, relative to the root (and the base path).
 pub fn routes() -> Vec<Router> {

@@ -24,7 +24,7 @@ use crate::ir::{
 };
 use crate::protocol::images::parse_image_ref;
 use crate::protocol::ollama;
-use crate::server::{App, app, caller, read_json, error_headers, write_json, write_stream};
+use crate::server::{App, app, caller, error_headers, read_json, write_json, write_stream};
 
 /// Most parallel answers one request may ask for (`n`, or prompts × `n`).
 const MAX_CHOICES: u32 = 16;
