@@ -129,16 +129,18 @@ impl Gateway {
     async fn start_chat(&self, request: &ChatRequest, caller: &Caller, meter: &mut Meter) -> Result<ChatStream, Error> {
         caller.check_model(&request.model)?;
         let candidates = self.route(&request.model).await?;
-        // With a quota, an answer of unset length may not be longer than what the quota
-        // has left; one that asks for more than is left is refused.
+        // Limits reserve the prompt plus `max_tokens` (`default_max_tokens` when unset).
+        // With a quota nearly used up, an answer of unset length is capped to what is
+        // left, so it cannot overrun; one that asks for more than is left is refused.
         let prompt = request.estimated_prompt_tokens();
         let asked = request.sampling.max_tokens.filter(|&n| n > 0).map(|n| n as u64);
+        let default = self.limits.default_max_tokens();
         let room = self
             .limits
             .quota_left(caller)
             .map(|left| left.saturating_sub(prompt).max(1));
-        let capped = room.filter(|_| asked.is_none());
-        let max_tokens = capped.or(asked).unwrap_or(self.limits.default_max_tokens());
+        let capped = room.filter(|&room| asked.is_none() && room < default);
+        let max_tokens = asked.or(capped).unwrap_or(default);
         meter.admitted(self.limits.admit(caller, prompt + max_tokens)?, prompt);
         let base = match capped {
             Some(cap) => Cow::Owned(ChatRequest {
