@@ -3,7 +3,7 @@
 
 use clap::{Args, Subcommand};
 
-use crate::gateway::auth::{digest, display_prefix, generate_token, parse_net};
+use crate::gateway::auth::{generate_token, parse_net};
 use crate::store::{Role, Store, TokenRecord};
 
 #[derive(Subcommand)]
@@ -122,20 +122,8 @@ pub fn token(store: &dyn Store, command: TokenCommand) -> Result<String, String>
         TokenCommand::Create { name, role, rules } => {
             let secret = generate_token();
             let mut token = TokenRecord {
-                id: None,
-                name,
-                digest: digest(&secret),
-                prefix: display_prefix(&secret),
-                role,
-                enabled: true,
                 created_at: chrono::Utc::now().timestamp(),
-                expires_at: None,
-                models: Vec::new(),
-                ips: Vec::new(),
-                monthly_quota: None,
-                rpm: None,
-                tpm: None,
-                max_concurrent: None,
+                ..TokenRecord::for_secret(&name, &secret, role)
             };
             rules.apply(&mut token)?;
             let token = store.create_token(&token).map_err(|e| e.to_string())?;

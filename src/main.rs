@@ -4,11 +4,6 @@ use clap::{Parser, Subcommand};
 use diglot::config::{Config, Overrides, UpstreamKind, UpstreamOverrides};
 use tracing_subscriber::EnvFilter;
 
-/// Every request allocates many small short-lived buffers; with mimalloc a translated
-/// request costs ~10 % less CPU than with glibc's allocator (examples/bench).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "diglot",

@@ -51,6 +51,17 @@ fn quick(routing: RoutingConfig) -> impl FnOnce(&mut diglot::config::Config) {
     }
 }
 
+/// Channel "a" in front of `a` as the first choice, "b" in front of `b` as the backup.
+fn primary_and_backup(a: &FakeUpstream, b: &FakeUpstream) -> Vec<UpstreamConfig> {
+    vec![
+        UpstreamConfig {
+            priority: 1,
+            ..channel("a", a, OLLAMA)
+        },
+        channel("b", b, OLLAMA),
+    ]
+}
+
 fn dead_url() -> String {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
@@ -168,17 +179,7 @@ async fn a_failed_channel_is_never_tried_twice_and_the_last_error_is_answered() 
 async fn client_errors_are_answered_without_retry() {
     let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
     a.fail_next(1, 400, None);
-    let base = diglot_channels(
-        vec![
-            UpstreamConfig {
-                priority: 1,
-                ..channel("a", &a, OLLAMA)
-            },
-            channel("b", &b, OLLAMA),
-        ],
-        quick(RoutingConfig::default()),
-    )
-    .await;
+    let base = diglot_channels(primary_and_backup(&a, &b), quick(RoutingConfig::default())).await;
     let (status, _, body) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
     assert_eq!(
         (status, body["error"]["type"].as_str()),
@@ -265,13 +266,7 @@ async fn rate_limited_keys_rotate_and_retry_after_reaches_the_client() {
 async fn streams_fail_over_before_the_first_byte_and_never_after() {
     let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
     let base = diglot_channels(
-        vec![
-            UpstreamConfig {
-                priority: 1,
-                ..channel("a", &a, OLLAMA)
-            },
-            channel("b", &b, OLLAMA),
-        ],
+        primary_and_backup(&a, &b),
         quick(RoutingConfig {
             min_requests: 100,
             ..Default::default()
@@ -342,13 +337,7 @@ async fn streams_fail_over_before_the_first_byte_and_never_after() {
 async fn the_circuit_opens_half_opens_and_closes() {
     let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
     let base = diglot_channels(
-        vec![
-            UpstreamConfig {
-                priority: 1,
-                ..channel("a", &a, OLLAMA)
-            },
-            channel("b", &b, OLLAMA),
-        ],
+        primary_and_backup(&a, &b),
         quick(RoutingConfig {
             min_requests: 2,
             failure_ratio: 0.8,
@@ -617,17 +606,7 @@ async fn aliases_route_to_each_channels_model_and_answers_keep_the_clients_name(
 async fn embeddings_fail_over_too() {
     let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
     a.fail_next(1, 503, None);
-    let base = diglot_channels(
-        vec![
-            UpstreamConfig {
-                priority: 1,
-                ..channel("a", &a, OLLAMA)
-            },
-            channel("b", &b, OLLAMA),
-        ],
-        quick(RoutingConfig::default()),
-    )
-    .await;
+    let base = diglot_channels(primary_and_backup(&a, &b), quick(RoutingConfig::default())).await;
     let (status, _, body) = post(
         &base,
         "/v1/embeddings",

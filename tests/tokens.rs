@@ -6,28 +6,13 @@ use std::time::Duration;
 
 use common::*;
 use diglot::config::{AuthConfig, Config, LimitsConfig};
-use diglot::gateway::auth::{digest, display_prefix};
+use diglot::gateway::auth::digest;
 use diglot::store::{Role, TokenRecord, UsageRecord};
 use serde_json::{Value, json};
 
 /// A token declared in the profile, as `[[tokens]]` would.
 fn declared(name: &str, secret: &str) -> TokenRecord {
-    TokenRecord {
-        id: None,
-        name: name.into(),
-        digest: digest(secret),
-        prefix: display_prefix(secret),
-        role: Role::User,
-        enabled: true,
-        created_at: 0,
-        expires_at: None,
-        models: Vec::new(),
-        ips: Vec::new(),
-        monthly_quota: None,
-        rpm: None,
-        tpm: None,
-        max_concurrent: None,
-    }
+    TokenRecord::for_secret(name, secret, Role::User)
 }
 
 struct Answer {
@@ -535,4 +520,48 @@ async fn a_token_may_hold_only_so_many_requests_at_once() {
         200,
         "the slot is back"
     );
+}
+
+#[tokio::test]
+async fn only_admins_manage_models() {
+    let fake = FakeUpstream::start().await;
+    let (user, admin) = (
+        "dg-user-0000000000000000000000000000000000000",
+        "dg-admin-000000000000000000000000000000000000",
+    );
+    let tokens = vec![
+        declared("user", user),
+        TokenRecord::for_secret("admin", admin, Role::Admin),
+    ];
+    let base = gateway(&fake, tokens, |_| {}).await;
+    let delete = |token: &'static str| {
+        client()
+            .delete(format!("{base}/api/delete"))
+            .bearer_auth(token)
+            .json(&json!({"model": "qwen3:8b"}))
+            .send()
+    };
+    let res = delete(user).await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert!(res.text().await.unwrap().contains("needs an admin token"));
+    assert!(fake.requests("/api/delete").is_empty(), "not forwarded");
+    assert_eq!(delete(admin).await.unwrap().status(), 200);
+    assert_eq!(fake.requests("/api/delete").len(), 1);
+    // Pulling a model that is already served is an answer, not management.
+    let pull = call(
+        &base,
+        "/api/pull",
+        Some(user),
+        json!({"model": "chat-text", "stream": false}),
+    )
+    .await;
+    assert_eq!((pull.status, &pull.body), (200, &json!({"status": "success"})));
+    let pull = call(
+        &base,
+        "/api/pull",
+        Some(user),
+        json!({"model": "brand-new:7b", "stream": false}),
+    )
+    .await;
+    assert_eq!(pull.status, 403);
 }

@@ -174,7 +174,7 @@ impl Auth {
         let legacy = std::env::var("API_TOKEN")
             .ok()
             .filter(|t| !t.trim().is_empty())
-            .map(|t| synthetic("API_TOKEN", t.trim(), Role::Admin));
+            .map(|t| TokenRecord::for_secret("API_TOKEN", t.trim(), Role::Admin));
         let keys_file = config.keys_file.clone().filter(|p| !p.as_os_str().is_empty());
         let auth = Self {
             mode: config.mode,
@@ -243,7 +243,7 @@ impl Auth {
                     .map(str::trim)
                     .filter(|l| !l.is_empty() && !l.starts_with('#'))
                     .enumerate()
-                    .map(|(i, key)| synthetic(&format!("keys-file:{}", i + 1), key, Role::User))
+                    .map(|(i, key)| TokenRecord::for_secret(&format!("keys-file:{}", i + 1), key, Role::User))
                     .collect();
                 *seen = modified;
                 info!(path = %path.display(), keys = cached.len(), "keys file loaded");
@@ -360,26 +360,6 @@ impl Auth {
     }
 }
 
-/// A token record for a key that comes from somewhere other than the store.
-fn synthetic(name: &str, key: &str, role: Role) -> TokenRecord {
-    TokenRecord {
-        id: None,
-        name: name.to_owned(),
-        digest: digest(key),
-        prefix: display_prefix(key),
-        role,
-        enabled: true,
-        created_at: 0,
-        expires_at: None,
-        models: Vec::new(),
-        ips: Vec::new(),
-        monthly_quota: None,
-        rpm: None,
-        tpm: None,
-        max_concurrent: None,
-    }
-}
-
 /// The token a request carries: `Authorization: Bearer`, `X-API-Key` or `api-key`.
 pub fn presented_token(authorization: Option<&str>, x_api_key: Option<&str>, api_key: Option<&str>) -> Option<String> {
     authorization
@@ -410,14 +390,22 @@ mod tests {
 
     #[test]
     fn a_token_is_found_only_when_its_digest_matches_byte_for_byte() {
-        let auth = Auth::new(&AuthConfig::default(), &[synthetic("a", "dg-a", Role::User)], None).unwrap();
+        let auth = Auth::new(
+            &AuthConfig::default(),
+            &[TokenRecord::for_secret("a", "dg-a", Role::User)],
+            None,
+        )
+        .unwrap();
         assert!(auth.required(), "a declared token turns authentication on");
         assert!(auth.find(&digest("dg-a")).is_some());
         assert!(auth.find(&digest("dg-b")).is_none());
         // A map entry whose record disagrees with its key (never made by `reload`) is not
         // trusted: the constant-time comparison of the digests decides, not the lookup.
         let mut map = HashMap::new();
-        map.insert(digest("dg-b"), Arc::new(synthetic("a", "dg-a", Role::User)));
+        map.insert(
+            digest("dg-b"),
+            Arc::new(TokenRecord::for_secret("a", "dg-a", Role::User)),
+        );
         *auth.tokens.write().unwrap() = Arc::new(map);
         assert!(auth.find(&digest("dg-b")).is_none());
     }

@@ -86,22 +86,29 @@ impl Limits {
         *self.used_before.lock().expect("limits lock") = Some((month, used));
     }
 
+    /// The limits that apply to `caller` (none allocated when none are set).
     fn rules(&self, caller: &Caller) -> Vec<Rule> {
-        let mut rules = vec![
-            Rule {
+        let mut rules = Vec::new();
+        let config = &self.config;
+        if config.rpm > 0 || config.tpm > 0 {
+            rules.push(Rule {
                 key: "global".into(),
                 what: "the gateway",
-                rpm: self.config.rpm,
-                tpm: self.config.tpm,
-            },
-            Rule {
+                rpm: config.rpm,
+                tpm: config.tpm,
+            });
+        }
+        if config.ip_rpm > 0 || config.ip_tpm > 0 {
+            rules.push(Rule {
                 key: format!("ip:{}", caller.ip),
                 what: "your address",
-                rpm: self.config.ip_rpm,
-                tpm: self.config.ip_tpm,
-            },
-        ];
-        if let Some(token) = &caller.token {
+                rpm: config.ip_rpm,
+                tpm: config.ip_tpm,
+            });
+        }
+        if let Some(token) = &caller.token
+            && (token.rpm.is_some() || token.tpm.is_some())
+        {
             rules.push(Rule {
                 key: format!("token:{}", token.digest),
                 what: "your API token",
@@ -109,7 +116,6 @@ impl Limits {
                 tpm: token.tpm.unwrap_or(0),
             });
         }
-        rules.retain(|r| r.rpm > 0 || r.tpm > 0);
         rules
     }
 

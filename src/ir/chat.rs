@@ -50,7 +50,7 @@ impl ChatRequest {
         let tools: usize = self
             .tools
             .iter()
-            .map(|t| t.name.len() + t.description.as_ref().map_or(0, String::len) + t.parameters.to_string().len())
+            .map(|t| t.name.len() + t.description.as_ref().map_or(0, String::len) + json_chars(&t.parameters))
             .sum();
         let input = match &self.input {
             Input::Messages(messages) => messages
@@ -75,6 +75,16 @@ impl ChatRequest {
             }
         };
         input + estimate_tokens(tools)
+    }
+}
+
+/// Roughly how many characters `value` takes as JSON, without writing it out.
+fn json_chars(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => items.iter().map(json_chars).sum::<usize>() + items.len() + 1,
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + 4 + json_chars(v)).sum::<usize>() + 1,
+        _ => 5,
     }
 }
 

@@ -61,6 +61,28 @@ fn yes() -> bool {
     true
 }
 
+impl TokenRecord {
+    /// A record for `secret`, enabled, with no limits: only its digest and prefix are kept.
+    pub fn for_secret(name: &str, secret: &str, role: Role) -> Self {
+        Self {
+            id: None,
+            name: name.to_owned(),
+            digest: crate::gateway::auth::digest(secret),
+            prefix: crate::gateway::auth::display_prefix(secret),
+            role,
+            enabled: true,
+            created_at: 0,
+            expires_at: None,
+            models: Vec::new(),
+            ips: Vec::new(),
+            monthly_quota: None,
+            rpm: None,
+            tpm: None,
+            max_concurrent: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

@@ -840,9 +840,14 @@ async fn pull(req: &mut Request, depot: &mut Depot, res: &mut Response) {
         Ok(name) => name,
         Err(e) => return write_error(res, &e, ""),
     };
-    let card = match app.gateway.model(&name, &caller(depot)).await {
+    let who = caller(depot);
+    let card = match app.gateway.model(&name, &who).await {
         Ok(card) => card,
+        Err(e) if e.kind == ErrorKind::Forbidden => return write_error(res, &e, &name),
         Err(_) => {
+            if let Err(e) = may_manage(&who) {
+                return write_error(res, &e, &name);
+            }
             let read = req.payload_with_max_size(app.config.max_body_bytes).await.ok().cloned();
             return forward(req, res, &app, "pull", read).await;
         }
@@ -867,9 +872,24 @@ async fn pull(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     }
 }
 
+/// Model management changes the upstream for everyone: with tokens on, only admins.
+fn may_manage(caller: &Caller) -> Result<(), Error> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Forbidden,
+            "managing models (pull, push, create, copy, delete) needs an admin token",
+        ))
+    }
+}
+
 #[handler]
 async fn manage(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let app = app(depot);
+    if let Err(e) = may_manage(&caller(depot)) {
+        return write_error(res, &e, "");
+    }
     let what = req
         .uri()
         .path()
