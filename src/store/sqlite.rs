@@ -32,9 +32,20 @@ impl SqliteStore {
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(failed("set the busy timeout"))?;
-        migrations()
-            .to_latest(&mut connection)
-            .map_err(|e| StoreError(format!("cannot migrate the database {}: {e}", path.display())))?;
+        // Several processes may open a new file at once (a gateway and the CLI, replicas):
+        // one of them migrates; the others, having read the old version, fail on its tables
+        // and find the work done when they look again.
+        let mut attempt = 0;
+        while let Err(e) = migrations().to_latest(&mut connection) {
+            attempt += 1;
+            if attempt == 5 {
+                return Err(StoreError(format!(
+                    "cannot migrate the database {}: {e}",
+                    path.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+        }
         Ok(Self {
             connection: Mutex::new(connection),
         })
@@ -292,8 +303,27 @@ fn usage_from_row(row: &rusqlite::Row) -> rusqlite::Result<UsageRecord> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn migrations_are_valid() {
-        assert!(super::migrations().validate().is_ok());
+        assert!(migrations().validate().is_ok());
+    }
+
+    #[test]
+    fn processes_opening_a_new_file_at_once_all_succeed() {
+        let dir = std::env::temp_dir().join(format!("diglot-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("diglot.db");
+        let _ = std::fs::remove_file(&path);
+        let opened: Vec<_> = (0..6)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&path).map(|_| ()))
+            })
+            .collect();
+        for handle in opened {
+            assert!(handle.join().unwrap().is_ok());
+        }
     }
 }
