@@ -389,9 +389,9 @@ async fn the_circuit_opens_half_opens_and_closes() {
 
 #[tokio::test]
 async fn health_reports_states_and_503_when_nothing_is_usable() {
-    let a = FakeUpstream::start().await;
+    let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
     let base = diglot_channels(
-        vec![channel("a", &a, OLLAMA)],
+        primary_and_backup(&a, &b),
         quick(RoutingConfig {
             check_interval_secs: 0.1,
             ..Default::default()
@@ -408,32 +408,47 @@ async fn health_reports_states_and_503_when_nothing_is_usable() {
         (Some("healthy"), Some("ollama"))
     );
     assert!(a_report["last_check"]["took_ms"].as_f64().is_some(), "{report}");
-    let checks = a.requests("/api/tags").len();
-    assert!(checks >= 1, "the active check lists models");
+    assert!(!a.requests("/api/tags").is_empty(), "the active check lists models");
 
-    // The active check fails: the channel is down, /health says 503, requests get 503.
+    // The first channel's check fails: it is down, the other serves.
     a.fail_listing(Some(500));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, report) = health(&base).await;
+    assert_eq!((status, &state(&report, "a")["state"]), (200, &json!("down")));
+    let ask = json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}]});
+    assert_eq!(post(&base, "/api/chat", ask.clone()).await.0, 200);
+    assert_eq!((a.calls(), b.calls()), (0, 1));
+
+    // Both down: /health says 503 and so do requests, with a Retry-After.
+    b.fail_listing(Some(503));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, report) = health(&base).await;
     assert_eq!((status, &report["status"]), (503, &json!("unavailable")));
-    assert_eq!(state(&report, "a")["state"], "down");
-    let (status, retry_after, body) = post(
-        &base,
-        "/api/chat",
-        json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}]}),
-    )
-    .await;
+    let (status, retry_after, body) = post(&base, "/api/chat", ask).await;
     assert_eq!(status, 503);
     assert!(retry_after.is_some());
     assert!(
         body["error"].as_str().unwrap().contains("no healthy upstream"),
         "{body}"
     );
-    assert_eq!(a.calls(), 0, "never a completion as a health check");
+    assert_eq!((a.calls(), b.calls()), (0, 1), "never a completion as a health check");
 
     a.fail_listing(None);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(health(&base).await.0, 200, "back once a check succeeds");
+
+    // One channel: nothing to fail over to, so no checks run.
+    let lone = FakeUpstream::start().await;
+    let _base = diglot_channels(
+        vec![channel("lone", &lone, OLLAMA)],
+        quick(RoutingConfig {
+            check_interval_secs: 0.05,
+            ..Default::default()
+        }),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(lone.requests("/api/tags").is_empty());
 }
 
 #[tokio::test]

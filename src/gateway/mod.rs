@@ -84,10 +84,16 @@ impl Gateway {
 
     /// Starts the active health checks (a model-list fetch per channel, which also keeps
     /// the catalog fresh). They stop when the gateway is dropped.
+    /// With one channel there is nothing to fail over to, so none run: a check would only
+    /// add traffic (and single-stream servers such as llama-cpp-python's abort the
+    /// generation in progress when any other request arrives).
     pub fn start_checks(&self) {
         let Some(interval) = self.router.config.check_interval() else {
             return;
         };
+        if self.router.channels.len() < 2 {
+            return;
+        }
         let channels: Vec<Weak<Channel>> = self.router.channels.iter().map(Arc::downgrade).collect();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(interval);
