@@ -119,20 +119,33 @@ impl Gateway {
     /// answered or not, leaves a usage record.
     pub async fn chat(&self, request: &ChatRequest, caller: &Caller) -> Result<ChatStream, Error> {
         let mut meter = Meter::start(self.usage.clone(), caller, &request.model);
-        let events = match self.start_chat(request, caller, &mut meter).await {
-            Ok(events) => events,
+        let (events, lease) = match self.start_chat(request, caller, &mut meter).await {
+            Ok(started) => started,
             Err(error) => {
                 meter.finish(error.status());
                 return Err(error);
             }
         };
+        let config = self.router.config.clone();
+        // The lease (its concurrency slots) and the meter live as long as the stream; an
+        // upstream failure mid-stream counts against the channel's health.
         Ok(Box::pin(events.map(move |event| {
+            if let Err(error) = &event {
+                lease.channel.health.record(Err(error), false, &config);
+            }
             meter.saw(&event);
             event
         })))
     }
 
-    async fn start_chat(&self, request: &ChatRequest, caller: &Caller, meter: &mut Meter) -> Result<ChatStream, Error> {
+    /// Admits, routes and starts a generation: its events from the first one on, and the
+    /// lease of the channel that answered.
+    async fn start_chat(
+        &self,
+        request: &ChatRequest,
+        caller: &Caller,
+        meter: &mut Meter,
+    ) -> Result<(ChatStream, channel::Lease), Error> {
         caller.check_model(&request.model)?;
         let candidates = self.route(&request.model).await?;
         // Limits reserve the prompt plus `max_tokens` (`default_max_tokens` when unset).
@@ -182,15 +195,7 @@ impl Gateway {
         self.recent
             .insert(request.model.clone(), chrono::Utc::now().timestamp())
             .await;
-        let config = self.router.config.clone();
-        // The lease (its concurrency slots) lives as long as the stream; an upstream
-        // failure mid-stream counts against the channel's health.
-        Ok(Box::pin(events.map(move |event| {
-            if let Err(error) = &event {
-                lease.channel.health.record(Err(error), false, &config);
-            }
-            event
-        })))
+        Ok((Box::pin(events), lease))
     }
 
     pub async fn embed(&self, request: &EmbedRequest, caller: &Caller) -> Result<EmbedResponse, Error> {
