@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use rusqlite_migration::{M, Migrations};
 
 use super::{DailyUsage, Role, Store, StoreError, StoreResult, TokenRecord, UsageRecord};
@@ -89,30 +89,44 @@ fn token_from_row(row: &rusqlite::Row) -> rusqlite::Result<TokenRecord> {
     })
 }
 
+type Fields = Vec<(&'static str, Box<dyn ToSql>)>;
+
+/// A token's changeable fields as named parameters, shared by insert and update (the
+/// insert adds the digest, prefix and creation time, which never change).
+fn token_fields(token: &TokenRecord) -> Fields {
+    vec![
+        (":name", Box::new(token.name.clone())),
+        (":role", Box::new(token.role.as_str())),
+        (":enabled", Box::new(token.enabled)),
+        (":expires_at", Box::new(token.expires_at)),
+        (":models", Box::new(json_list(&token.models))),
+        (":ips", Box::new(json_list(&token.ips))),
+        (":monthly_quota", Box::new(token.monthly_quota.map(|n| n as i64))),
+        (":rpm", Box::new(token.rpm.map(|n| n as i64))),
+        (":tpm", Box::new(token.tpm.map(|n| n as i64))),
+        (":max_concurrent", Box::new(token.max_concurrent)),
+    ]
+}
+
+fn named<'a>(fields: &'a [(&'static str, Box<dyn ToSql>)]) -> Vec<(&'static str, &'a dyn ToSql)> {
+    fields.iter().map(|(name, value)| (*name, value.as_ref())).collect()
+}
+
 const TOKEN_COLUMNS: &str = "id, name, digest, prefix, role, enabled, created_at, expires_at, models, ips, \
                              monthly_quota, rpm, tpm, max_concurrent";
 
 impl Store for SqliteStore {
     fn create_token(&self, token: &TokenRecord) -> StoreResult<TokenRecord> {
+        let mut fields = token_fields(token);
+        fields.push((":digest", Box::new(token.digest.clone())));
+        fields.push((":prefix", Box::new(token.prefix.clone())));
+        fields.push((":created_at", Box::new(token.created_at)));
         self.with(|c| {
             c.execute(
                 "INSERT INTO tokens (name, digest, prefix, role, enabled, created_at, expires_at, models, ips, \
-                 monthly_quota, rpm, tpm, max_concurrent) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-                params![
-                    token.name,
-                    token.digest,
-                    token.prefix,
-                    token.role.as_str(),
-                    token.enabled,
-                    token.created_at,
-                    token.expires_at,
-                    json_list(&token.models),
-                    json_list(&token.ips),
-                    token.monthly_quota.map(|n| n as i64),
-                    token.rpm.map(|n| n as i64),
-                    token.tpm.map(|n| n as i64),
-                    token.max_concurrent,
-                ],
+                 monthly_quota, rpm, tpm, max_concurrent) VALUES (:name, :digest, :prefix, :role, :enabled, \
+                 :created_at, :expires_at, :models, :ips, :monthly_quota, :rpm, :tpm, :max_concurrent)",
+                named(&fields).as_slice(),
             )
             .map_err(failed("create a token"))?;
             Ok(TokenRecord {
@@ -137,23 +151,14 @@ impl Store for SqliteStore {
             .id
             .ok_or_else(|| StoreError("store: only stored tokens can be updated".into()))?;
         self.with(|c| {
+            let mut fields = token_fields(token);
+            fields.push((":id", Box::new(id)));
             let changed = c
                 .execute(
-                    "UPDATE tokens SET name = ?2, role = ?3, enabled = ?4, expires_at = ?5, models = ?6, ips = ?7, \
-                     monthly_quota = ?8, rpm = ?9, tpm = ?10, max_concurrent = ?11 WHERE id = ?1",
-                    params![
-                        id,
-                        token.name,
-                        token.role.as_str(),
-                        token.enabled,
-                        token.expires_at,
-                        json_list(&token.models),
-                        json_list(&token.ips),
-                        token.monthly_quota.map(|n| n as i64),
-                        token.rpm.map(|n| n as i64),
-                        token.tpm.map(|n| n as i64),
-                        token.max_concurrent,
-                    ],
+                    "UPDATE tokens SET name = :name, role = :role, enabled = :enabled, expires_at = :expires_at, \
+                     models = :models, ips = :ips, monthly_quota = :monthly_quota, rpm = :rpm, tpm = :tpm, \
+                     max_concurrent = :max_concurrent WHERE id = :id",
+                    named(&fields).as_slice(),
                 )
                 .map_err(failed("update a token"))?;
             if changed == 0 {
