@@ -12,3 +12,4 @@ pub mod ir;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod telemetry;

@@ -2,7 +2,6 @@
 
 use clap::{Parser, Subcommand};
 use diglot::config::{Config, Overrides, UpstreamKind, UpstreamOverrides};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -71,12 +70,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(config.debug);
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Serving sets up traces too, inside its runtime.
+    let _logs = (!matches!(command, Command::Serve)).then(|| diglot::telemetry::init_logs(&config.log, config.debug));
+    match command {
         Command::CheckConfig => {
             let shown = Config {
                 upstream: config.upstream.redacted(),
                 channels: config.channels.iter().map(|c| c.redacted()).collect(),
+                metrics: config.metrics.redacted(),
+                telemetry: config.telemetry.redacted(),
                 ..config
             };
             println!("{}", serde_json::to_string_pretty(&shown).unwrap_or_default());
@@ -117,6 +120,13 @@ fn run(config: Config) -> std::process::ExitCode {
         .build()
         .expect("tokio runtime starts");
     runtime.block_on(async move {
+        let telemetry = match diglot::telemetry::init(&config.log, &config.telemetry, config.debug) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("diglot: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
         let addr = match config.listen_addr() {
             Ok(addr) => addr,
             Err(e) => {
@@ -150,29 +160,21 @@ fn run(config: Config) -> std::process::ExitCode {
                  set [auth] keys_file; or listen on 127.0.0.1."
             );
         }
+        if diglot::telemetry::tracing_on() {
+            tracing::info!(endpoint = %config_endpoint(&app.config.telemetry), "exporting traces over OTLP");
+        }
         diglot::server::serve(acceptor, app).await;
+        telemetry.shutdown().await;
         std::process::ExitCode::SUCCESS
     })
 }
 
-/// `RUST_LOG` sets the filter (info when unset or empty); `--debug` adds `diglot=debug`
-/// on top. JSON lines when stderr is not a terminal.
-fn init_logging(debug: bool) {
-    use std::io::IsTerminal;
-    let base = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| "info".into());
-    let mut filter = EnvFilter::try_new(&base).unwrap_or_else(|_| EnvFilter::new("info"));
-    if debug {
-        filter = filter.add_directive("diglot=debug".parse().expect("a static directive parses"));
+/// Where traces go, as configured (the standard variables when the profile says nothing).
+fn config_endpoint(telemetry: &diglot::config::TelemetryConfig) -> String {
+    if !telemetry.otlp_endpoint.is_empty() {
+        return telemetry.otlp_endpoint.clone();
     }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder.json().init();
-    }
+    std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .unwrap_or_default()
 }

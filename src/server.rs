@@ -19,11 +19,16 @@ use crate::gateway::Gateway;
 use crate::gateway::auth::Caller;
 use crate::ir::{Error, ErrorKind};
 use crate::protocol::{ollama, openai};
+use crate::telemetry::Exchange;
+use crate::telemetry::exchange::{Observer, route_of};
+use tracing_futures::Instrument;
 
 /// Everything a request handler needs.
 pub struct App {
     pub config: Config,
     pub gateway: Gateway,
+    /// What every request's exchange reports to.
+    pub observer: Observer,
     /// For pass-through calls (model management forwarded to a fallback Ollama).
     pub http: reqwest::Client,
 }
@@ -36,7 +41,16 @@ impl App {
             .connect_timeout(config.upstream.connect_timeout())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Arc::new(Self { config, gateway, http }))
+        let observer = Observer {
+            metrics: gateway.metrics.clone(),
+            access_log: config.log.access,
+        };
+        Ok(Arc::new(Self {
+            config,
+            gateway,
+            observer,
+            http,
+        }))
     }
 
     /// Where Ollama model management goes: the configured fallback, else the first
@@ -74,11 +88,16 @@ pub fn caller(depot: &Depot) -> Caller {
 }
 
 const CALLER: &str = "diglot.caller";
+const EXCHANGE: &str = "diglot.exchange";
 
 /// Every route, at the root and under the configured base path.
 pub fn router(app: Arc<App>) -> Router {
     let base = app.config.base_path();
-    let mut root = Router::new().hoop(affix_state::inject(app)).hoop(authenticate);
+    let metrics = app.config.metrics.enabled;
+    let mut root = Router::new()
+        .hoop(affix_state::inject(app))
+        .hoop(observe)
+        .hoop(authenticate);
     let mut prefixes = vec![String::new()];
     if !base.is_empty() {
         prefixes.push(base);
@@ -97,8 +116,67 @@ pub fn router(app: Arc<App>) -> Router {
             root = root.push(at("/v1").push(v1)).push(at("").push(bare));
         }
     }
-    root.push(Router::with_path("health").get(health))
-        .push(Router::with_path("{**rest}").goal(no_route))
+    root = root.push(Router::with_path("health").get(health));
+    if metrics {
+        root = root.push(Router::with_path("metrics").get(prometheus));
+    }
+    root.push(Router::with_path("{**rest}").goal(no_route))
+}
+
+/// Opens the request's exchange (server span, access line, HTTP metrics) and runs the
+/// rest inside its span. A streamed answer keeps the exchange open until it ends.
+#[handler]
+async fn observe(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let app = app(depot);
+    let base = app.config.base_path();
+    let path = req.uri().path();
+    let exchange = Exchange::start(
+        &app.observer,
+        frontend_of(path, &base),
+        req.method().as_str(),
+        path,
+        route_of(path, &base),
+        req.headers(),
+    );
+    depot.insert(EXCHANGE, exchange.clone());
+    let span = exchange.span().clone();
+    ctrl.call_next(req, depot, res).instrument(span).await;
+    let status = res.status_code.map_or(200, |s| s.as_u16());
+    exchange.responded(status, res.body.is_stream());
+}
+
+/// `GET /metrics` (Prometheus). With `metrics.token` set, scrapers present it; without,
+/// it is open while authentication is off and for admins only when tokens are required.
+#[handler]
+async fn prometheus(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let app = app(depot);
+    let wanted = &app.config.metrics.token;
+    let presented = crate::gateway::auth::presented_token(
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()),
+        None,
+        None,
+    );
+    let by_token = !wanted.is_empty()
+        && presented
+            .as_deref()
+            .is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p.as_bytes(), wanted.as_bytes())));
+    let caller = caller(depot);
+    let allowed = by_token || (caller.is_admin() && (wanted.is_empty() || caller.token.is_some()));
+    if !allowed {
+        let error = Error::new(
+            ErrorKind::Unauthorized,
+            "the metrics need the metrics token or an admin token: send it as `Authorization: Bearer TOKEN`",
+        );
+        openai::server::write_error(res, &error);
+        return;
+    }
+    let text = app.gateway.metrics_text();
+    write_bytes(
+        res,
+        200,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        text,
+    );
 }
 
 /// 200 while at least one channel can take requests, else 503. Each channel's state
@@ -124,6 +202,12 @@ fn is_public(path: &str, base: &str) -> bool {
     matches!(path, "" | "/" | "/api/version" | "/v1" | "/v1/")
 }
 
+/// Paths that check callers themselves: `/health` answers everyone (details for admins),
+/// `/metrics` takes its own token.
+fn is_probe(path: &str) -> bool {
+    path == "/health" || path.ends_with("/health") || path == "/metrics"
+}
+
 /// The API a path belongs to, for the shape of its errors and for usage records.
 fn frontend_of(path: &str, base: &str) -> &'static str {
     let path = path.strip_prefix(base).unwrap_or(path);
@@ -147,12 +231,17 @@ async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Response, 
     let ip = app.gateway.auth.client_ip(peer, header("x-forwarded-for"));
     let token = crate::gateway::auth::presented_token(header("authorization"), header("x-api-key"), header("api-key"));
     let result = app.gateway.auth.authenticate(ip, token.as_deref(), frontend);
+    let exchange = depot.get::<Arc<Exchange>>(EXCHANGE).ok().cloned();
     match result {
-        Ok(caller) => depot.insert(CALLER, caller),
+        Ok(caller) => depot.insert(CALLER, caller.with_exchange(exchange)),
         // Public paths still answer; a bad token there is simply anonymous.
-        Err(_) if is_public(&path, &base) || path == "/health" || path.ends_with("/health") => {
-            depot.insert(CALLER, Caller::anonymous(frontend).with_ip(ip).not_admin())
-        }
+        Err(_) if is_public(&path, &base) || is_probe(&path) => depot.insert(
+            CALLER,
+            Caller::anonymous(frontend)
+                .with_ip(ip)
+                .not_admin()
+                .with_exchange(exchange),
+        ),
         Err(error) => {
             ctrl.skip_rest();
             if frontend == "ollama" {

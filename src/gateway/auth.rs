@@ -59,6 +59,8 @@ pub struct Caller {
     pub token: Option<Arc<TokenRecord>>,
     /// No token although tokens are required (only public paths get this far).
     pub restricted: bool,
+    /// The HTTP request this call belongs to (its span, access line and metrics).
+    pub exchange: Option<Arc<crate::telemetry::Exchange>>,
 }
 
 impl Caller {
@@ -69,6 +71,7 @@ impl Caller {
             frontend,
             token: None,
             restricted: false,
+            exchange: None,
         }
     }
 
@@ -106,6 +109,14 @@ impl Caller {
 
     pub fn with_ip(self, ip: IpAddr) -> Self {
         Self { ip, ..self }
+    }
+
+    /// Ties the call to its HTTP request, and names the token there.
+    pub fn with_exchange(self, exchange: Option<Arc<crate::telemetry::Exchange>>) -> Self {
+        if let (Some(exchange), Some(token)) = (&exchange, &self.token) {
+            exchange.token(&token.prefix);
+        }
+        Self { exchange, ..self }
     }
 
     /// A caller let through only to a public path while tokens are required.
@@ -300,6 +311,7 @@ impl Auth {
                 frontend,
                 token: None,
                 restricted: false,
+                exchange: None,
             });
         }
         let Some(presented) = presented.map(str::trim).filter(|t| !t.is_empty()) else {
@@ -349,6 +361,7 @@ impl Auth {
             frontend,
             token: Some(token),
             restricted: false,
+            exchange: None,
         })
     }
 

@@ -13,11 +13,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::auth::Caller;
 use crate::config::LimitsConfig;
 use crate::ir::{Error, ErrorKind};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::LimitLabels;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
 pub struct Limits {
     config: LimitsConfig,
+    metrics: Arc<Metrics>,
     windows: Mutex<HashMap<String, Window>>,
     quotas: Mutex<HashMap<String, Quota>>,
     concurrency: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -42,6 +45,8 @@ struct Quota {
 /// One limit that applies to a request.
 struct Rule {
     key: String,
+    /// `global`, `ip` or `token`, for the metrics.
+    scope: &'static str,
     what: &'static str,
     rpm: u64,
     tpm: u64,
@@ -67,14 +72,19 @@ pub fn month_start_ms() -> i64 {
 }
 
 impl Limits {
-    pub fn new(config: LimitsConfig) -> Self {
+    pub fn new(config: LimitsConfig, metrics: Arc<Metrics>) -> Self {
         Self {
             config,
+            metrics,
             windows: Mutex::new(HashMap::new()),
             quotas: Mutex::new(HashMap::new()),
             concurrency: Mutex::new(HashMap::new()),
             used_before: Mutex::new(None),
         }
+    }
+
+    fn refused(&self, scope: &'static str) {
+        self.metrics.rate_limited.get_or_create(&LimitLabels { scope }).inc();
     }
 
     pub fn default_max_tokens(&self) -> u64 {
@@ -93,6 +103,7 @@ impl Limits {
         if config.rpm > 0 || config.tpm > 0 {
             rules.push(Rule {
                 key: "global".into(),
+                scope: "global",
                 what: "the gateway",
                 rpm: config.rpm,
                 tpm: config.tpm,
@@ -101,6 +112,7 @@ impl Limits {
         if config.ip_rpm > 0 || config.ip_tpm > 0 {
             rules.push(Rule {
                 key: format!("ip:{}", caller.ip),
+                scope: "ip",
                 what: "your address",
                 rpm: config.ip_rpm,
                 tpm: config.ip_tpm,
@@ -111,6 +123,7 @@ impl Limits {
         {
             rules.push(Rule {
                 key: format!("token:{}", token.digest),
+                scope: "token",
                 what: "your API token",
                 rpm: token.rpm.unwrap_or(0),
                 tpm: token.tpm.unwrap_or(0),
@@ -164,6 +177,7 @@ impl Limits {
                     .or_insert_with(|| Arc::new(Semaphore::new(max as usize)))
                     .clone();
                 Some(semaphore.try_acquire_owned().map_err(|_| {
+                    self.refused("concurrency");
                     limited(
                         format!("your API token allows {max} requests at a time; wait for one to finish"),
                         Duration::from_secs(1),
@@ -191,6 +205,7 @@ impl Limits {
             }
             let reset = WINDOW.saturating_sub(now.duration_since(window.started));
             if rule.rpm > 0 && window.requests + 1 > rule.rpm {
+                self.refused(rule.scope);
                 return Err(limited(
                     format!("rate limit reached: {} requests per minute for {}", rule.rpm, rule.what),
                     reset,
@@ -198,6 +213,7 @@ impl Limits {
                 ));
             }
             if rule.tpm > 0 && window.tokens + estimate > rule.tpm {
+                self.refused(rule.scope);
                 return Err(limited(
                     format!(
                         "rate limit reached: {} tokens per minute for {} (this request may use {estimate})",
@@ -218,6 +234,7 @@ impl Limits {
             let entry = self.quota_entry(&mut quotas, &token.digest);
             let left = quota.saturating_sub(entry.used + entry.reserved);
             if estimate > left {
+                self.refused("quota");
                 return Err(Error {
                     code: Some("insufficient_quota"),
                     ..limited(

@@ -22,10 +22,12 @@ use serde_json::{Value, json};
 use crate::config::{Config, ModelSettings, RoutingConfig};
 use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, estimate_tokens};
 use crate::store::Store;
+use crate::telemetry::{Metrics, spans};
 use auth::{Auth, Caller};
 use channel::Channel;
 use limits::Limits;
 use routing::Router;
+use tracing_futures::Instrument;
 use usage::{Meter, UsageLog};
 
 pub use catalog::DEFAULT_CONTEXT_LENGTH;
@@ -36,6 +38,7 @@ pub const RECENT_USE: Duration = Duration::from_secs(300);
 
 pub struct Gateway {
     pub auth: Arc<Auth>,
+    pub metrics: Arc<Metrics>,
     limits: Arc<Limits>,
     pub usage: Arc<UsageLog>,
     pub store: Option<Arc<dyn Store>>,
@@ -61,7 +64,8 @@ impl Gateway {
         } else {
             Some(crate::store::open(&config.store.data_dir).map_err(|e| e.to_string())?)
         };
-        let limits = Limits::new(config.limits.clone());
+        let metrics = Arc::new(Metrics::new());
+        let limits = Limits::new(config.limits.clone(), metrics.clone());
         if let Some(store) = &store {
             let month = limits::month_start_ms();
             let used = store.tokens_used_since(month).map_err(|e| e.to_string())?;
@@ -74,7 +78,8 @@ impl Gateway {
             limits: Arc::new(limits),
             usage: Arc::new(UsageLog::start(store.clone())),
             store,
-            router: Router::new(channels, config.routing.clone()),
+            router: Router::new(channels, config.routing.clone(), metrics.clone()),
+            metrics,
             settings: config.models.clone(),
             tag_suffix: config.ollama.tag_suffix.clone(),
             recent: Cache::builder().time_to_live(RECENT_USE).max_capacity(1024).build(),
@@ -118,7 +123,7 @@ impl Gateway {
     /// as a proper error status; after it, an error ends the stream. Every request,
     /// answered or not, leaves a usage record.
     pub async fn chat(&self, request: &ChatRequest, caller: &Caller) -> Result<ChatStream, Error> {
-        let mut meter = Meter::start(self.usage.clone(), caller, &request.model);
+        let mut meter = Meter::start(self.usage.clone(), self.metrics.clone(), caller, &request.model);
         let (events, lease) = match self.start_chat(request, caller, &mut meter).await {
             Ok(started) => started,
             Err(error) => {
@@ -148,6 +153,7 @@ impl Gateway {
     ) -> Result<(ChatStream, channel::Lease), Error> {
         caller.check_model(&request.model)?;
         let candidates = self.route(&request.model).await?;
+        meter.known();
         // Limits reserve the prompt plus `max_tokens` (`default_max_tokens` when unset).
         // With a quota nearly used up, an answer of unset length is capped to what is
         // left, so it cannot overrun; one that asks for more than is left is refused.
@@ -174,22 +180,37 @@ impl Gateway {
         let mut attempts = self.router.attempts(&request.model, &candidates);
         let (events, lease) = loop {
             let (lease, model) = attempts.next().await?;
+            meter.waited(attempts.take_backoff());
             let renamed = (model != base.model).then(|| ChatRequest {
                 model: model.clone(),
                 ..(*base).clone()
             });
+            let sent = renamed.as_ref().unwrap_or(&*base);
+            let operation = match sent.input {
+                crate::ir::Input::Prompt(_) => "text_completion",
+                crate::ir::Input::Messages(_) => "chat",
+            };
+            let attempt = self.attempt(&lease, operation, &model, &request.model, caller, attempts.number());
+            let span = spans::attempt_span(&attempt, Some(sent));
             let started = async {
-                let mut events = lease.backend().chat(renamed.as_ref().unwrap_or(&*base)).await?;
+                let mut events = lease.backend().chat(sent).await?;
                 let first = events.next().await.transpose()?;
                 Ok::<_, Error>(stream::iter(first.map(Ok)).chain(events))
             };
-            match started.await {
+            match started.instrument(span.clone()).await {
                 Ok(events) => {
                     attempts.succeeded(&lease);
-                    meter.routed(&lease.channel.name, &model);
-                    break (events, lease);
+                    let kind = lease.channel.kind.as_str();
+                    meter.routed(&lease.channel.name, kind, &model, attempts.elapsed(), span.clone());
+                    // The stream runs inside its attempt's span (the backend notes the
+                    // upstream's answer id on it).
+                    break (events.instrument(span), lease);
                 }
-                Err(error) => attempts.failed(lease, error)?,
+                Err(error) => {
+                    meter.waited(attempts.elapsed());
+                    spans::record_error(&span, &error_type(&error), &error.message);
+                    attempts.failed(lease, error)?
+                }
             }
         };
         self.recent
@@ -199,7 +220,7 @@ impl Gateway {
     }
 
     pub async fn embed(&self, request: &EmbedRequest, caller: &Caller) -> Result<EmbedResponse, Error> {
-        let mut meter = Meter::start(self.usage.clone(), caller, &request.model);
+        let mut meter = Meter::start(self.usage.clone(), self.metrics.clone(), caller, &request.model);
         let result = self.start_embed(request, caller, &mut meter).await;
         meter.finish(result.as_ref().map_or_else(Error::status, |_| 200));
         result
@@ -213,22 +234,32 @@ impl Gateway {
     ) -> Result<EmbedResponse, Error> {
         caller.check_model(&request.model)?;
         let candidates = self.route(&request.model).await?;
+        meter.known();
         let prompt: u64 = request.inputs.iter().map(|i| estimate_tokens(i.len())).sum();
         meter.admitted(self.limits.admit(caller, prompt)?, prompt);
         let mut attempts = self.router.attempts(&request.model, &candidates);
         let answer = loop {
             let (lease, model) = attempts.next().await?;
+            meter.waited(attempts.take_backoff());
             let renamed = (model != request.model).then(|| EmbedRequest {
                 model: model.clone(),
                 ..request.clone()
             });
-            match lease.backend().embed(renamed.as_ref().unwrap_or(request)).await {
+            let attempt = self.attempt(&lease, "embeddings", &model, &request.model, caller, attempts.number());
+            let span = spans::attempt_span(&attempt, None);
+            let sent = renamed.as_ref().unwrap_or(request);
+            match lease.backend().embed(sent).instrument(span.clone()).await {
                 Ok(answer) => {
                     attempts.succeeded(&lease);
-                    meter.routed(&lease.channel.name, &model);
+                    let kind = lease.channel.kind.as_str();
+                    meter.routed(&lease.channel.name, kind, &model, attempts.elapsed(), span);
                     break answer;
                 }
-                Err(error) => attempts.failed(lease, error)?,
+                Err(error) => {
+                    meter.waited(attempts.elapsed());
+                    spans::record_error(&span, &error_type(&error), &error.message);
+                    attempts.failed(lease, error)?
+                }
             }
         };
         meter.counted(answer.prompt_tokens);
@@ -236,6 +267,28 @@ impl Gateway {
             .insert(request.model.clone(), chrono::Utc::now().timestamp())
             .await;
         Ok(answer)
+    }
+
+    /// What the span of an attempt on `lease` says of it.
+    fn attempt<'a>(
+        &self,
+        lease: &'a channel::Lease,
+        operation: &'static str,
+        upstream_model: &'a str,
+        client_model: &'a str,
+        caller: &'a Caller,
+        number: u32,
+    ) -> spans::Attempt<'a> {
+        spans::Attempt {
+            operation,
+            provider: lease.channel.kind.as_str(),
+            upstream_model,
+            client_model,
+            channel: &lease.channel.name,
+            url: lease.backend().base(),
+            number,
+            token_prefix: caller.token.as_ref().map(|t| t.prefix.as_str()),
+        }
     }
 
     /// An Ollama upstream's own `/api/show` answer for a model an Ollama channel serves,
@@ -291,8 +344,38 @@ impl Gateway {
         (usable, json!({"status": status, "channels": channels}))
     }
 
+    /// `GET /metrics`: the Prometheus text, with each channel's health read now.
+    pub fn metrics_text(&self) -> String {
+        let states: Vec<(String, String, bool)> = self
+            .router
+            .channels
+            .iter()
+            .map(|c| {
+                let report = c.health.report();
+                let state = report["state"].as_str().unwrap_or("down").to_owned();
+                (c.name.clone(), state, report["usable"] == true)
+            })
+            .collect();
+        self.metrics.render(
+            states
+                .iter()
+                .map(|(name, state, usable)| (name.as_str(), state.as_str(), *usable)),
+        )
+    }
+
     pub fn routing(&self) -> &RoutingConfig {
         &self.router.config
+    }
+}
+
+/// `error.type` of a failed attempt: the upstream's status, or what went wrong.
+fn error_type(error: &Error) -> String {
+    match error.kind {
+        crate::ir::ErrorKind::Timeout => "timeout".into(),
+        crate::ir::ErrorKind::UpstreamUnavailable => "connection_error".into(),
+        crate::ir::ErrorKind::UpstreamError { status } => status.to_string(),
+        crate::ir::ErrorKind::RateLimited => "429".into(),
+        _ => error.status().to_string(),
     }
 }
 

@@ -14,6 +14,8 @@ use super::channel::{Channel, Lease, NoSlot};
 use super::health::Admission;
 use crate::config::RoutingConfig;
 use crate::ir::{Error, ErrorKind};
+use crate::telemetry::Metrics;
+use crate::telemetry::metrics::ChannelLabels;
 
 /// A channel that serves the asked model, and the name it knows it by.
 #[derive(Clone, Debug)]
@@ -26,6 +28,7 @@ pub struct Router {
     pub channels: Vec<Arc<Channel>>,
     pub config: RoutingConfig,
     rng: Mutex<StdRng>,
+    metrics: Arc<Metrics>,
 }
 
 /// One request's way through the channels: each `next` leases a channel and key not yet
@@ -37,6 +40,10 @@ pub struct Attempts<'a> {
     tried_channels: Vec<usize>,
     tried_keys: Vec<(usize, usize)>,
     last_error: Option<Error>,
+    /// The channel of the first failed attempt, for the failover count.
+    first_failed: Option<Arc<Channel>>,
+    /// Backoff slept and not yet reported (`take_backoff`).
+    backed_off: Duration,
     attempt: u32,
     started: Instant,
 }
@@ -50,7 +57,9 @@ impl Attempts<'_> {
             return Err(self.give_up());
         }
         if self.attempt > 0 {
-            tokio::time::sleep(router.backoff(self.attempt)).await;
+            let pause = router.backoff(self.attempt);
+            tokio::time::sleep(pause).await;
+            self.backed_off += pause;
         }
         self.attempt += 1;
         match router
@@ -59,10 +68,29 @@ impl Attempts<'_> {
         {
             Ok((lease, candidate)) => {
                 self.started = Instant::now();
+                if let Some(failed) = &self.first_failed {
+                    router.metrics.retries.get_or_create(&channel_label(failed)).inc();
+                }
                 Ok((lease, candidate.model.clone()))
             }
             Err(e) => Err(self.last_error.take().unwrap_or(e)),
         }
+    }
+
+    /// The current attempt: 1 for the first.
+    pub fn number(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The backoff slept before attempts since the last call: time spent on an upstream's
+    /// failure, not diglot's own work.
+    pub fn take_backoff(&mut self) -> Duration {
+        std::mem::take(&mut self.backed_off)
+    }
+
+    /// How long the current attempt has taken so far.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
     }
 
     fn give_up(&mut self) -> Error {
@@ -77,6 +105,13 @@ impl Attempts<'_> {
         channel
             .health
             .record(Ok(self.started.elapsed()), lease.probe, &self.router.config);
+        if let Some(failed) = self.first_failed.as_ref().filter(|f| !Arc::ptr_eq(f, channel)) {
+            self.router
+                .metrics
+                .failovers
+                .get_or_create(&channel_label(failed))
+                .inc();
+        }
         if self.attempt > 1 {
             info!(model = self.model, channel = %channel.name, key = lease.key, attempt = self.attempt, "answered after failover");
         }
@@ -94,6 +129,10 @@ impl Attempts<'_> {
             .expect("a lease is on one of the router's channels");
         let failure = classify(&error);
         let took = self.started.elapsed();
+        self.router.metrics.upstream_error(&channel.name, error_kind(&error));
+        if failure != Failure::Final && self.first_failed.is_none() {
+            self.first_failed = Some(channel.clone());
+        }
         warn!(
             model = self.model,
             channel = %channel.name,
@@ -145,6 +184,24 @@ enum Failure {
     Channel,
 }
 
+/// How an attempt failed, for `diglot_upstream_errors_total{kind}`.
+pub fn error_kind(error: &Error) -> &'static str {
+    match error.kind {
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::UpstreamUnavailable => "connect",
+        ErrorKind::RateLimited => "rate_limited",
+        ErrorKind::UpstreamError { status: 401 | 403 } => "unauthorized",
+        ErrorKind::UpstreamError { status } if status >= 500 => "status_5xx",
+        _ => "rejected",
+    }
+}
+
+fn channel_label(channel: &Channel) -> ChannelLabels {
+    ChannelLabels {
+        channel: channel.name.clone(),
+    }
+}
+
 fn classify(error: &Error) -> Failure {
     match error.kind {
         ErrorKind::UpstreamError { status: 401 | 403 } => Failure::BadKey,
@@ -155,7 +212,7 @@ fn classify(error: &Error) -> Failure {
 }
 
 impl Router {
-    pub fn new(channels: Vec<Arc<Channel>>, config: RoutingConfig) -> Self {
+    pub fn new(channels: Vec<Arc<Channel>>, config: RoutingConfig, metrics: Arc<Metrics>) -> Self {
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -164,6 +221,7 @@ impl Router {
             channels,
             config,
             rng: Mutex::new(rng),
+            metrics,
         }
     }
 
@@ -176,6 +234,8 @@ impl Router {
             tried_channels: Vec::new(),
             tried_keys: Vec::new(),
             last_error: None,
+            first_failed: None,
+            backed_off: Duration::ZERO,
             attempt: 0,
             started: Instant::now(),
         }
@@ -347,6 +407,7 @@ mod tests {
                 seed: Some(7),
                 ..Default::default()
             },
+            Default::default(),
         );
         let mut counts = [0u32; 3];
         for _ in 0..20_000 {

@@ -2,7 +2,7 @@
 //! so the request path never waits on the database, and flushed on shutdown.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tracing::{error, warn};
@@ -11,6 +11,10 @@ use super::auth::Caller;
 use super::limits::Ticket;
 use crate::ir::{ChatEvent, Error, estimate_tokens};
 use crate::store::{Store, UsageRecord};
+use crate::telemetry::exchange::{Exchange, Outcome};
+use crate::telemetry::metrics::{Finished, Metrics};
+use crate::telemetry::spans;
+use tracing::Span;
 
 /// At most this many records per write, and at most this long between writes.
 const BATCH: usize = 512;
@@ -99,14 +103,29 @@ async fn write(store: &Arc<dyn Store>, batch: Vec<UsageRecord>) {
     }
 }
 
-/// Watches one request from arrival to its last event and writes its usage record:
-/// status, latency, time to first event, the upstream's token counts (or an estimate,
-/// flagged), and settles the request's limit reservations with them.
+/// Watches one model request from arrival to its last event: writes its usage record
+/// (status, latency, time to first event, the upstream's token counts or an estimate,
+/// flagged), settles its limit reservations, records its metrics, ends the span of the
+/// attempt that answered, and tells the exchange what came of it for the access line.
 pub struct Meter {
     log: Arc<UsageLog>,
+    metrics: Arc<Metrics>,
+    exchange: Option<Arc<Exchange>>,
     record: UsageRecord,
-    started: std::time::Instant,
+    started: Instant,
     ticket: Option<Ticket>,
+    /// The catalog knew the model (only then is its name a metric label).
+    known_model: bool,
+    backend: &'static str,
+    /// Time spent waiting on upstreams: failed attempts, and the answering one from
+    /// its request to its last event.
+    upstream_wait: Duration,
+    answering_since: Option<Instant>,
+    ttft: Option<Duration>,
+    /// The span of the attempt that answers.
+    span: Span,
+    /// The answer's text, kept only when spans record content.
+    output: Option<String>,
     /// Characters of output seen, for an estimate when the upstream reports no usage.
     output_chars: usize,
     prompt_estimate: u64,
@@ -116,10 +135,14 @@ pub struct Meter {
 }
 
 impl Meter {
-    pub fn start(log: Arc<UsageLog>, caller: &Caller, model: &str) -> Self {
+    pub fn start(log: Arc<UsageLog>, metrics: Arc<Metrics>, caller: &Caller, model: &str) -> Self {
         let token = caller.token.as_ref();
+        let exchange = caller.exchange.clone();
         Self {
             log,
+            metrics,
+            started: exchange.as_ref().map_or_else(Instant::now, |e| e.started),
+            exchange,
             record: UsageRecord {
                 at_ms: chrono::Utc::now().timestamp_millis(),
                 token_digest: token.map(|t| t.digest.clone()),
@@ -129,8 +152,14 @@ impl Meter {
                 model: model.to_owned(),
                 ..Default::default()
             },
-            started: std::time::Instant::now(),
             ticket: None,
+            known_model: false,
+            backend: "",
+            upstream_wait: Duration::ZERO,
+            answering_since: None,
+            ttft: None,
+            span: Span::none(),
+            output: None,
             output_chars: 0,
             prompt_estimate: 0,
             prompt_tokens: None,
@@ -139,15 +168,33 @@ impl Meter {
         }
     }
 
+    /// The catalog knows the model.
+    pub fn known(&mut self) {
+        self.known_model = true;
+    }
+
     pub fn admitted(&mut self, ticket: Ticket, prompt_estimate: u64) {
         self.ticket = Some(ticket);
         self.prompt_estimate = prompt_estimate;
     }
 
-    /// The channel and model name the answer comes from.
-    pub fn routed(&mut self, channel: &str, upstream_model: &str) {
+    /// An attempt that failed after `took` waiting on its upstream.
+    pub fn waited(&mut self, took: Duration) {
+        self.upstream_wait += took;
+    }
+
+    /// The answer comes from `channel` (a `backend` upstream) as `upstream_model`; its
+    /// attempt started `took` ago and is traced by `span`.
+    pub fn routed(&mut self, channel: &str, backend: &'static str, upstream_model: &str, took: Duration, span: Span) {
         self.record.channel = Some(channel.to_owned());
         self.record.upstream_model = Some(upstream_model.to_owned());
+        self.backend = backend;
+        self.upstream_wait += took;
+        self.answering_since = Some(Instant::now());
+        if crate::telemetry::capture_content() && !span.is_disabled() {
+            self.output = Some(String::new());
+        }
+        self.span = span;
     }
 
     /// Token counts an upstream reported outside a stream (embeddings).
@@ -158,11 +205,20 @@ impl Meter {
 
     /// Notes one event of the answer.
     pub fn saw(&mut self, event: &Result<ChatEvent, Error>) {
-        if self.record.ttft_ms.is_none() {
-            self.record.ttft_ms = Some(self.started.elapsed().as_millis() as u64);
+        if self.ttft.is_none() {
+            let ttft = self.started.elapsed();
+            self.ttft = Some(ttft);
+            self.record.ttft_ms = Some(ttft.as_millis() as u64);
+            self.span
+                .record("gen_ai.response.time_to_first_chunk", ttft.as_secs_f64());
         }
         match event {
-            Ok(ChatEvent::Text(t) | ChatEvent::Reasoning(t)) => self.output_chars += t.len(),
+            Ok(ChatEvent::Text(t) | ChatEvent::Reasoning(t)) => {
+                self.output_chars += t.len();
+                if let (Some(output), Ok(ChatEvent::Text(t))) = (&mut self.output, event) {
+                    output.push_str(t);
+                }
+            }
             Ok(ChatEvent::ToolCall {
                 name, arguments_delta, ..
             }) => self.output_chars += arguments_delta.len() + name.as_ref().map_or(0, String::len),
@@ -170,9 +226,16 @@ impl Meter {
                 self.prompt_tokens = usage.prompt_tokens.or(self.prompt_tokens);
                 self.completion_tokens = usage.completion_tokens.or(self.completion_tokens);
             }
-            Ok(ChatEvent::Finish(_)) => self.finish(200),
+            Ok(ChatEvent::Finish(reason)) => {
+                spans::record_finish(&self.span, *reason);
+                self.finish(200)
+            }
             Ok(ChatEvent::Logprobs(_)) => {}
-            Err(error) => self.finish(error.status()),
+            Err(error) => {
+                self.metrics
+                    .upstream_error(self.record.channel.as_deref().unwrap_or(""), "stream");
+                self.finish(error.status())
+            }
         }
     }
 
@@ -190,11 +253,54 @@ impl Meter {
         if let Some(ticket) = self.ticket.take() {
             ticket.settle(prompt + completion);
         }
+        let duration = self.started.elapsed();
+        if let Some(since) = self.answering_since {
+            self.upstream_wait += since.elapsed();
+        }
         self.record.status = status;
-        self.record.latency_ms = self.started.elapsed().as_millis() as u64;
+        self.record.latency_ms = duration.as_millis() as u64;
         self.record.prompt_tokens = prompt;
         self.record.completion_tokens = completion;
         self.record.estimated = estimated;
+
+        let channel = self.record.channel.as_deref().unwrap_or("");
+        self.metrics.model_request(&Finished {
+            frontend: self.record.frontend,
+            backend: self.backend,
+            model: &self.record.model,
+            known_model: self.known_model,
+            channel,
+            status,
+            duration,
+            ttft: self.ttft,
+            upstream_wait: self.upstream_wait,
+            input_tokens: prompt,
+            output_tokens: completion,
+        });
+        let span = std::mem::replace(&mut self.span, Span::none());
+        if !span.is_disabled() {
+            span.record("gen_ai.usage.input_tokens", prompt as i64);
+            span.record("gen_ai.usage.output_tokens", completion as i64);
+            if let Some(output) = &self.output {
+                spans::record_output(&span, output);
+            }
+            if status >= 400 {
+                spans::record_error(&span, &status.to_string(), "the answer ended with an error");
+            }
+        }
+        drop(span);
+        if let Some(exchange) = &self.exchange {
+            exchange.outcome(Outcome {
+                model: self.record.model.clone(),
+                channel: self.record.channel.clone(),
+                status,
+                prompt_tokens: prompt,
+                completion_tokens: completion,
+                estimated,
+                cached: false,
+                ttft_ms: self.record.ttft_ms,
+            });
+        }
         self.log.record(std::mem::take(&mut self.record));
     }
 }
@@ -218,23 +324,24 @@ mod tests {
         let store = crate::store::open(&dir).unwrap();
         let log = Arc::new(UsageLog::start(Some(store.clone())));
         let caller = Caller::anonymous("ollama");
+        let metrics = Arc::new(Metrics::new());
 
-        let mut meter = Meter::start(log.clone(), &caller, "m");
+        let mut meter = Meter::start(log.clone(), metrics.clone(), &caller, "m");
         meter.admitted(
-            Arc::new(crate::gateway::limits::Limits::new(Default::default()))
+            Arc::new(crate::gateway::limits::Limits::new(Default::default(), metrics.clone()))
                 .admit(&caller, 10)
                 .unwrap(),
             12,
         );
-        meter.routed("default", "m-upstream");
+        meter.routed("default", "ollama", "m-upstream", Duration::ZERO, Span::none());
         for event in [ChatEvent::Text("abcdefgh".into()), ChatEvent::Text("ij".into())] {
             meter.saw(&Ok(event));
         }
         meter.saw(&Ok(ChatEvent::Finish(FinishReason::Stop)));
 
         // The upstream's counts win when it sends them.
-        let mut reported = Meter::start(log.clone(), &caller, "m");
-        reported.routed("default", "m");
+        let mut reported = Meter::start(log.clone(), metrics.clone(), &caller, "m");
+        reported.routed("default", "ollama", "m", Duration::ZERO, Span::none());
         reported.saw(&Ok(ChatEvent::Text("abcdefgh".into())));
         reported.saw(&Ok(ChatEvent::Usage(Usage {
             prompt_tokens: Some(31),
@@ -244,8 +351,8 @@ mod tests {
         reported.saw(&Ok(ChatEvent::Finish(FinishReason::Stop)));
 
         // A client that hangs up mid-answer.
-        let mut left = Meter::start(log.clone(), &caller, "m");
-        left.routed("default", "m");
+        let mut left = Meter::start(log.clone(), metrics.clone(), &caller, "m");
+        left.routed("default", "ollama", "m", Duration::ZERO, Span::none());
         left.saw(&Ok(ChatEvent::Text("abcd".into())));
         drop(left);
 

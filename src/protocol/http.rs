@@ -115,6 +115,12 @@ impl Upstream {
         if let Some(auth) = &self.auth {
             request = request.header(AUTHORIZATION, auth.clone());
         }
+        if crate::telemetry::tracing_on() {
+            // The attempt's span continues upstream (`traceparent`).
+            let mut trace = HeaderMap::new();
+            crate::telemetry::spans::inject(&mut trace);
+            request = request.headers(trace);
+        }
         let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
             Err(_) => return Err(self.timed_out(self.first_byte_timeout)),
             Ok(Err(e)) => return Err(self.transport_error(&e)),

@@ -26,6 +26,14 @@ impl Backend {
         }
     }
 
+    /// The upstream's base URL (credentials never are in it: keys go in headers).
+    pub fn base(&self) -> &str {
+        match self {
+            Backend::Ollama(c) => c.upstream().base(),
+            Backend::OpenAi(c) => c.upstream().base(),
+        }
+    }
+
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
         match self {
             Backend::Ollama(c) => c.chat(request).await,

@@ -37,6 +37,10 @@ impl OllamaClient {
     }
 
     /// Starts a chat or completion and returns its events as they arrive.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
         let think = self.think_for(request).await;
         let response = match &request.input {

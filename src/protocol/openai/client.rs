@@ -48,6 +48,10 @@ impl OpenAiClient {
     /// Starts a chat or completion and returns its events. Streamed upstream when the
     /// client streams; otherwise asked whole, so usage is the upstream's own even where
     /// it reports none in streams (llama-cpp-python's server).
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
         let (endpoint, body) = match &request.input {
             Input::Prompt(p) if p.raw != Some(false) || p.suffix.is_some() => {
@@ -397,6 +401,8 @@ struct SseDecoder {
     /// `[DONE]` seen.
     done: bool,
     think: Option<ThinkTags>,
+    /// The answer's id and model were noted on the attempt's span.
+    identified: bool,
 }
 
 impl SseDecoder {
@@ -408,6 +414,7 @@ impl SseDecoder {
             named_calls: Vec::new(),
             done: false,
             think: think_tags.then(ThinkTags::default),
+            identified: false,
         }
     }
 
@@ -418,6 +425,10 @@ impl SseDecoder {
     }
 
     fn events(&mut self, chunk: UpstreamChunk) -> Result<Vec<ChatEvent>, Error> {
+        if !self.identified && (chunk.id.is_some() || chunk.model.is_some()) {
+            self.identified = true;
+            crate::telemetry::spans::record_response(chunk.id.as_deref(), chunk.model.as_deref());
+        }
         if let Some(error) = chunk.error.filter(|e| !e.is_null()) {
             let message = error["message"]
                 .as_str()
@@ -528,6 +539,10 @@ impl SseDecoder {
 /// every field may be missing or null, as servers differ.
 #[derive(Deserialize, Default)]
 struct UpstreamChunk {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
     #[serde(default, deserialize_with = "null_default")]
     choices: Vec<UpstreamChoice>,
     #[serde(default)]

@@ -1,0 +1,230 @@
+//! One HTTP request from arrival to the last byte of its answer: its server span, the
+//! HTTP metrics, and the access line. Shared (`Arc`) by the listener and whatever serves
+//! the request; the last holder to let go ends it, which for a streamed answer is the
+//! stream itself, so a stream is counted and logged when it really ends.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tracing::Span;
+
+use super::metrics::{HttpLabels, Metrics, status_class};
+
+pub struct Exchange {
+    pub started: Instant,
+    span: Span,
+    frontend: &'static str,
+    method: String,
+    route: &'static str,
+    path: String,
+    trace_id: Option<String>,
+    metrics: Arc<Metrics>,
+    access_log: bool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    status: u16,
+    streaming: bool,
+    token_prefix: Option<String>,
+    outcome: Option<Outcome>,
+}
+
+/// What the gateway made of a model request, for the access line.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    pub model: String,
+    pub channel: Option<String>,
+    /// The final status: differs from the HTTP one when a stream failed or the client
+    /// left (499) after the headers were sent.
+    pub status: u16,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub estimated: bool,
+    pub cached: bool,
+    pub ttft_ms: Option<u64>,
+}
+
+/// Settings every exchange shares.
+pub struct Observer {
+    pub metrics: Arc<Metrics>,
+    pub access_log: bool,
+}
+
+impl std::fmt::Debug for Exchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exchange {
+    /// A request arrived. `headers` may carry the caller's `traceparent`.
+    pub fn start(
+        observer: &Observer,
+        frontend: &'static str,
+        method: &str,
+        path: &str,
+        route: &'static str,
+        headers: &reqwest::header::HeaderMap,
+    ) -> Arc<Self> {
+        let span = super::spans::server_span(method, route, headers);
+        let trace_id = super::spans::trace_id(&span, headers);
+        observer.metrics.active_requests.inc();
+        Arc::new(Self {
+            started: Instant::now(),
+            span,
+            frontend,
+            method: method.to_owned(),
+            route,
+            path: path.to_owned(),
+            trace_id,
+            metrics: observer.metrics.clone(),
+            access_log: observer.access_log,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The caller's token, by its shown prefix.
+    pub fn token(&self, prefix: &str) {
+        self.span.record("diglot.token_prefix", prefix);
+        self.state.lock().expect("exchange lock").token_prefix = Some(prefix.to_owned());
+    }
+
+    /// The handler answered with `status`; `streaming` when the body is a stream.
+    pub fn responded(&self, status: u16, streaming: bool) {
+        let mut state = self.state.lock().expect("exchange lock");
+        state.status = status;
+        if streaming && !state.streaming {
+            state.streaming = true;
+            self.metrics.open_streams.inc();
+        }
+    }
+
+    /// The gateway's account of a model request.
+    pub fn outcome(&self, outcome: Outcome) {
+        if outcome.cached {
+            self.span.record("diglot.cache_hit", true);
+        }
+        self.state.lock().expect("exchange lock").outcome = Some(outcome);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let state = std::mem::take(self.state.get_mut().expect("exchange lock"));
+        self.metrics.active_requests.dec();
+        if state.streaming {
+            self.metrics.open_streams.dec();
+        }
+        let status = state.outcome.as_ref().map_or(state.status, |o| o.status);
+        self.metrics
+            .http_requests
+            .get_or_create(&HttpLabels {
+                frontend: self.frontend,
+                route: if self.route.is_empty() { "other" } else { self.route },
+                status_class: status_class(status),
+            })
+            .inc();
+        // Integers as i64: tracing-opentelemetry records u64 values as strings.
+        self.span.record("http.response.status_code", i64::from(state.status));
+        if status >= 500 && status != 499 {
+            self.span.record("error.type", status.to_string());
+            self.span.record("otel.status_code", "error");
+        }
+        if !self.access_log {
+            return;
+        }
+        let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let outcome = state.outcome.unwrap_or_default();
+        tracing::info!(
+            target: "diglot::access",
+            trace_id = self.trace_id,
+            method = self.method,
+            path = self.path,
+            status,
+            latency_ms = (latency_ms * 1000.0).round() / 1000.0,
+            frontend = self.frontend,
+            token = state.token_prefix,
+            model = Some(outcome.model).filter(|m| !m.is_empty()),
+            channel = outcome.channel,
+            prompt_tokens = outcome.prompt_tokens,
+            completion_tokens = outcome.completion_tokens,
+            estimated = outcome.estimated,
+            cached = outcome.cached,
+            ttft_ms = outcome.ttft_ms,
+            "request"
+        );
+    }
+}
+
+/// The route pattern a path belongs to (for span names and metric labels); empty for
+/// paths diglot does not serve. `base` is the configured base path.
+pub fn route_of(path: &str, base: &str) -> &'static str {
+    let path = path
+        .strip_prefix(base)
+        .filter(|p| !base.is_empty() && (p.is_empty() || p.starts_with('/')))
+        .unwrap_or(path);
+    let path = path.trim_end_matches('/');
+    const ROUTES: [&str; 25] = [
+        "/api/version",
+        "/api/tags",
+        "/api/show",
+        "/api/ps",
+        "/api/chat",
+        "/api/generate",
+        "/api/embed",
+        "/api/embeddings",
+        "/api/pull",
+        "/api/push",
+        "/api/create",
+        "/api/copy",
+        "/api/delete",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/chat/completions",
+        "/completions",
+        "/embeddings",
+        "/models",
+        "/v1",
+        "/health",
+        "/metrics",
+        "",
+    ];
+    if let Some(route) = ROUTES.iter().find(|r| **r == path) {
+        return if route.is_empty() { "/" } else { route };
+    }
+    if path.starts_with("/api/blobs/") {
+        "/api/blobs/{digest}"
+    } else if path.starts_with("/v1/models/") {
+        "/v1/models/{model}"
+    } else if path.starts_with("/models/") {
+        "/models/{model}"
+    } else {
+        ""
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_of;
+
+    #[test]
+    fn paths_map_to_their_route_patterns() {
+        assert_eq!(route_of("/v1/chat/completions", ""), "/v1/chat/completions");
+        assert_eq!(route_of("/ollama/api/chat", "/ollama"), "/api/chat");
+        assert_eq!(route_of("/v1/models/llama3.2:1b", ""), "/v1/models/{model}");
+        assert_eq!(route_of("/", ""), "/");
+        assert_eq!(route_of("/ollama", "/ollama"), "/");
+        assert_eq!(route_of("/wp-admin/login.php", ""), "");
+    }
+}
