@@ -232,18 +232,19 @@ pub fn usage(store: &dyn Store, days: u32, json: bool) -> Result<String, String>
         return serde_json::to_string_pretty(&rows).map_err(|e| e.to_string());
     }
     let mut out = format!(
-        "{:<10} {:<9} {:>8} {:>12} {:>12} {:>7}\n",
-        "day", "token", "requests", "prompt", "completion", "errors"
+        "{:<10} {:<9} {:>8} {:>12} {:>12} {:>7} {:>7}\n",
+        "day", "token", "requests", "prompt", "completion", "errors", "cached"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<10} {:<9} {:>8} {:>12} {:>12} {:>7}\n",
+            "{:<10} {:<9} {:>8} {:>12} {:>12} {:>7} {:>7}\n",
             r.day,
             r.token_prefix.as_deref().unwrap_or("-"),
             r.requests,
             r.prompt_tokens,
             r.completion_tokens,
-            r.errors
+            r.errors,
+            r.cache_hits
         ));
     }
     Ok(out)

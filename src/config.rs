@@ -38,6 +38,7 @@ pub struct Config {
     /// What diglot should say about a model that its upstream cannot tell, keyed by the
     /// upstream's model id.
     pub models: BTreeMap<String, ModelSettings>,
+    pub cache: CacheConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub telemetry: TelemetryConfig,
@@ -61,6 +62,7 @@ impl Default for Config {
             openai: OpenAiConfig::default(),
             ollama: OllamaConfig::default(),
             models: BTreeMap::new(),
+            cache: CacheConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -737,10 +739,20 @@ impl Default for OllamaConfig {
     }
 }
 
-/// Facts about one model for `/api/show`, `/api/tags` and `/v1/models`.
+/// Policy and facts for the models a `[models."PATTERN"]` key matches: the name a client
+/// uses (an alias included), or the upstream's name for it; exact, or a glob.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSettings {
+    /// Shown by `/v1/models` (`name`), `/api/tags` (`display_name`) and `/api/show`
+    /// (`general.basename`); the id clients send stays the same.
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    /// Options applied when the client sent none, under either API's name (`num_ctx`,
+    /// `temperature`, `max_tokens`, `think`, `reasoning_effort`, `keep_alive`...).
+    pub defaults: BTreeMap<String, serde_json::Value>,
+    /// Options that replace whatever the client sent.
+    pub forced: BTreeMap<String, serde_json::Value>,
     /// Of: completion, tools, vision, thinking, embedding, insert.
     pub capabilities: Option<Vec<String>>,
     pub context_length: Option<u64>,
@@ -748,6 +760,34 @@ pub struct ModelSettings {
     pub family: Option<String>,
     pub parameter_size: Option<String>,
     pub quantization: Option<String>,
+}
+
+/// The response cache (exact match, in memory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Cache embeddings (deterministic: on by default).
+    pub embeddings: bool,
+    /// Cache chat and completion answers.
+    pub chat: bool,
+    /// Also cache chats that sample at random (neither `temperature` 0 nor a `seed`).
+    pub chat_nondeterministic: bool,
+    /// Bound on what the cache holds, in bytes (answers' text and vectors).
+    pub max_bytes: u64,
+    /// How long an answer is served from the cache, in seconds.
+    pub ttl_secs: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            embeddings: true,
+            chat: false,
+            chat_nondeterministic: false,
+            max_bytes: 64 * 1024 * 1024,
+            ttl_secs: 3600,
+        }
+    }
 }
 
 /// Values given on the command line; they win over every other layer.
@@ -902,6 +942,12 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "openai.reasoning_fields: '{field}' is neither \"reasoning_content\" nor \"reasoning\""
                 )));
+            }
+        }
+        for (pattern, settings) in &self.models {
+            for (which, options) in [("defaults", &settings.defaults), ("forced", &settings.forced)] {
+                crate::gateway::policy::Options::parse(options)
+                    .map_err(|e| ConfigError::Invalid(format!("models.\"{pattern}\".{which}: {e}")))?;
             }
         }
         let telemetry = &self.telemetry;

@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::gateway::auth::Caller;
+use crate::gateway::cache::CacheControl;
 use crate::ir::{Error, ErrorKind};
 use crate::protocol::{ollama, openai};
 use crate::telemetry::Exchange;
@@ -143,6 +144,9 @@ async fn observe(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl:
     ctrl.call_next(req, depot, res).instrument(span).await;
     let status = res.status_code.map_or(200, |s| s.as_u16());
     exchange.responded(status, res.body.is_stream());
+    if let Some(cache) = exchange.cache_status_shown() {
+        let _ = res.add_header("x-diglot-cache", cache, true);
+    }
 }
 
 /// `GET /metrics` (Prometheus). With `metrics.token` set, scrapers present it; without,
@@ -232,8 +236,9 @@ async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Response, 
     let token = crate::gateway::auth::presented_token(header("authorization"), header("x-api-key"), header("api-key"));
     let result = app.gateway.auth.authenticate(ip, token.as_deref(), frontend);
     let exchange = depot.get::<Arc<Exchange>>(EXCHANGE).ok().cloned();
+    let cache = CacheControl::from_header(header("cache-control"));
     match result {
-        Ok(caller) => depot.insert(CALLER, caller.with_exchange(exchange)),
+        Ok(caller) => depot.insert(CALLER, Caller { cache, ..caller }.with_exchange(exchange)),
         // Public paths still answer; a bad token there is simply anonymous.
         Err(_) if is_public(&path, &base) || is_probe(&path) => depot.insert(
             CALLER,

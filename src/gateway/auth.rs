@@ -61,6 +61,8 @@ pub struct Caller {
     pub restricted: bool,
     /// The HTTP request this call belongs to (its span, access line and metrics).
     pub exchange: Option<Arc<crate::telemetry::Exchange>>,
+    /// What the request's `Cache-Control` asks of the response cache.
+    pub cache: super::cache::CacheControl,
 }
 
 impl Caller {
@@ -72,6 +74,7 @@ impl Caller {
             token: None,
             restricted: false,
             exchange: None,
+            cache: Default::default(),
         }
     }
 
@@ -312,6 +315,7 @@ impl Auth {
                 token: None,
                 restricted: false,
                 exchange: None,
+                cache: Default::default(),
             });
         }
         let Some(presented) = presented.map(str::trim).filter(|t| !t.is_empty()) else {
@@ -362,6 +366,7 @@ impl Auth {
             token: Some(token),
             restricted: false,
             exchange: None,
+            cache: Default::default(),
         })
     }
 

@@ -134,12 +134,9 @@ impl Gateway {
     /// Fills in what the upstream could not tell, from the profile's settings for the
     /// name (or the model it stands for) and sensible defaults.
     fn complete(&self, mut card: ModelCard, target: &str) -> ModelCard {
-        let settings = self
-            .settings
-            .get(&card.id)
-            .or_else(|| self.settings.get(target))
-            .cloned()
-            .unwrap_or_default();
+        let settings = self.policies.settings(&[&card.id, target]);
+        card.display_name = settings.display_name;
+        card.description = settings.description;
         if let Some(capabilities) = settings.capabilities {
             card.capabilities = capabilities;
         } else if card.capabilities.is_empty() {

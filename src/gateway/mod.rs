@@ -1,13 +1,15 @@
 //! Between a frontend and a backend: what applies to every request whatever its
-//! protocols. Today: who may call (auth, limits, quotas), the model catalog, routing
-//! over channels with failover and health, and usage records; overrides and cache will
-//! sit here too (see DESIGN.md).
+//! protocols: who may call (auth, limits, quotas), the model catalog, per-model policy
+//! (option overrides, display names), the response cache, routing over channels with
+//! failover and health, and usage records and metrics.
 
 pub mod auth;
+pub mod cache;
 mod catalog;
 pub mod channel;
 pub mod health;
 pub mod limits;
+pub mod policy;
 pub mod routing;
 pub mod usage;
 
@@ -19,13 +21,15 @@ use futures::{StreamExt, stream};
 use moka::future::Cache;
 use serde_json::{Value, json};
 
-use crate::config::{Config, ModelSettings, RoutingConfig};
-use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, estimate_tokens};
+use crate::config::{Config, RoutingConfig};
+use crate::ir::{ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, estimate_tokens};
 use crate::store::Store;
 use crate::telemetry::{Metrics, spans};
 use auth::{Auth, Caller};
+use cache::ResponseCache;
 use channel::Channel;
 use limits::Limits;
+use policy::Policies;
 use routing::Router;
 use tracing_futures::Instrument;
 use usage::{Meter, UsageLog};
@@ -43,7 +47,8 @@ pub struct Gateway {
     pub usage: Arc<UsageLog>,
     pub store: Option<Arc<dyn Store>>,
     router: Router,
-    settings: std::collections::BTreeMap<String, ModelSettings>,
+    policies: Policies,
+    cache: Arc<ResponseCache>,
     tag_suffix: String,
     /// Models used lately (client name → unix time of last use), for `/api/ps`.
     recent: Cache<String, i64>,
@@ -80,7 +85,8 @@ impl Gateway {
             store,
             router: Router::new(channels, config.routing.clone(), metrics.clone()),
             metrics,
-            settings: config.models.clone(),
+            policies: Policies::new(&config.models),
+            cache: Arc::new(ResponseCache::new(&config.cache)),
             tag_suffix: config.ollama.tag_suffix.clone(),
             recent: Cache::builder().time_to_live(RECENT_USE).max_capacity(1024).build(),
             refreshed_for_miss: std::sync::Mutex::new(None),
@@ -121,36 +127,54 @@ impl Gateway {
     /// Starts a generation. Returns once an upstream produced its first event, so a
     /// failure before any output fails over to another channel, or reaches the client
     /// as a proper error status; after it, an error ends the stream. Every request,
-    /// answered or not, leaves a usage record.
+    /// answered or not, leaves a usage record. A cached answer replays as a stream.
     pub async fn chat(&self, request: &ChatRequest, caller: &Caller) -> Result<ChatStream, Error> {
         let mut meter = Meter::start(self.usage.clone(), self.metrics.clone(), caller, &request.model);
-        let (events, lease) = match self.start_chat(request, caller, &mut meter).await {
+        let started = match self.start_chat(request, caller, &mut meter).await {
             Ok(started) => started,
             Err(error) => {
                 meter.finish(error.status());
                 return Err(error);
             }
         };
+        let Started {
+            events,
+            lease,
+            store_as,
+        } = started;
         let config = self.router.config.clone();
+        let cache = self.cache.clone();
+        // A complete answer (up to its finish) is what gets cached.
+        let mut recording = store_as.map(|key| (key, Vec::new()));
         // The lease (its concurrency slots) and the meter live as long as the stream; an
         // upstream failure mid-stream counts against the channel's health.
         Ok(Box::pin(events.map(move |event| {
-            if let Err(error) = &event {
-                lease.channel.health.record(Err(error), false, &config);
+            match &event {
+                Err(error) => {
+                    if let Some(lease) = &lease {
+                        lease.channel.health.record(Err(error), false, &config);
+                    }
+                    recording = None;
+                }
+                Ok(event) => {
+                    if let Some((_, events)) = &mut recording {
+                        events.push(event.clone());
+                    }
+                    if matches!(event, ChatEvent::Finish(_))
+                        && let Some((key, events)) = recording.take()
+                    {
+                        cache.store_chat(key, events);
+                    }
+                }
             }
             meter.saw(&event);
             event
         })))
     }
 
-    /// Admits, routes and starts a generation: its events from the first one on, and the
-    /// lease of the channel that answered.
-    async fn start_chat(
-        &self,
-        request: &ChatRequest,
-        caller: &Caller,
-        meter: &mut Meter,
-    ) -> Result<(ChatStream, channel::Lease), Error> {
+    /// Admits and routes a generation, then answers it from the cache or starts it
+    /// upstream: its events from the first one on.
+    async fn start_chat(&self, request: &ChatRequest, caller: &Caller, meter: &mut Meter) -> Result<Started, Error> {
         caller.check_model(&request.model)?;
         let candidates = self.route(&request.model).await?;
         meter.known();
@@ -177,23 +201,54 @@ impl Gateway {
             }),
             None => Cow::Borrowed(request),
         };
+        // The request as each candidate's upstream gets it: renamed, overrides applied.
+        let prepare = |model: &str| match self.policies.chat(&base, model) {
+            Some(prepared) => Cow::Owned(prepared),
+            None => Cow::Borrowed(&*base),
+        };
+        let partition = partition(caller);
+        for candidate in &candidates {
+            let Some(plan) = self
+                .cache
+                .chat_plan(&prepare(&candidate.model), partition, caller.cache)
+            else {
+                break;
+            };
+            if !plan.read {
+                break;
+            }
+            if let Some(answer) = self.cache.chat(&plan.key) {
+                self.note_cache(meter, "chat", "hit");
+                meter.cached(&candidate.model);
+                let replay = stream::iter((*answer).clone().into_iter().map(Ok));
+                return Ok(Started {
+                    events: Box::pin(replay),
+                    lease: None,
+                    store_as: None,
+                });
+            }
+        }
         let mut attempts = self.router.attempts(&request.model, &candidates);
-        let (events, lease) = loop {
+        let mut looked_up = false;
+        let (events, lease, store_as) = loop {
             let (lease, model) = attempts.next().await?;
             meter.waited(attempts.take_backoff());
-            let renamed = (model != base.model).then(|| ChatRequest {
-                model: model.clone(),
-                ..(*base).clone()
-            });
-            let sent = renamed.as_ref().unwrap_or(&*base);
+            let sent = prepare(&model);
+            let plan = self.cache.chat_plan(&sent, partition, caller.cache);
+            if let Some(plan) = &plan
+                && !looked_up
+            {
+                looked_up = true;
+                self.note_cache(meter, "chat", if plan.read { "miss" } else { "bypass" });
+            }
             let operation = match sent.input {
                 crate::ir::Input::Prompt(_) => "text_completion",
                 crate::ir::Input::Messages(_) => "chat",
             };
             let attempt = self.attempt(&lease, operation, &model, &request.model, caller, attempts.number());
-            let span = spans::attempt_span(&attempt, Some(sent));
+            let span = spans::attempt_span(&attempt, Some(&sent));
             let started = async {
-                let mut events = lease.backend().chat(sent).await?;
+                let mut events = lease.backend().chat(&sent).await?;
                 let first = events.next().await.transpose()?;
                 Ok::<_, Error>(stream::iter(first.map(Ok)).chain(events))
             };
@@ -204,7 +259,7 @@ impl Gateway {
                     meter.routed(&lease.channel.name, kind, &model, attempts.elapsed(), span.clone());
                     // The stream runs inside its attempt's span (the backend notes the
                     // upstream's answer id on it).
-                    break (events.instrument(span), lease);
+                    break (events.instrument(span), lease, plan.filter(|p| p.store).map(|p| p.key));
                 }
                 Err(error) => {
                     meter.waited(attempts.elapsed());
@@ -216,7 +271,11 @@ impl Gateway {
         self.recent
             .insert(request.model.clone(), chrono::Utc::now().timestamp())
             .await;
-        Ok((Box::pin(events), lease))
+        Ok(Started {
+            events: Box::pin(events),
+            lease: Some(lease),
+            store_as,
+        })
     }
 
     pub async fn embed(&self, request: &EmbedRequest, caller: &Caller) -> Result<EmbedResponse, Error> {
@@ -237,22 +296,46 @@ impl Gateway {
         meter.known();
         let prompt: u64 = request.inputs.iter().map(|i| estimate_tokens(i.len())).sum();
         meter.admitted(self.limits.admit(caller, prompt)?, prompt);
+        let prepare = |model: &str| match self.policies.embed(request, model) {
+            Some(prepared) => Cow::Owned(prepared),
+            None => Cow::Borrowed(request),
+        };
+        let partition = partition(caller);
+        if let Some(candidate) = candidates.first()
+            && let Some(plan) = self
+                .cache
+                .embed_plan(&prepare(&candidate.model), partition, caller.cache)
+            && plan.read
+            && let Some(answer) = self.cache.embedding(&plan.key)
+        {
+            self.note_cache(meter, "embeddings", "hit");
+            meter.cached(&candidate.model);
+            meter.counted(answer.prompt_tokens);
+            return Ok((*answer).clone());
+        }
         let mut attempts = self.router.attempts(&request.model, &candidates);
+        let mut looked_up = false;
         let answer = loop {
             let (lease, model) = attempts.next().await?;
             meter.waited(attempts.take_backoff());
-            let renamed = (model != request.model).then(|| EmbedRequest {
-                model: model.clone(),
-                ..request.clone()
-            });
+            let sent = prepare(&model);
+            let plan = self.cache.embed_plan(&sent, partition, caller.cache);
+            if let Some(plan) = &plan
+                && !looked_up
+            {
+                looked_up = true;
+                self.note_cache(meter, "embeddings", if plan.read { "miss" } else { "bypass" });
+            }
             let attempt = self.attempt(&lease, "embeddings", &model, &request.model, caller, attempts.number());
             let span = spans::attempt_span(&attempt, None);
-            let sent = renamed.as_ref().unwrap_or(request);
-            match lease.backend().embed(sent).instrument(span.clone()).await {
+            match lease.backend().embed(&sent).instrument(span.clone()).await {
                 Ok(answer) => {
                     attempts.succeeded(&lease);
                     let kind = lease.channel.kind.as_str();
                     meter.routed(&lease.channel.name, kind, &model, attempts.elapsed(), span);
+                    if let Some(plan) = plan.filter(|p| p.store) {
+                        self.cache.store_embedding(plan.key, Arc::new(answer.clone()));
+                    }
                     break answer;
                 }
                 Err(error) => {
@@ -267,6 +350,17 @@ impl Gateway {
             .insert(request.model.clone(), chrono::Utc::now().timestamp())
             .await;
         Ok(answer)
+    }
+
+    /// Counts a cache lookup (`hit` or `miss`; a `no-cache` request is a `bypass`, no
+    /// lookup) and shows the outcome in the answer's `x-diglot-cache` header.
+    fn note_cache(&self, meter: &Meter, kind: &'static str, status: &'static str) {
+        if status != "bypass" {
+            self.metrics.cache_lookup(kind, status == "hit");
+        }
+        if let Some(exchange) = meter.exchange() {
+            exchange.cache_status(status);
+        }
     }
 
     /// What the span of an attempt on `lease` says of it.
@@ -366,6 +460,20 @@ impl Gateway {
     pub fn routing(&self) -> &RoutingConfig {
         &self.router.config
     }
+}
+
+/// A generation as it starts: its events, the lease on the channel answering it (none
+/// for a cached answer), and the cache key its complete answer is stored under.
+struct Started {
+    events: ChatStream,
+    lease: Option<channel::Lease>,
+    store_as: Option<cache::Key>,
+}
+
+/// Whose cache entries a caller sees: its token's (by digest), or the one shared space
+/// when authentication is off.
+fn partition(caller: &Caller) -> &str {
+    caller.token.as_ref().map_or("", |t| t.digest.as_str())
 }
 
 /// `error.type` of a failed attempt: the upstream's status, or what went wrong.

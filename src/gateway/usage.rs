@@ -197,6 +197,17 @@ impl Meter {
         self.span = span;
     }
 
+    /// The answer comes from the cache (as `upstream_model` answered it once): not billed
+    /// to quotas, not counted as upstream tokens.
+    pub fn cached(&mut self, upstream_model: &str) {
+        self.record.cache_hit = true;
+        self.record.upstream_model = Some(upstream_model.to_owned());
+    }
+
+    pub fn exchange(&self) -> Option<&Exchange> {
+        self.exchange.as_deref()
+    }
+
     /// Token counts an upstream reported outside a stream (embeddings).
     pub fn counted(&mut self, prompt_tokens: Option<u64>) {
         self.prompt_tokens = prompt_tokens;
@@ -250,8 +261,9 @@ impl Meter {
             .prompt_tokens
             .unwrap_or(if answered { self.prompt_estimate } else { 0 });
         let completion = self.completion_tokens.unwrap_or(estimate_tokens(self.output_chars));
+        let cached = self.record.cache_hit;
         if let Some(ticket) = self.ticket.take() {
-            ticket.settle(prompt + completion);
+            ticket.settle(if cached { 0 } else { prompt + completion });
         }
         let duration = self.started.elapsed();
         if let Some(since) = self.answering_since {
@@ -274,8 +286,8 @@ impl Meter {
             duration,
             ttft: self.ttft,
             upstream_wait: self.upstream_wait,
-            input_tokens: prompt,
-            output_tokens: completion,
+            input_tokens: if cached { 0 } else { prompt },
+            output_tokens: if cached { 0 } else { completion },
         });
         let span = std::mem::replace(&mut self.span, Span::none());
         if !span.is_disabled() {
@@ -297,7 +309,7 @@ impl Meter {
                 prompt_tokens: prompt,
                 completion_tokens: completion,
                 estimated,
-                cached: false,
+                cached,
                 ttft_ms: self.record.ttft_ms,
             });
         }

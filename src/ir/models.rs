@@ -2,6 +2,9 @@
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ModelCard {
     pub id: String,
+    /// A name for people, from the profile; `id` is what clients send.
+    pub display_name: Option<String>,
+    pub description: Option<String>,
     pub owned_by: String,
     /// Unix seconds.
     pub created: i64,

@@ -130,6 +130,9 @@ pub struct DailyUsage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub errors: u64,
+    /// Answered from the response cache (their tokens are not in the sums above, which
+    /// count what upstreams did).
+    pub cache_hits: u64,
 }
 
 /// The storage every part of diglot goes through. Calls block: async callers run them

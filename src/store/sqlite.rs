@@ -236,8 +236,9 @@ impl Store for SqliteStore {
         self.with(|c| {
             let mut statement = c
                 .prepare(
-                    "SELECT date(at_ms / 1000, 'unixepoch') AS day, token_prefix, COUNT(*), SUM(prompt_tokens), \
-                     SUM(completion_tokens), SUM(status >= 400) FROM usage WHERE at_ms >= ?1 \
+                    "SELECT date(at_ms / 1000, 'unixepoch') AS day, token_prefix, COUNT(*), \
+                     SUM(prompt_tokens * (cache_hit = 0)), SUM(completion_tokens * (cache_hit = 0)), \
+                     SUM(status >= 400), SUM(cache_hit) FROM usage WHERE at_ms >= ?1 \
                      GROUP BY day, token_digest ORDER BY day, token_prefix",
                 )
                 .map_err(failed("aggregate usage"))?;
@@ -251,6 +252,7 @@ impl Store for SqliteStore {
                         prompt_tokens: n(3)?,
                         completion_tokens: n(4)?,
                         errors: n(5)?,
+                        cache_hits: n(6)?,
                     })
                 })
                 .map_err(failed("aggregate usage"))?;

@@ -29,6 +29,7 @@ struct State {
     streaming: bool,
     token_prefix: Option<String>,
     outcome: Option<Outcome>,
+    cache_status: Option<&'static str>,
 }
 
 /// What the gateway made of a model request, for the access line.
@@ -108,11 +109,19 @@ impl Exchange {
         }
     }
 
+    /// What the response cache did: `hit`, `miss` or `bypass` (the client said `no-cache`).
+    pub fn cache_status(&self, status: &'static str) {
+        self.span.record("diglot.cache_hit", status == "hit");
+        self.state.lock().expect("exchange lock").cache_status = Some(status);
+    }
+
+    /// For the `x-diglot-cache` header.
+    pub fn cache_status_shown(&self) -> Option<&'static str> {
+        self.state.lock().expect("exchange lock").cache_status
+    }
+
     /// The gateway's account of a model request.
     pub fn outcome(&self, outcome: Outcome) {
-        if outcome.cached {
-            self.span.record("diglot.cache_hit", true);
-        }
         self.state.lock().expect("exchange lock").outcome = Some(outcome);
     }
 }

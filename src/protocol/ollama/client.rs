@@ -384,6 +384,7 @@ fn card_from_entry(entry: wire::ModelEntry) -> ModelCard {
         size_bytes: Some(entry.size),
         digest: non_empty(entry.digest),
         capabilities: Vec::new(),
+        ..Default::default()
     }
 }
 

@@ -115,6 +115,8 @@ fn entry(card: &ModelCard, suffix: &str) -> wire::ModelEntry {
             .clone()
             .unwrap_or_else(|| hex::encode(Sha256::digest(card.id.as_bytes()))),
         details: details(card),
+        display_name: card.display_name.clone(),
+        description: card.description.clone(),
         ..Default::default()
     }
 }
@@ -177,10 +179,25 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     };
     let who = caller(depot);
     if let Some(upstream) = app.gateway.ollama_show(&name, &who).await {
-        return match upstream {
-            Ok(answer) => write_json(res, 200, &*answer),
-            Err(e) => write_error(res, &e, &name),
+        let answer = match upstream {
+            Ok(answer) => answer,
+            Err(e) => return write_error(res, &e, &name),
         };
+        // The profile's display name and description, where clients look for them.
+        let card = app.gateway.model(&name, &who).await.ok();
+        let Some(card) = card.filter(|c| c.display_name.is_some() || c.description.is_some()) else {
+            return write_json(res, 200, &*answer);
+        };
+        let mut answer = (*answer).clone();
+        if let Some(info) = answer.get_mut("model_info").and_then(Value::as_object_mut) {
+            if let Some(display) = card.display_name {
+                info.insert("general.basename".into(), json!(display));
+            }
+            if let Some(description) = card.description {
+                info.insert("general.description".into(), json!(description));
+            }
+        }
+        return write_json(res, 200, &answer);
     }
     let card = match app.gateway.model(&name, &caller(depot)).await {
         Ok(card) => card,
@@ -198,7 +215,13 @@ fn show_from_card(card: &ModelCard, name: &str) -> wire::ShowResponse {
     let context = card.context_length.unwrap_or(crate::gateway::DEFAULT_CONTEXT_LENGTH);
     let mut model_info = Map::new();
     model_info.insert("general.architecture".into(), json!(arch));
-    model_info.insert("general.basename".into(), json!(name));
+    model_info.insert(
+        "general.basename".into(),
+        json!(card.display_name.as_deref().unwrap_or(name)),
+    );
+    if let Some(description) = &card.description {
+        model_info.insert("general.description".into(), json!(description));
+    }
     model_info.insert(format!("{arch}.context_length"), json!(context));
     // Clients read features off the template: LiteLLM looks for "tools", Continue
     // enables fill-in-the-middle only when it mentions .Suffix.

@@ -249,6 +249,12 @@ pub struct ModelEntry {
     pub size_vram: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_length: Option<u64>,
+    /// diglot's: a display name and description from the profile (`name` and `model`
+    /// stay the id clients send).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]

@@ -983,6 +983,8 @@ fn model_entry(card: &crate::ir::ModelCard) -> wire::Model {
         object: "model".into(),
         created: card.created,
         owned_by: card.owned_by.clone(),
+        name: card.display_name.clone(),
+        description: card.description.clone(),
     }
 }
 

@@ -419,6 +419,12 @@ pub struct Model {
     pub created: i64,
     #[serde(default)]
     pub owned_by: String,
+    /// A display name and description from the profile, as OpenRouter's list has them
+    /// (Open WebUI shows `name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 /// `{"error":{"message","type","param","code"}}`
