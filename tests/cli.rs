@@ -10,14 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_quick_start_with_debug_logging() {
     let fake = FakeUpstream::start().await;

@@ -170,14 +170,6 @@ fn any(value: Option<&AnyValue>) -> Value {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The diglot binary with `profile` and `env`, logging JSON to a pipe.
 struct Diglot {
     child: Option<Child>,
@@ -421,7 +413,8 @@ async fn failover_is_traced_over_http() {
     failover_is_traced("http/protobuf").await;
 }
 
-/// Prompts and answers go on spans only when the profile says so.
+/// Prompts and answers go on spans only when the profile says so. The exporter is set
+/// up by the standard OpenTelemetry variables alone.
 #[tokio::test(flavor = "multi_thread")]
 async fn content_is_recorded_only_when_opted_in() {
     let collector = Collector::start().await;
@@ -431,7 +424,11 @@ async fn content_is_recorded_only_when_opted_in() {
             "[upstream]\nurl = \"{}\"\n[telemetry]\ncapture_content = true\n",
             fake.url()
         ),
-        &[("DIGLOT_TELEMETRY__OTLP_ENDPOINT", collector.url())],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_SERVICE_NAME", "named-by-env".into()),
+        ],
     )
     .await;
     let res = client()
@@ -446,6 +443,7 @@ async fn content_is_recorded_only_when_opted_in() {
     drop(diglot);
     let attempt = spans.iter().find(|s| s.kind == CLIENT).expect("an attempt span");
     assert_eq!(attempt.name, "chat chat-text");
+    assert_eq!((attempt.transport, attempt.service.as_str()), ("http", "named-by-env"));
     let input: Value = serde_json::from_str(attempt.attr("gen_ai.input.messages").as_str().unwrap()).unwrap();
     assert_eq!(
         input,
@@ -536,6 +534,7 @@ async fn a_hanging_collector_adds_no_latency() {
 async fn access_lines_go_to_the_rotated_log_file() {
     let fake = FakeUpstream::start().await;
     let dir = temp_dir();
+    let token = "dg-logged-by-prefix-only-00000000000000000";
     let diglot = Diglot::start(
         &format!("[upstream]\nurl = \"{}\"\n", fake.url()),
         &[
@@ -544,11 +543,13 @@ async fn access_lines_go_to_the_rotated_log_file() {
                 dir.join("diglot.log").to_string_lossy().into_owned(),
             ),
             ("DIGLOT_LOG__ROTATION", "hourly".into()),
+            ("API_TOKEN", token.into()),
         ],
     )
     .await;
     let res = client()
         .post(format!("{}/v1/chat/completions", diglot.base))
+        .bearer_auth(token)
         .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
         .json(&json!({"model": "chat-text", "messages": [{"role": "user", "content": "hi"}]}))
         .send()
@@ -576,6 +577,11 @@ async fn access_lines_go_to_the_rotated_log_file() {
     assert_eq!(access[0]["fields"]["trace_id"], TRACE_ID);
     assert_eq!(access[0]["fields"]["model"], "chat-text");
     assert_eq!(access[0]["fields"]["channel"], "default");
+    assert_eq!(
+        access[0]["fields"]["token"],
+        diglot::gateway::auth::display_prefix(token)
+    );
+    assert!(!text.contains(token), "the token itself is never logged");
     assert!(access[0]["fields"]["prompt_tokens"].as_u64().unwrap() > 0);
 }
 
@@ -613,52 +619,31 @@ async fn metrics_count_known_traffic() {
     flaky.set_line_delay(Duration::from_millis(15));
     steady.set_line_delay(Duration::from_millis(15));
     let base = diglot_channels(vec![first, second], |c| c.limits.rpm = 4).await;
-    let chat = |path: &str, body: Value| client().post(format!("{base}{path}")).json(&body).send();
+    // The status of a call, once its whole answer was read.
+    let call = |path: &str, body: Value| {
+        let request = client().post(format!("{base}{path}")).json(&body);
+        async move {
+            let res = request.send().await.unwrap();
+            let status = res.status().as_u16();
+            res.bytes().await.unwrap();
+            status
+        }
+    };
     let messages = json!([{"role": "user", "content": "hi"}]);
+    let chat = |model: &str, stream: bool| json!({"model": model, "stream": stream, "messages": messages});
 
     // 1. Streamed, fails over from flaky (500) to steady.
-    let res = chat(
-        "/v1/chat/completions",
-        json!({"model": "m", "stream": true, "messages": messages}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(res.status(), 200);
-    res.text().await.unwrap();
+    assert_eq!(call("/v1/chat/completions", chat("m", true)).await, 200);
     // 2. Whole, answered by flaky (one failure does not open its circuit).
-    let res = chat("/v1/chat/completions", json!({"model": "m", "messages": messages}))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.text().await.unwrap();
+    assert_eq!(call("/v1/chat/completions", chat("m", false)).await, 200);
     // 3. Ollama's API, answered by flaky.
-    let res = chat(
-        "/api/chat",
-        json!({"model": "m", "stream": false, "messages": messages}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(res.status(), 200);
-    res.text().await.unwrap();
+    assert_eq!(call("/api/chat", chat("m", false)).await, 200);
     // 4. An unknown model: its made-up name is no label.
-    let res = chat(
-        "/v1/chat/completions",
-        json!({"model": "made-up-9f3a", "messages": messages}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(res.status(), 404);
+    assert_eq!(call("/v1/chat/completions", chat("made-up-9f3a", false)).await, 404);
     // 5. Embeddings (a cache miss), through Ollama's API.
-    let res = chat("/api/embed", json!({"model": "e", "input": ["hi"]}))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    res.text().await.unwrap();
+    assert_eq!(call("/api/embed", json!({"model": "e", "input": ["hi"]})).await, 200);
     // 6. Over the 4-per-minute limit.
-    let res = chat("/v1/chat/completions", json!({"model": "m", "messages": messages}))
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 429);
+    assert_eq!(call("/v1/chat/completions", chat("m", false)).await, 429);
 
     // Streams are counted when they end, which is just after the client read the end.
     let mut text = String::new();

@@ -194,52 +194,45 @@ impl Policies {
     /// options of the models it matches (by the client's name or the upstream's).
     /// `None` when nothing changes.
     pub fn chat(&self, request: &ChatRequest, upstream_model: &str) -> Option<ChatRequest> {
-        let renamed = upstream_model != request.model;
-        let entries = if self.any_options {
-            self.matching(&[&request.model, upstream_model])
-        } else {
-            Vec::new()
-        };
-        let applies = entries.iter().any(|e| !e.defaults.is_empty() || !e.forced.is_empty());
-        if !renamed && !applies {
-            return None;
-        }
+        let entries = self.applying(&request.model, upstream_model)?;
         let mut prepared = ChatRequest {
             model: upstream_model.to_owned(),
             ..request.clone()
         };
-        for entry in &entries {
-            entry.defaults.fill(&mut prepared);
-        }
-        for entry in entries.iter().rev() {
-            entry.forced.force(&mut prepared);
-        }
+        entries.iter().for_each(|e| e.defaults.fill(&mut prepared));
+        entries.iter().rev().for_each(|e| e.forced.force(&mut prepared));
         Some(prepared)
     }
 
     /// The same for an embedding request.
     pub fn embed(&self, request: &EmbedRequest, upstream_model: &str) -> Option<EmbedRequest> {
-        let renamed = upstream_model != request.model;
-        let entries = if self.any_options {
-            self.matching(&[&request.model, upstream_model])
-        } else {
-            Vec::new()
-        };
-        let applies = entries.iter().any(|e| !e.defaults.is_empty() || !e.forced.is_empty());
-        if !renamed && !applies {
-            return None;
-        }
+        let entries = self.applying(&request.model, upstream_model)?;
         let mut prepared = EmbedRequest {
             model: upstream_model.to_owned(),
             ..request.clone()
         };
-        for entry in &entries {
-            entry.defaults.apply_embed(&mut prepared, false);
-        }
-        for entry in entries.iter().rev() {
-            entry.forced.apply_embed(&mut prepared, true);
-        }
+        entries
+            .iter()
+            .for_each(|e| e.defaults.apply_embed(&mut prepared, false));
+        entries
+            .iter()
+            .rev()
+            .for_each(|e| e.forced.apply_embed(&mut prepared, true));
         Some(prepared)
+    }
+
+    /// The entries with options for a request the client sent for `client` and that
+    /// goes to `upstream`, most specific first; `None` when it goes as it is.
+    fn applying(&self, client: &str, upstream: &str) -> Option<Vec<&Entry>> {
+        let entries: Vec<&Entry> = if self.any_options {
+            self.matching(&[client, upstream])
+                .into_iter()
+                .filter(|e| !e.defaults.is_empty() || !e.forced.is_empty())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        (client != upstream || !entries.is_empty()).then_some(entries)
     }
 
     /// The facts and display name for a model known by `names`: per field, the most

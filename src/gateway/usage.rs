@@ -201,6 +201,7 @@ impl Meter {
     /// to quotas, not counted as upstream tokens.
     pub fn cached(&mut self, upstream_model: &str) {
         self.record.cache_hit = true;
+        self.backend = "cache";
         self.record.upstream_model = Some(upstream_model.to_owned());
     }
 
@@ -275,7 +276,12 @@ impl Meter {
         self.record.completion_tokens = completion;
         self.record.estimated = estimated;
 
-        let channel = self.record.channel.as_deref().unwrap_or("");
+        // Cached answers are labelled as coming from the cache.
+        let channel = self
+            .record
+            .channel
+            .as_deref()
+            .unwrap_or(if cached { "cache" } else { "" });
         self.metrics.model_request(&Finished {
             frontend: self.record.frontend,
             backend: self.backend,

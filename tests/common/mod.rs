@@ -636,6 +636,15 @@ pub fn test_config() -> Config {
     }
 }
 
+/// A port nobody listens on now, for a binary started with `--listen`.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A fresh directory for a test's store.
 pub fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("diglot-test-{}-{}", std::process::id(), rand_suffix()));
