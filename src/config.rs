@@ -972,6 +972,22 @@ impl Config {
                 telemetry.otlp_endpoint
             )));
         }
+        for (name, value) in &telemetry.otlp_headers {
+            if reqwest::header::HeaderName::try_from(name.as_str()).is_err()
+                || reqwest::header::HeaderValue::try_from(value.as_str()).is_err()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "telemetry.otlp_headers: '{name}' is not a valid header name and value"
+                )));
+            }
+        }
+        // moka refuses lifetimes beyond 1000 years; a year is long enough for anything.
+        if !(1..=366 * 86_400).contains(&self.cache.ttl_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "cache.ttl_secs: {} is not between 1 and 31622400 (a year)",
+                self.cache.ttl_secs
+            )));
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::Invalid(format!("log.level: '{}': {e}", self.log.level)));
         }

@@ -142,7 +142,7 @@ fn run(config: Config) -> std::process::ExitCode {
             }
         };
         for channel in config.channels() {
-            tracing::info!(channel = %channel.name, kind = ?channel.kind, url = %channel.url, models = ?channel.models, priority = channel.priority, weight = channel.weight, "channel");
+            tracing::info!(channel = %channel.name, kind = ?channel.kind, url = %diglot::protocol::http::shown_url(&channel.url), models = ?channel.models, priority = channel.priority, weight = channel.weight, "channel");
         }
         tracing::info!(%addr, "diglot listening");
         let app = match diglot::server::App::new(config) {
@@ -161,7 +161,8 @@ fn run(config: Config) -> std::process::ExitCode {
             );
         }
         if diglot::telemetry::tracing_on() {
-            tracing::info!(endpoint = %config_endpoint(&app.config.telemetry), "exporting traces over OTLP");
+            let endpoint = diglot::protocol::http::shown_url(&config_endpoint(&app.config.telemetry));
+            tracing::info!(%endpoint, "exporting traces over OTLP");
         }
         diglot::server::serve(acceptor, app).await;
         telemetry.shutdown().await;

@@ -54,6 +54,13 @@ impl App {
         }))
     }
 
+    /// Whether `presented` is the configured metrics token (compared in constant time).
+    pub fn is_metrics_token(&self, presented: Option<&str>) -> bool {
+        let wanted = &self.config.metrics.token;
+        !wanted.is_empty()
+            && presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p.as_bytes(), wanted.as_bytes())))
+    }
+
     /// Where Ollama model management goes: the configured fallback, else the first
     /// channel that is an Ollama.
     pub fn fallback_url(&self) -> Option<String> {
@@ -154,18 +161,14 @@ async fn observe(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl:
 #[handler]
 async fn prometheus(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let app = app(depot);
-    let wanted = &app.config.metrics.token;
     let presented = crate::gateway::auth::presented_token(
         req.headers().get("authorization").and_then(|v| v.to_str().ok()),
         None,
         None,
     );
-    let by_token = !wanted.is_empty()
-        && presented
-            .as_deref()
-            .is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p.as_bytes(), wanted.as_bytes())));
     let caller = caller(depot);
-    let allowed = by_token || (caller.is_admin() && (wanted.is_empty() || caller.token.is_some()));
+    let by_admin = caller.is_admin() && (app.config.metrics.token.is_empty() || caller.token.is_some());
+    let allowed = app.is_metrics_token(presented.as_deref()) || by_admin;
     if !allowed {
         let error = Error::new(
             ErrorKind::Unauthorized,
@@ -206,10 +209,9 @@ fn is_public(path: &str, base: &str) -> bool {
     matches!(path, "" | "/" | "/api/version" | "/v1" | "/v1/")
 }
 
-/// Paths that check callers themselves: `/health` answers everyone (details for admins),
-/// `/metrics` takes its own token.
-fn is_probe(path: &str) -> bool {
-    path == "/health" || path.ends_with("/health") || path == "/metrics"
+/// `/health` answers everyone (details for admins): liveness probes come from anywhere.
+fn is_health(path: &str) -> bool {
+    path == "/health" || path.ends_with("/health")
 }
 
 /// The API a path belongs to, for the shape of its errors and for usage records.
@@ -234,19 +236,34 @@ async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Response, 
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let ip = app.gateway.auth.client_ip(peer, header("x-forwarded-for"));
     let token = crate::gateway::auth::presented_token(header("authorization"), header("x-api-key"), header("api-key"));
-    let result = app.gateway.auth.authenticate(ip, token.as_deref(), frontend);
+    // A scraper's metrics token is not an API token: only the address rules apply.
+    let result = if path == "/metrics" && app.is_metrics_token(token.as_deref()) {
+        app.gateway
+            .auth
+            .check_ip(ip)
+            .map(|()| Caller::anonymous(frontend).with_ip(ip).not_admin())
+    } else {
+        app.gateway.auth.authenticate(ip, token.as_deref(), frontend)
+    };
     let exchange = depot.get::<Arc<Exchange>>(EXCHANGE).ok().cloned();
     let cache = CacheControl::from_header(header("cache-control"));
     match result {
         Ok(caller) => depot.insert(CALLER, Caller { cache, ..caller }.with_exchange(exchange)),
-        // Public paths still answer; a bad token there is simply anonymous.
-        Err(_) if is_public(&path, &base) || is_probe(&path) => depot.insert(
-            CALLER,
-            Caller::anonymous(frontend)
-                .with_ip(ip)
-                .not_admin()
-                .with_exchange(exchange),
-        ),
+        // Public paths and liveness probes still answer (a bad token there is simply
+        // anonymous); `/metrics` checks its own token, but not for refused addresses.
+        Err(error)
+            if is_public(&path, &base)
+                || is_health(&path)
+                || (path == "/metrics" && error.kind == ErrorKind::Unauthorized) =>
+        {
+            depot.insert(
+                CALLER,
+                Caller::anonymous(frontend)
+                    .with_ip(ip)
+                    .not_admin()
+                    .with_exchange(exchange),
+            )
+        }
         Err(error) => {
             ctrl.skip_rest();
             if frontend == "ollama" {

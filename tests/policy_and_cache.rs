@@ -451,3 +451,22 @@ async fn entries_expire_and_the_size_bound_holds() {
     assert_eq!(status(&["a", "b", "c"]).await, "miss");
     assert_eq!(status(&["a", "b", "c"]).await, "miss");
 }
+
+/// Model lists and an Ollama upstream's `/api/show` answers are cached for
+/// `models_cache_secs`: clients that poll them do not reach the upstream each time.
+#[tokio::test]
+async fn model_lists_and_show_answers_are_cached_briefly() {
+    let fake = FakeUpstream::start().await;
+    let base = diglot(&fake.url(), |c| c.upstream.models_cache_secs = 1).await;
+    for _ in 0..3 {
+        get_json(&format!("{base}/api/tags")).await;
+        get_json(&format!("{base}/v1/models")).await;
+        let show = post(format!("{base}/api/show"), json!({"model": "chat-text"}), &[]).await;
+        assert_eq!(show.status, 200);
+    }
+    assert_eq!(fake.requests("/api/tags").len(), 1);
+    assert_eq!(fake.requests("/api/show").len(), 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    get_json(&format!("{base}/api/tags")).await;
+    assert_eq!(fake.requests("/api/tags").len(), 2, "fetched again once stale");
+}

@@ -460,8 +460,8 @@ async fn content_is_recorded_only_when_opted_in() {
     assert_eq!(server.parent_span_id, "");
 }
 
-/// A collector that accepts connections and never answers: requests take no longer
-/// than with no telemetry at all.
+/// A collector that accepts connections and never answers, or none at all: requests
+/// take no longer than with no telemetry.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hanging_collector_adds_no_latency() {
     let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -499,11 +499,17 @@ async fn a_hanging_collector_adds_no_latency() {
     let plain = Diglot::start(&profile, &[]).await;
     let without = timings(plain.base.clone()).await;
     drop(plain);
-    for protocol in ["grpc", "http/protobuf"] {
+    // Hanging over both protocols, and a port where nobody listens.
+    let refused_url = format!("http://127.0.0.1:{}", free_port());
+    for (collector, protocol) in [
+        (&hanging_url, "grpc"),
+        (&hanging_url, "http/protobuf"),
+        (&refused_url, "grpc"),
+    ] {
         let traced = Diglot::start(
             &profile,
             &[
-                ("DIGLOT_TELEMETRY__OTLP_ENDPOINT", hanging_url.clone()),
+                ("DIGLOT_TELEMETRY__OTLP_ENDPOINT", collector.clone()),
                 ("DIGLOT_TELEMETRY__OTLP_PROTOCOL", protocol.to_owned()),
             ],
         )
@@ -841,6 +847,59 @@ async fn metrics_are_protected_as_configured() {
     assert_eq!(status(tokens.clone(), Some(user)).await, 401);
     assert_eq!(status(tokens.clone(), Some(admin)).await, 200);
 
+    // Tokens required and a metrics token: scrapers need no API token.
+    let both = diglot(&fake.url(), |c| {
+        c.metrics.token = scrape.into();
+        c.tokens = vec![TokenRecord::for_secret("user", user, Role::User)];
+    })
+    .await;
+    assert_eq!(status(both.clone(), None).await, 401);
+    assert_eq!(status(both.clone(), Some(user)).await, 401);
+    assert_eq!(status(both, Some(scrape)).await, 200);
+
     let off = diglot(&fake.url(), |c| c.metrics.enabled = false).await;
     assert_eq!(status(off, None).await, 404);
+}
+
+/// With no model list to check names against, a glob takes any name; such names are not
+/// metric labels (a client making names up cannot grow /metrics).
+#[tokio::test(flavor = "multi_thread")]
+async fn made_up_names_are_no_metric_labels() {
+    let fake = FakeUpstream::start().await;
+    // A server without a model list (404), which still answers.
+    fake.fail_listing(Some(404));
+    let base = diglot(&fake.url(), |_| {}).await;
+    for name in ["made-up-1", "made-up-2"] {
+        let res = client()
+            .post(format!("{base}/api/chat"))
+            .json(&json!({"model": name, "stream": false, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "the upstream's own answer");
+    }
+    let text = client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("made-up"), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "diglot_requests_total",
+            &[
+                ("frontend", "ollama"),
+                ("backend", ""),
+                ("model", ""),
+                ("channel", ""),
+                ("status_class", "4xx")
+            ]
+        ),
+        Some(2.0),
+        "{text}"
+    );
 }

@@ -46,8 +46,16 @@ pub fn digest(token: &str) -> String {
 
 /// The start of a token, safe to show (`dg-AbCd`).
 pub fn display_prefix(token: &str) -> String {
+    // A short secret (a hand-picked API_TOKEN or keys-file line) would be largely given
+    // away by its first characters: it is shown by none of them.
+    if token.chars().count() < MIN_SHOWN_LENGTH {
+        return "(short)".into();
+    }
     token.chars().take(TOKEN_PREFIX.len() + 4).collect()
 }
+
+/// Secrets shorter than this show no prefix (generated tokens have 43 characters).
+const MIN_SHOWN_LENGTH: usize = 24;
 
 /// Who is calling, as the gateway needs to know it.
 #[derive(Clone, Debug)]
@@ -302,12 +310,7 @@ impl Auth {
 
     /// Checks the global IP rules, then the token (when tokens are required).
     pub fn authenticate(&self, ip: IpAddr, presented: Option<&str>, frontend: &'static str) -> Result<Caller, Error> {
-        if contains(&self.deny, ip) || (!self.allow.is_empty() && !contains(&self.allow, ip)) {
-            return Err(Error::new(
-                ErrorKind::Forbidden,
-                format!("requests from {ip} are not allowed here"),
-            ));
-        }
+        self.check_ip(ip)?;
         if !self.required() {
             return Ok(Caller {
                 ip,
@@ -368,6 +371,17 @@ impl Auth {
             exchange: None,
             cache: Default::default(),
         })
+    }
+
+    /// The global address rules (`allow_ips`, `deny_ips`).
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), Error> {
+        if contains(&self.deny, ip) || (!self.allow.is_empty() && !contains(&self.allow, ip)) {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                format!("requests from {ip} are not allowed here"),
+            ));
+        }
+        Ok(())
     }
 
     /// The token with this digest, compared in constant time once found by the map.

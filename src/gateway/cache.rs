@@ -66,7 +66,7 @@ impl ResponseCache {
             Cache::builder()
                 .max_capacity(config.max_bytes)
                 .weigher(weigh)
-                .time_to_live(Duration::from_secs(config.ttl_secs.max(1)))
+                .time_to_live(Duration::from_secs(config.ttl_secs.clamp(1, 366 * 86_400)))
                 .eviction_policy(EvictionPolicy::lru())
                 .build()
         }
@@ -78,10 +78,12 @@ impl ResponseCache {
     }
 
     /// How a chat prepared for its upstream is cached for `partition` (the caller's
-    /// token), or `None` when it is not: chat caching off, or the answer would be random
-    /// (neither `temperature` 0 nor a `seed`, unless `chat_nondeterministic`).
+    /// token), or `None` when it is not: chat caching off, several choices asked, or the
+    /// answer would be random (neither `temperature` 0 nor a `seed`, unless
+    /// `chat_nondeterministic`).
     pub fn chat_plan(&self, request: &ChatRequest, partition: &str, control: CacheControl) -> Option<Plan> {
-        if !self.config.chat {
+        // Several choices are several answers to one key: not cached.
+        if !self.config.chat || request.n > 1 {
             return None;
         }
         let sampling = &request.sampling;
@@ -119,6 +121,11 @@ impl ResponseCache {
         }
     }
 
+    /// Whether an answer of `bytes` could be kept at all (a longer one is not recorded).
+    pub fn fits(&self, bytes: u64) -> bool {
+        bytes <= self.config.max_bytes
+    }
+
     pub fn embedding(&self, key: &Key) -> Option<Arc<EmbedResponse>> {
         self.embeddings.get(key)
     }
@@ -137,28 +144,29 @@ fn weight(bytes: u64) -> u32 {
 
 /// Roughly what a cached answer occupies: its text and a fixed cost per event.
 fn events_bytes(events: &[ChatEvent]) -> u64 {
-    const PER_EVENT: u64 = 64;
-    events
-        .iter()
-        .map(|event| {
-            PER_EVENT
-                + match event {
-                    ChatEvent::Text(t) | ChatEvent::Reasoning(t) => t.len() as u64,
-                    ChatEvent::ToolCall {
-                        id,
-                        name,
-                        arguments_delta,
-                        ..
-                    } => {
-                        (arguments_delta.len()
-                            + id.as_ref().map_or(0, String::len)
-                            + name.as_ref().map_or(0, String::len)) as u64
-                    }
-                    ChatEvent::Logprobs(l) => 64 * l.len() as u64,
-                    ChatEvent::Usage(_) | ChatEvent::Finish(_) => 0,
-                }
-        })
-        .sum()
+    events.iter().map(event_bytes).sum()
+}
+
+/// Roughly what one cached event occupies: its text and a fixed cost per piece.
+pub fn event_bytes(event: &ChatEvent) -> u64 {
+    const PER_PIECE: u64 = 64;
+    let text = |s: &str| s.len() as u64;
+    let optional = |s: &Option<String>| s.as_deref().map_or(0, text);
+    PER_PIECE
+        + match event {
+            ChatEvent::Text(t) | ChatEvent::Reasoning(t) => text(t),
+            ChatEvent::ToolCall {
+                id,
+                name,
+                arguments_delta,
+                ..
+            } => text(arguments_delta) + optional(id) + optional(name),
+            ChatEvent::Logprobs(tokens) => tokens
+                .iter()
+                .map(|t| PER_PIECE + text(&t.token) + t.top.iter().map(|alt| PER_PIECE + text(&alt.token)).sum::<u64>())
+                .sum(),
+            ChatEvent::Usage(_) | ChatEvent::Finish(_) => 0,
+        }
 }
 
 fn vectors_bytes(answer: &EmbedResponse) -> u64 {

@@ -60,7 +60,12 @@ impl Gateway {
                 .filter_map(|(i, channel)| {
                     let listed = listings[i].as_ref().ok().map(|l| l.as_slice());
                     let model = channel.serves(&spelling, listed)?;
-                    Some(Candidate { channel: i, model })
+                    let verified = listed.is_some() || channel.names(&spelling);
+                    Some(Candidate {
+                        channel: i,
+                        model,
+                        verified,
+                    })
                 })
                 .collect();
             (!found.is_empty()).then_some(found)

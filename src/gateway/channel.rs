@@ -158,6 +158,11 @@ impl Channel {
         (glob && listed).then(|| model.to_owned())
     }
 
+    /// Whether `model` is one of this channel's exact names or aliases.
+    pub fn names(&self, model: &str) -> bool {
+        self.exact.iter().any(|m| m == model) || self.aliases.iter().any(|(alias, _)| alias == model)
+    }
+
     /// The names this channel serves: exact ones, listed ones its globs match, aliases.
     pub fn served_names(&self, listed: Option<&[ModelCard]>) -> Vec<String> {
         let mut names = self.exact.clone();

@@ -146,6 +146,7 @@ impl Gateway {
         let cache = self.cache.clone();
         // A complete answer (up to its finish) is what gets cached.
         let mut recording = store_as.map(|key| (key, Vec::new()));
+        let mut recorded_bytes = 0;
         // The lease (its concurrency slots) and the meter live as long as the stream; an
         // upstream failure mid-stream counts against the channel's health.
         Ok(Box::pin(events.map(move |event| {
@@ -158,7 +159,12 @@ impl Gateway {
                 }
                 Ok(event) => {
                     if let Some((_, events)) = &mut recording {
+                        recorded_bytes += cache::event_bytes(event);
                         events.push(event.clone());
+                    }
+                    // An answer too big to keep is not held on to.
+                    if !cache.fits(recorded_bytes) {
+                        recording = None;
                     }
                     if matches!(event, ChatEvent::Finish(_))
                         && let Some((key, events)) = recording.take()
@@ -177,34 +183,41 @@ impl Gateway {
     async fn start_chat(&self, request: &ChatRequest, caller: &Caller, meter: &mut Meter) -> Result<Started, Error> {
         caller.check_model(&request.model)?;
         let candidates = self.route(&request.model).await?;
-        meter.known();
-        // Limits reserve the prompt plus `max_tokens` (`default_max_tokens` when unset).
-        // With a quota nearly used up, an answer of unset length is capped to what is
-        // left, so it cannot overrun; one that asks for more than is left is refused.
+        // A name is a metric label only when a channel really knows it: with no model
+        // list to check against, a glob takes any name a client makes up.
+        if candidates.iter().any(|c| c.verified) {
+            meter.known();
+        }
+        // Limits reserve the prompt plus `max_tokens` as upstreams will get it (overrides
+        // applied; the most any candidate gets), `default_max_tokens` when unset. With a
+        // quota nearly used up, an answer of unset length is capped to what is left, so it
+        // cannot overrun; one that asks for more than is left is refused.
         let prompt = request.estimated_prompt_tokens();
-        let asked = request.sampling.max_tokens.filter(|&n| n > 0).map(|n| n as u64);
         let default = self.limits.default_max_tokens();
-        let room = self
+        let cap = self
             .limits
             .quota_left(caller)
-            .map(|left| left.saturating_sub(prompt).max(1));
-        let capped = room.filter(|&room| asked.is_none() && room < default);
-        let max_tokens = asked.or(capped).unwrap_or(default);
-        meter.admitted(self.limits.admit(caller, prompt + max_tokens)?, prompt);
-        let base = match capped {
-            Some(cap) => Cow::Owned(ChatRequest {
-                sampling: crate::ir::Sampling {
-                    max_tokens: Some(cap as i64),
-                    ..request.sampling.clone()
-                },
-                ..request.clone()
-            }),
-            None => Cow::Borrowed(request),
+            .map(|left| left.saturating_sub(prompt).max(1))
+            .filter(|&room| room < default);
+        let asked = |model: &str| {
+            let asked = self.policies.max_tokens(request, model).filter(|&n| n > 0);
+            asked.map_or(cap.unwrap_or(default), |n| n as u64)
         };
-        // The request as each candidate's upstream gets it: renamed, overrides applied.
-        let prepare = |model: &str| match self.policies.chat(&base, model) {
-            Some(prepared) => Cow::Owned(prepared),
-            None => Cow::Borrowed(&*base),
+        let max_tokens = candidates.iter().map(|c| asked(&c.model)).max().unwrap_or(default);
+        meter.admitted(self.limits.admit(caller, prompt + max_tokens)?, prompt);
+        // The request as each candidate's upstream gets it: renamed, overrides applied,
+        // capped.
+        let prepare = |model: &str| {
+            let mut prepared = match self.policies.chat(request, model) {
+                Some(prepared) => Cow::Owned(prepared),
+                None => Cow::Borrowed(request),
+            };
+            if let Some(cap) = cap
+                && prepared.sampling.max_tokens.filter(|&n| n > 0).is_none()
+            {
+                prepared.to_mut().sampling.max_tokens = Some(cap as i64);
+            }
+            prepared
         };
         let partition = partition(caller);
         for candidate in &candidates {
@@ -293,7 +306,11 @@ impl Gateway {
     ) -> Result<EmbedResponse, Error> {
         caller.check_model(&request.model)?;
         let candidates = self.route(&request.model).await?;
-        meter.known();
+        // A name is a metric label only when a channel really knows it: with no model
+        // list to check against, a glob takes any name a client makes up.
+        if candidates.iter().any(|c| c.verified) {
+            meter.known();
+        }
         let prompt: u64 = request.inputs.iter().map(|i| estimate_tokens(i.len())).sum();
         meter.admitted(self.limits.admit(caller, prompt)?, prompt);
         let prepare = |model: &str| match self.policies.embed(request, model) {
@@ -425,7 +442,7 @@ impl Gateway {
                 let mut report = c.health.report();
                 report["name"] = json!(c.name);
                 report["kind"] = json!(c.kind);
-                report["url"] = json!(shown_url(&c.url));
+                report["url"] = json!(crate::protocol::http::shown_url(&c.url));
                 report["priority"] = json!(c.priority);
                 report["weight"] = json!(c.weight);
                 report["keys"] = json!(c.key_count());
@@ -484,18 +501,5 @@ fn error_type(error: &Error) -> String {
         crate::ir::ErrorKind::UpstreamError { status } => status.to_string(),
         crate::ir::ErrorKind::RateLimited => "429".into(),
         _ => error.status().to_string(),
-    }
-}
-
-/// A URL without credentials in it, for showing.
-fn shown_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(mut parsed) => {
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            parsed.set_query(None);
-            parsed.to_string().trim_end_matches('/').to_owned()
-        }
-        Err(_) => String::new(),
     }
 }

@@ -221,6 +221,17 @@ impl Policies {
         Some(prepared)
     }
 
+    /// The `max_tokens` a chat gets on its way to `upstream_model` (a forced value, the
+    /// client's, or a default), without building the request.
+    pub fn max_tokens(&self, request: &ChatRequest, upstream_model: &str) -> Option<i64> {
+        let entries = self.applying(&request.model, upstream_model).unwrap_or_default();
+        entries
+            .iter()
+            .find_map(|e| e.forced.sampling.max_tokens)
+            .or(request.sampling.max_tokens)
+            .or_else(|| entries.iter().find_map(|e| e.defaults.sampling.max_tokens))
+    }
+
     /// The entries with options for a request the client sent for `client` and that
     /// goes to `upstream`, most specific first; `None` when it goes as it is.
     fn applying(&self, client: &str, upstream: &str) -> Option<Vec<&Entry>> {
@@ -321,6 +332,17 @@ mod tests {
         // The exact name's forced seed beats the catch-all's; the catch-all still forces think.
         assert_eq!(prepared.sampling.seed, Some(1));
         assert_eq!(prepared.reasoning, Some(Reasoning::Off));
+        // max_tokens without building the request: forced, else the client's, else a default.
+        assert_eq!(policies.max_tokens(&request, "qwen3:8b"), None);
+        let forced: BTreeMap<String, ModelSettings> = [(
+            "fast".to_owned(),
+            settings(json!({"num_predict": 64}), json!({"max_tokens": 9})),
+        )]
+        .into();
+        assert_eq!(Policies::new(&forced).max_tokens(&request, "qwen3:8b"), Some(9));
+        let defaults: BTreeMap<String, ModelSettings> =
+            [("qwen*".to_owned(), settings(json!({"max_tokens": 64}), json!({})))].into();
+        assert_eq!(Policies::new(&defaults).max_tokens(&request, "qwen3:8b"), Some(64));
         // Nothing to do: no copy.
         assert!(Policies::new(&BTreeMap::new()).chat(&request, "fast").is_none());
     }

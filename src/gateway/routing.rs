@@ -22,6 +22,9 @@ use crate::telemetry::metrics::ChannelLabels;
 pub struct Candidate {
     pub channel: usize,
     pub model: String,
+    /// The channel names the model (exactly, by an alias, or in a model list it could
+    /// fetch), rather than a glob taking any name because no list was to be had.
+    pub verified: bool,
 }
 
 pub struct Router {
@@ -42,6 +45,8 @@ pub struct Attempts<'a> {
     last_error: Option<Error>,
     /// The channel of the first failed attempt, for the failover count.
     first_failed: Option<Arc<Channel>>,
+    /// The channel of the latest failed attempt, for the retry count.
+    last_failed: Option<Arc<Channel>>,
     /// Backoff slept and not yet reported (`take_backoff`).
     backed_off: Duration,
     attempt: u32,
@@ -68,8 +73,8 @@ impl Attempts<'_> {
         {
             Ok((lease, candidate)) => {
                 self.started = Instant::now();
-                if let Some(failed) = &self.first_failed {
-                    router.metrics.retries.get_or_create(&channel_label(failed)).inc();
+                if let Some(failed) = self.last_failed.take() {
+                    router.metrics.retries.get_or_create(&channel_label(&failed)).inc();
                 }
                 Ok((lease, candidate.model.clone()))
             }
@@ -130,8 +135,9 @@ impl Attempts<'_> {
         let failure = classify(&error);
         let took = self.started.elapsed();
         self.router.metrics.upstream_error(&channel.name, error_kind(&error));
-        if failure != Failure::Final && self.first_failed.is_none() {
-            self.first_failed = Some(channel.clone());
+        if failure != Failure::Final {
+            self.first_failed.get_or_insert_with(|| channel.clone());
+            self.last_failed = Some(channel.clone());
         }
         warn!(
             model = self.model,
@@ -235,6 +241,7 @@ impl Router {
             tried_keys: Vec::new(),
             last_error: None,
             first_failed: None,
+            last_failed: None,
             backed_off: Duration::ZERO,
             attempt: 0,
             started: Instant::now(),

@@ -25,7 +25,8 @@ const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Upstream {
     http: reqwest::Client,
-    /// For messages: the URL as configured, without a trailing slash.
+    /// For messages, logs and spans: the URL as configured without credentials, query
+    /// or trailing slash.
     base: String,
     /// Parsed once: parsing the whole URL (host included) per request costs more than
     /// every other step of building the request.
@@ -74,7 +75,7 @@ impl Upstream {
         let base = endpoint.url.trim_end_matches('/');
         Self {
             http,
-            base: base.to_owned(),
+            base: shown_url(base),
             base_url: reqwest::Url::parse(base).expect("the upstream URL was validated with the configuration"),
             auth,
             first_byte_timeout: config.first_byte_timeout(),
@@ -265,5 +266,18 @@ pub fn ndjson_lines(response: reqwest::Response, idle: Duration) -> impl Stream<
                 }
             }
         }
+    }
+}
+
+/// A URL without credentials or query in it, for showing.
+pub fn shown_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.to_string().trim_end_matches('/').to_owned()
+        }
+        Err(_) => String::new(),
     }
 }

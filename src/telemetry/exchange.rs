@@ -133,7 +133,9 @@ impl Drop for Exchange {
         if state.streaming {
             self.metrics.open_streams.dec();
         }
-        let status = state.outcome.as_ref().map_or(state.status, |o| o.status);
+        // No status yet: the client left before the handler answered (nginx's 499).
+        let http_status = if state.status == 0 { 499 } else { state.status };
+        let status = state.outcome.as_ref().map_or(http_status, |o| o.status);
         self.metrics
             .http_requests
             .get_or_create(&HttpLabels {
@@ -143,7 +145,7 @@ impl Drop for Exchange {
             })
             .inc();
         // Integers as i64: tracing-opentelemetry records u64 values as strings.
-        self.span.record("http.response.status_code", i64::from(state.status));
+        self.span.record("http.response.status_code", i64::from(http_status));
         if status >= 500 && status != 499 {
             self.span.record("error.type", status.to_string());
             self.span.record("otel.status_code", "error");

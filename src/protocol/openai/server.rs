@@ -758,12 +758,19 @@ fn finish_frames(out: Vec<u8>) -> Option<Bytes> {
 /// Merges the choices' event streams into one SSE body. An error after the stream
 /// started is sent as a final `data: {"error":...}` event, never as a cut connection.
 fn sse(mut encoder: ChunkEncoder, streams: Vec<ChatStream>) -> BoxStream<'static, Result<Bytes, Infallible>> {
-    let tagged = stream::select_all(
-        streams
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| s.map(move |e| (i as u32, e))),
-    );
+    // One choice (nearly always) needs no merging: select_all costs a poll of its
+    // FuturesUnordered per event.
+    let tagged: BoxStream<'static, (u32, Result<ChatEvent, Error>)> = if let [_] = streams.as_slice() {
+        let only = streams.into_iter().next().expect("one stream");
+        Box::pin(only.map(|event| (0, event)))
+    } else {
+        Box::pin(stream::select_all(
+            streams
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| s.map(move |e| (i as u32, e))),
+        ))
+    };
     Box::pin(async_stream::stream! {
         futures::pin_mut!(tagged);
         while let Some((index, event)) = tagged.next().await {
