@@ -772,7 +772,8 @@ pub struct CacheConfig {
     pub chat: bool,
     /// Also cache chats that sample at random (neither `temperature` 0 nor a `seed`).
     pub chat_nondeterministic: bool,
-    /// Bound on what the cache holds, in bytes (answers' text and vectors).
+    /// Bound on what the cache holds, in bytes (answers' text and vectors), for chats
+    /// and for embeddings each.
     pub max_bytes: u64,
     /// How long an answer is served from the cache, in seconds.
     pub ttl_secs: u64,
