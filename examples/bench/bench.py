@@ -338,8 +338,8 @@ BENCH_TOKEN = "dg-bench0000000000000000000000000000000000000"
 
 def features_on(work):
     """Profile tables that turn on what a shared gateway runs with: a token (declared as
-    its digest) with per-token limits, global and per-IP limits (never reached), and usage
-    records in an SQLite store."""
+    its digest) with per-token limits, global and per-IP limits (never reached), usage
+    records in an SQLite store, and Prometheus metrics (on by default)."""
     digest = hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()
     return [
         "[limits]", "rpm = 100000000", "tpm = 100000000000", "ip_rpm = 100000000",
@@ -362,8 +362,9 @@ def start_diglot(fleet, args, name, kind, mock_port, headers=None, features=Fals
         "[upstream.headers]",
     ]
     lines += [f'"{k}" = "{v}"' for k, v in (headers or {}).items()]
-    # Features off: no store, no token, no limits (each row says which it measures).
-    lines += features_on(args.work) if features else ["[store]", 'data_dir = ""']
+    # Features off: no store, no token, no limits, no metrics (each row says which it
+    # measures).
+    lines += features_on(args.work) if features else ["[store]", 'data_dir = ""', "[metrics]", "enabled = false"]
     with open(profile, "w") as f:
         f.write("\n".join(lines) + "\n")
     proc = fleet.start(name, [args.diglot, "--profile", profile], env={"RUST_LOG": "warn"})
@@ -980,7 +981,7 @@ def main():
             failures.append(f"E: {mem_failures} slow streams through diglot failed to open")
 
         # --- F. Gateway features
-        title_f = "F. Gateway features on: OpenAI client → Ollama upstream with a token, rate limits, quota, usage records"
+        title_f = "F. Gateway features on: OpenAI client → Ollama upstream with a token, rate limits, quota, usage records, metrics"
         f_proc, f_port = start_diglot(fleet, args, "diglot-features", "ollama", mock_port, features=True)
         status, answer = post(f_port, "/v1/chat/completions", body_openai(False),
                               headers={"Authorization": f"Bearer {BENCH_TOKEN}"})
@@ -994,7 +995,7 @@ def main():
         md += report_overhead(title_f, rows_f + [{**r, "scenario": "F", "reused": True} for r in reuse_f], notes)
         md += ["diglot here checks the token (SHA-256 digest, constant-time compare), applies global, per-IP "
                "and per-token request and token limits and a monthly quota (reserve, then settle), and writes "
-               "a usage record per request to SQLite in batches. Metrics (Prometheus) are not built yet. "
+               "a usage record per request to SQLite in batches, and records its Prometheus metrics. "
                "Compare with A's diglot rows (features off).", ""]
         fleet.stop(f_proc)
 

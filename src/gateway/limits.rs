@@ -14,7 +14,6 @@ use super::auth::Caller;
 use crate::config::LimitsConfig;
 use crate::ir::{Error, ErrorKind};
 use crate::telemetry::Metrics;
-use crate::telemetry::metrics::LimitLabels;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
@@ -84,7 +83,7 @@ impl Limits {
     }
 
     fn refused(&self, scope: &'static str) {
-        self.metrics.rate_limited.get_or_create(&LimitLabels { scope }).inc();
+        self.metrics.rate_limited(scope);
     }
 
     pub fn default_max_tokens(&self) -> u64 {

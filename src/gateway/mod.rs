@@ -69,7 +69,7 @@ impl Gateway {
         } else {
             Some(crate::store::open(&config.store.data_dir).map_err(|e| e.to_string())?)
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(config.metrics.enabled));
         let limits = Limits::new(config.limits.clone(), metrics.clone());
         if let Some(store) = &store {
             let month = limits::month_start_ms();

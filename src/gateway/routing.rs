@@ -15,7 +15,6 @@ use super::health::Admission;
 use crate::config::RoutingConfig;
 use crate::ir::{Error, ErrorKind};
 use crate::telemetry::Metrics;
-use crate::telemetry::metrics::ChannelLabels;
 
 /// A channel that serves the asked model, and the name it knows it by.
 #[derive(Clone, Debug)]
@@ -74,7 +73,7 @@ impl Attempts<'_> {
             Ok((lease, candidate)) => {
                 self.started = Instant::now();
                 if let Some(failed) = self.last_failed.take() {
-                    router.metrics.retries.get_or_create(&channel_label(&failed)).inc();
+                    router.metrics.retry(&failed.name);
                 }
                 Ok((lease, candidate.model.clone()))
             }
@@ -111,11 +110,7 @@ impl Attempts<'_> {
             .health
             .record(Ok(self.started.elapsed()), lease.probe, &self.router.config);
         if let Some(failed) = self.first_failed.as_ref().filter(|f| !Arc::ptr_eq(f, channel)) {
-            self.router
-                .metrics
-                .failovers
-                .get_or_create(&channel_label(failed))
-                .inc();
+            self.router.metrics.failover(&failed.name);
         }
         if self.attempt > 1 {
             info!(model = self.model, channel = %channel.name, key = lease.key, attempt = self.attempt, "answered after failover");
@@ -199,12 +194,6 @@ pub fn error_kind(error: &Error) -> &'static str {
         ErrorKind::UpstreamError { status: 401 | 403 } => "unauthorized",
         ErrorKind::UpstreamError { status } if status >= 500 => "status_5xx",
         _ => "rejected",
-    }
-}
-
-fn channel_label(channel: &Channel) -> ChannelLabels {
-    ChannelLabels {
-        channel: channel.name.clone(),
     }
 }
 

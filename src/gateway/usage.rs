@@ -342,7 +342,7 @@ mod tests {
         let store = crate::store::open(&dir).unwrap();
         let log = Arc::new(UsageLog::start(Some(store.clone())));
         let caller = Caller::anonymous("ollama");
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(true));
 
         let mut meter = Meter::start(log.clone(), metrics.clone(), &caller, "m");
         meter.admitted(

@@ -74,7 +74,7 @@ impl Exchange {
     ) -> Arc<Self> {
         let span = super::spans::server_span(method, route, headers);
         let trace_id = super::spans::trace_id(&span, headers);
-        observer.metrics.active_requests.inc();
+        observer.metrics.request_started();
         Arc::new(Self {
             started: Instant::now(),
             span,
@@ -105,7 +105,7 @@ impl Exchange {
         state.status = status;
         if streaming && !state.streaming {
             state.streaming = true;
-            self.metrics.open_streams.inc();
+            self.metrics.stream_opened();
         }
     }
 
@@ -129,21 +129,15 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let state = std::mem::take(self.state.get_mut().expect("exchange lock"));
-        self.metrics.active_requests.dec();
-        if state.streaming {
-            self.metrics.open_streams.dec();
-        }
         // No status yet: the client left before the handler answered (nginx's 499).
         let http_status = if state.status == 0 { 499 } else { state.status };
         let status = state.outcome.as_ref().map_or(http_status, |o| o.status);
-        self.metrics
-            .http_requests
-            .get_or_create(&HttpLabels {
-                frontend: self.frontend,
-                route: if self.route.is_empty() { "other" } else { self.route },
-                status_class: status_class(status),
-            })
-            .inc();
+        let labels = HttpLabels {
+            frontend: self.frontend,
+            route: if self.route.is_empty() { "other" } else { self.route },
+            status_class: status_class(status),
+        };
+        self.metrics.request_ended(labels, state.streaming);
         // Integers as i64: tracing-opentelemetry records u64 values as strings.
         self.span.record("http.response.status_code", i64::from(http_status));
         if status >= 500 && status != 499 {

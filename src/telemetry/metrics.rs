@@ -91,34 +91,37 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub http_requests: Family<HttpLabels, Counter>,
-    pub duration: Histograms<ModelLabels>,
-    pub ttft: Histograms<ModelLabels>,
-    pub overhead: Histograms<FrontendLabels>,
-    pub tokens: Family<TokenLabels, Counter>,
-    pub active_requests: Gauge,
-    pub open_streams: Gauge,
-    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
-    pub retries: Family<ChannelLabels, Counter>,
-    pub failovers: Family<ChannelLabels, Counter>,
-    pub cache: Family<CacheLabels, Counter>,
-    pub rate_limited: Family<LimitLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
+    duration: Histograms<ModelLabels>,
+    ttft: Histograms<ModelLabels>,
+    overhead: Histograms<FrontendLabels>,
+    tokens: Family<TokenLabels, Counter>,
+    active_requests: Gauge,
+    open_streams: Gauge,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    retries: Family<ChannelLabels, Counter>,
+    failovers: Family<ChannelLabels, Counter>,
+    cache: Family<CacheLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
     channel_state: Family<ChannelLabels, Gauge>,
     channel_up: Family<ChannelLabels, Gauge>,
     resident_memory: Gauge,
     uptime: Gauge<f64, AtomicU64>,
     started: Instant,
+    /// Off (`metrics.enabled = false`): nothing is recorded, so nothing is paid.
+    on: bool,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(true)
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `on = false` records nothing (for `metrics.enabled = false`).
+    pub fn new(on: bool) -> Self {
         let mut registry = Registry::with_prefix("diglot");
         let requests = Family::default();
         let http_requests = Family::default();
@@ -240,6 +243,7 @@ impl Metrics {
             resident_memory,
             uptime,
             started: Instant::now(),
+            on,
         }
     }
 
@@ -271,6 +275,9 @@ impl Metrics {
     /// A model request ended: its count, duration, time to first token, the gateway's own
     /// share of the time, and its tokens.
     pub fn model_request(&self, done: &Finished<'_>) {
+        if !self.on {
+            return;
+        }
         let model = if done.known_model {
             done.model.to_owned()
         } else {
@@ -314,6 +321,9 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, channel: &str, kind: &'static str) {
+        if !self.on {
+            return;
+        }
         self.upstream_errors
             .get_or_create(&UpstreamErrorLabels {
                 channel: channel.to_owned(),
@@ -322,7 +332,59 @@ impl Metrics {
             .inc();
     }
 
+    /// An attempt after a failed one on `channel`.
+    pub fn retry(&self, channel: &str) {
+        if self.on {
+            let channel = channel.to_owned();
+            self.retries.get_or_create(&ChannelLabels { channel }).inc();
+        }
+    }
+
+    /// A request answered by another channel after `channel` failed.
+    pub fn failover(&self, channel: &str) {
+        if self.on {
+            let channel = channel.to_owned();
+            self.failovers.get_or_create(&ChannelLabels { channel }).inc();
+        }
+    }
+
+    /// A request a limit refused (`global`, `ip`, `token`, `quota`, `concurrency`).
+    pub fn rate_limited(&self, scope: &'static str) {
+        if self.on {
+            self.rate_limited.get_or_create(&LimitLabels { scope }).inc();
+        }
+    }
+
+    /// An HTTP request arrived.
+    pub fn request_started(&self) {
+        if self.on {
+            self.active_requests.inc();
+        }
+    }
+
+    /// Its answer is a stream.
+    pub fn stream_opened(&self) {
+        if self.on {
+            self.open_streams.inc();
+        }
+    }
+
+    /// It ended (its stream too) with `status`.
+    pub fn request_ended(&self, labels: HttpLabels, streamed: bool) {
+        if !self.on {
+            return;
+        }
+        self.active_requests.dec();
+        if streamed {
+            self.open_streams.dec();
+        }
+        self.http_requests.get_or_create(&labels).inc();
+    }
+
     pub fn cache_lookup(&self, kind: &'static str, hit: bool) {
+        if !self.on {
+            return;
+        }
         let result = if hit { "hit" } else { "miss" };
         self.cache.get_or_create(&CacheLabels { kind, result }).inc();
     }
