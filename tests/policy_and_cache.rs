@@ -253,14 +253,7 @@ async fn an_embeddings_batch_is_served_from_the_cache() {
     assert_eq!(other.cache.as_deref(), Some("miss"));
     assert_eq!(fake.calls(), 2);
 
-    let metrics = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{base}/metrics")).await;
     assert!(
         metrics.contains("diglot_cache_total{kind=\"embeddings\",result=\"hit\"} 1\n"),
         "{metrics}"

@@ -439,7 +439,13 @@ async fn content_is_recorded_only_when_opted_in() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let answer: Value = res.json().await.unwrap();
-    let spans = collector.wait_for(|spans| spans.iter().any(|s| s.kind == CLIENT)).await;
+    // The server span ends after the answer is sent: it may come in a later export.
+    let spans = collector
+        .wait_for(|spans| {
+            spans.iter().any(|s| s.kind == CLIENT)
+                && spans.iter().any(|s| s.kind == SERVER && s.name == "POST /api/chat")
+        })
+        .await;
     drop(diglot);
     let attempt = spans.iter().find(|s| s.kind == CLIENT).expect("an attempt span");
     assert_eq!(attempt.name, "chat chat-text");
@@ -878,14 +884,7 @@ async fn made_up_names_are_no_metric_labels() {
             .unwrap();
         assert_eq!(res.status(), 404, "the upstream's own answer");
     }
-    let text = client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(&format!("{base}/metrics")).await;
     assert!(!text.contains("made-up"), "{text}");
     assert_eq!(
         sample(

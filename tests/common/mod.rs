@@ -710,6 +710,11 @@ pub fn client() -> reqwest::Client {
         .clone()
 }
 
+/// `GET url` as text.
+pub async fn get_text(url: &str) -> String {
+    client().get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// `GET url` as JSON.
 pub async fn get_json(url: &str) -> Value {
     client().get(url).send().await.unwrap().json().await.unwrap()
