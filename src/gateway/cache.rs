@@ -109,6 +109,11 @@ impl ResponseCache {
         })
     }
 
+    /// Whether chats are cached at all (else no request needs preparing for a lookup).
+    pub fn caches_chats(&self) -> bool {
+        self.config.chat
+    }
+
     pub fn chat(&self, key: &Key) -> Option<Arc<Vec<ChatEvent>>> {
         self.chats.get(key)
     }

@@ -220,7 +220,13 @@ impl Gateway {
             prepared
         };
         let partition = partition(caller);
-        for candidate in &candidates {
+        // An answer cached for any candidate's upstream will do.
+        let candidates_to_look_up = if self.cache.caches_chats() {
+            &candidates[..]
+        } else {
+            &[]
+        };
+        for candidate in candidates_to_look_up {
             let Some(plan) = self
                 .cache
                 .chat_plan(&prepare(&candidate.model), partition, caller.cache)
