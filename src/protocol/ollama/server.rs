@@ -471,7 +471,7 @@ fn decode_generate(wire: wire::GenerateRequest) -> Result<ChatRequest, Error> {
     decode_generation(wire.model, input, Vec::new(), wire.generation)
 }
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, Debug)]
 enum Kind {
     Chat,
     Generate,
@@ -520,6 +520,7 @@ impl LineEncoder {
         self.note_output(&event);
         let mut out = Vec::new();
         match event {
+            ChatEvent::Text(text) if self.pending_logprobs.is_empty() => self.text_line(&mut out, &text),
             ChatEvent::Text(text) => self.line(&mut out, text, None, None, None),
             ChatEvent::Reasoning(thinking) => self.line(&mut out, String::new(), Some(thinking), None, None),
             call @ ChatEvent::ToolCall { .. } => self.calls.push(call),
@@ -533,6 +534,27 @@ impl LineEncoder {
             }
         }
         (!out.is_empty()).then(|| out.into())
+    }
+
+    /// A line of plain text, the bulk of every stream: written straight, byte for byte
+    /// what `line` would serialize (a test holds them equal), without building a chunk
+    /// (its flattened ending makes serde write it as a map).
+    fn text_line(&mut self, out: &mut Vec<u8>, text: &str) {
+        let start = out.len();
+        out.extend_from_slice(b"{\"model\":");
+        serde_json::to_writer(&mut *out, &self.model).expect("strings serialize");
+        out.extend_from_slice(b",\"created_at\":\"");
+        out.extend_from_slice(now().as_bytes());
+        out.extend_from_slice(match self.kind {
+            Kind::Chat => b"\",\"message\":{\"role\":\"assistant\",\"content\":".as_slice(),
+            Kind::Generate => b"\",\"response\":".as_slice(),
+        });
+        serde_json::to_writer(&mut *out, text).expect("strings serialize");
+        out.extend_from_slice(match self.kind {
+            Kind::Chat => b"},\"done\":false}\n".as_slice(),
+            Kind::Generate => b",\"done\":false}\n".as_slice(),
+        });
+        debug!(target: "diglot::wire", line = %String::from_utf8_lossy(&out[start..out.len() - 1]), "ollama chunk");
     }
 
     fn line(
@@ -979,6 +1001,32 @@ async fn forward(req: &mut Request, res: &mut Response, app: &App, what: &str, r
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_text_lines_are_what_serde_writes() {
+        for kind in [Kind::Chat, Kind::Generate] {
+            let mut encoder = LineEncoder::new("qwen3:8b \"q\"", kind, Instant::now());
+            for text in [
+                "Hello",
+                "",
+                "quote \" backslash \\ newline \n tab \t",
+                "ünïcödé 🌍 \u{1}",
+            ] {
+                let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                encoder.text_line(&mut fast, text);
+                encoder.line(&mut slow, text.to_owned(), None, None, None);
+                // Byte for byte, but for the timestamps (both "now", nanoseconds apart).
+                let stamped = |line: &[u8]| {
+                    let line = String::from_utf8(line.to_vec()).unwrap();
+                    let at = line.find("\"created_at\":\"").unwrap() + "\"created_at\":\"".len();
+                    let end = at + line[at..].find('"').unwrap();
+                    format!("{}T{}", &line[..at], &line[end..])
+                };
+                assert_eq!(stamped(&fast), stamped(&slow), "{kind:?} {text:?}");
+                assert_eq!(fast.last(), Some(&b'\n'));
+            }
+        }
+    }
 
     #[test]
     fn names_always_carry_a_tag() {

@@ -515,6 +515,8 @@ struct ChunkEncoder {
     started: Vec<bool>,
     pending_logprobs: Vec<Vec<TokenLogprob>>,
     usage: Usage,
+    /// `data: {"id":…,"choices":[{"index":`: the same for every text chunk of the stream.
+    text_prefix: Vec<u8>,
 }
 
 impl ChunkEncoder {
@@ -531,6 +533,7 @@ impl ChunkEncoder {
             started: vec![false; choices],
             pending_logprobs: vec![Vec::new(); choices],
             usage: Usage::default(),
+            text_prefix: Vec::new(),
         }
     }
 
@@ -550,6 +553,10 @@ impl ChunkEncoder {
         let mut delta = wire::Delta::default();
         let mut finish = None;
         match event {
+            ChatEvent::Text(text) if self.kind == Kind::Chat && self.pending_logprobs[i].is_empty() => {
+                self.push_text_chunk(&mut out, index, &text);
+                return finish_frames(out);
+            }
             ChatEvent::Text(text) => delta.content = Some(text),
             ChatEvent::Reasoning(text) if self.kind == Kind::Chat => {
                 delta.reasoning_content = self.reasoning_content.then(|| text.clone());
@@ -622,6 +629,35 @@ impl ChunkEncoder {
             usage: self.usage_placeholder(),
         };
         self.push_frame(out, &chunk);
+    }
+
+    /// A chunk of plain text, the bulk of every stream: written straight, byte for byte
+    /// what `push_chat_chunk` would serialize (a test holds them equal), around a prefix
+    /// rendered once per stream.
+    fn push_text_chunk(&mut self, out: &mut Vec<u8>, index: u32, text: &str) {
+        if self.text_prefix.is_empty() {
+            let mut prefix = b"data: {\"id\":".to_vec();
+            serde_json::to_writer(&mut prefix, &self.id).expect("strings serialize");
+            prefix.extend_from_slice(b",\"object\":\"chat.completion.chunk\",\"created\":");
+            prefix.extend_from_slice(self.created.to_string().as_bytes());
+            prefix.extend_from_slice(b",\"model\":");
+            serde_json::to_writer(&mut prefix, &self.model).expect("strings serialize");
+            prefix.extend_from_slice(b",\"system_fingerprint\":");
+            serde_json::to_writer(&mut prefix, &self.fingerprint).expect("strings serialize");
+            prefix.extend_from_slice(b",\"choices\":[{\"index\":");
+            self.text_prefix = prefix;
+        }
+        let start = out.len();
+        out.extend_from_slice(&self.text_prefix);
+        out.extend_from_slice(index.to_string().as_bytes());
+        out.extend_from_slice(b",\"delta\":{\"content\":");
+        serde_json::to_writer(&mut *out, text).expect("strings serialize");
+        out.extend_from_slice(if self.include_usage {
+            b"},\"finish_reason\":null}],\"usage\":null}\n\n".as_slice()
+        } else {
+            b"},\"finish_reason\":null}]}\n\n".as_slice()
+        });
+        debug!(target: "diglot::wire", frame = %String::from_utf8_lossy(&out[start..out.len() - 2]), "openai chunk");
     }
 
     fn completion_chunk(
@@ -998,6 +1034,33 @@ fn model_entry(card: &crate::ir::ModelCard) -> wire::Model {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_text_chunks_are_what_serde_writes() {
+        let config = OpenAiConfig::default();
+        for include_usage in [false, true] {
+            let mut encoder = ChunkEncoder::new(&config, "gpt \"4o\"", Kind::Chat, include_usage, 2);
+            for (index, text) in [
+                (0, "Hello"),
+                (1, ""),
+                (0, "quote \" backslash \\ newline \n"),
+                (1, "ünïcödé 🌍 \u{1}"),
+            ] {
+                let (mut fast, mut slow) = (Vec::new(), Vec::new());
+                encoder.push_text_chunk(&mut fast, index, text);
+                let delta = wire::Delta {
+                    content: Some(text.to_owned()),
+                    ..Default::default()
+                };
+                encoder.push_chat_chunk(&mut slow, index, delta, None, Some(Vec::new()));
+                assert_eq!(
+                    String::from_utf8(fast).unwrap(),
+                    String::from_utf8(slow).unwrap(),
+                    "include_usage {include_usage}"
+                );
+            }
+        }
+    }
 
     fn chat(body: Value) -> Result<ChatRequest, Error> {
         decode_chat(serde_json::from_value(body).unwrap())
