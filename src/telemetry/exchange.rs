@@ -73,18 +73,20 @@ impl Exchange {
         headers: &reqwest::header::HeaderMap,
     ) -> Arc<Self> {
         let span = super::spans::server_span(method, route, headers);
-        let trace_id = super::spans::trace_id(&span, headers);
+        // What only the access line needs is kept only when it is written.
+        let access_log = observer.access_log;
+        let trace_id = access_log.then(|| super::spans::trace_id(&span, headers)).flatten();
         observer.metrics.request_started();
         Arc::new(Self {
             started: Instant::now(),
             span,
             frontend,
-            method: method.to_owned(),
+            method: if access_log { method.to_owned() } else { String::new() },
             route,
-            path: path.to_owned(),
+            path: if access_log { path.to_owned() } else { String::new() },
             trace_id,
             metrics: observer.metrics.clone(),
-            access_log: observer.access_log,
+            access_log,
             state: Mutex::new(State::default()),
         })
     }

@@ -134,30 +134,15 @@ pub fn attempt_span(attempt: &Attempt<'_>, request: Option<&ChatRequest>) -> Spa
     );
     if let Some(request) = request {
         let sampling = &request.sampling;
-        if request.stream {
-            span.record("gen_ai.request.stream", true);
-        }
-        if let Some(v) = sampling.temperature {
-            span.record("gen_ai.request.temperature", v);
-        }
-        if let Some(v) = sampling.top_p {
-            span.record("gen_ai.request.top_p", v);
-        }
-        if let Some(v) = sampling.top_k {
-            span.record("gen_ai.request.top_k", v);
-        }
-        if let Some(v) = sampling.max_tokens {
-            span.record("gen_ai.request.max_tokens", v);
-        }
-        if let Some(v) = sampling.seed {
-            span.record("gen_ai.request.seed", v);
-        }
-        if let Some(v) = sampling.frequency_penalty {
-            span.record("gen_ai.request.frequency_penalty", v);
-        }
-        if let Some(v) = sampling.presence_penalty {
-            span.record("gen_ai.request.presence_penalty", v);
-        }
+        // A `None` records nothing: only what the client (or an override) set shows.
+        span.record("gen_ai.request.stream", request.stream.then_some(true));
+        span.record("gen_ai.request.temperature", sampling.temperature);
+        span.record("gen_ai.request.top_p", sampling.top_p);
+        span.record("gen_ai.request.top_k", sampling.top_k);
+        span.record("gen_ai.request.max_tokens", sampling.max_tokens);
+        span.record("gen_ai.request.seed", sampling.seed);
+        span.record("gen_ai.request.frequency_penalty", sampling.frequency_penalty);
+        span.record("gen_ai.request.presence_penalty", sampling.presence_penalty);
         if request.n > 1 {
             span.record("gen_ai.request.choice.count", i64::from(request.n));
         }
