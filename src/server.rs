@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use salvo::conn::Acceptor;
 use salvo::conn::tcp::TcpAcceptor;
 use salvo::http::{ParseError, StatusCode};
@@ -19,6 +19,7 @@ use crate::gateway::Gateway;
 use crate::gateway::auth::Caller;
 use crate::gateway::cache::CacheControl;
 use crate::ir::{Error, ErrorKind};
+use crate::protocol::frames::Coalesce;
 use crate::protocol::{ollama, openai};
 use crate::telemetry::Exchange;
 use crate::telemetry::exchange::{Observer, route_of};
@@ -362,26 +363,7 @@ where
     let _ = res.add_header("content-type", content_type, true);
     let _ = res.add_header("cache-control", "no-cache", true);
     let _ = res.add_header("x-accel-buffering", "no", true);
-    res.stream(coalesce(stream));
-}
-
-/// Joins the frames a stream has ready at once, up to `MAX_COALESCED` of them.
-fn coalesce<S>(stream: S) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static
-where
-    S: Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
-{
-    const MAX_COALESCED: usize = 64;
-    stream.ready_chunks(MAX_COALESCED).map(|frames| {
-        let mut frames = frames.into_iter().map(|Ok(frame)| frame);
-        let first = frames.next().unwrap_or_default();
-        let mut rest = frames.peekable();
-        if rest.peek().is_none() {
-            return Ok(first);
-        }
-        let mut joined = bytes::BytesMut::from(first);
-        rest.for_each(|frame| joined.extend_from_slice(&frame));
-        Ok(joined.freeze())
-    })
+    res.stream(Coalesce::new(Box::pin(stream)));
 }
 
 /// Serves until SIGINT or SIGTERM, then lets open streams finish for a while.

@@ -246,21 +246,24 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 pub fn ndjson_lines(response: reqwest::Response, idle: Duration) -> impl Stream<Item = Result<String, Error>> + Send {
     let base = response.url().origin().ascii_serialization();
     let body = response.bytes_stream().map_err(std::io::Error::other);
-    let mut lines = FramedRead::new(StreamReader::new(body), LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+    let lines = FramedRead::new(StreamReader::new(body), LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+    // One timer for the whole stream, pushed back by each line.
+    let lines = tokio_stream::StreamExt::timeout(lines, idle);
     async_stream::stream! {
+        futures::pin_mut!(lines);
         loop {
-            match tokio::time::timeout(idle, lines.next()).await {
-                Err(_) => {
+            match lines.next().await {
+                Some(Err(_)) => {
                     yield Err(Error::new(ErrorKind::Timeout, format!("the upstream at {base} sent nothing for {} s", idle.as_secs_f64())));
                     return;
                 }
-                Ok(None) => return,
-                Ok(Some(Ok(line))) => if !line.trim().is_empty() { yield Ok(line) },
-                Ok(Some(Err(LinesCodecError::MaxLineLengthExceeded))) => {
+                None => return,
+                Some(Ok(Ok(line))) => if !line.trim().is_empty() { yield Ok(line) },
+                Some(Ok(Err(LinesCodecError::MaxLineLengthExceeded))) => {
                     yield Err(Error::upstream(502, format!("the upstream at {base} sent a line longer than {MAX_LINE_BYTES} bytes")));
                     return;
                 }
-                Ok(Some(Err(LinesCodecError::Io(e)))) => {
+                Some(Ok(Err(LinesCodecError::Io(e)))) => {
                     yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the connection to the upstream at {base} broke: {}", root_cause(&e))));
                     return;
                 }

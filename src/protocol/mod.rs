@@ -1,6 +1,7 @@
 //! One folder per protocol, each with `wire.rs` (its JSON), `server.rs` (the frontend)
 //! and `client.rs` (the backend); plus what the protocols share.
 
+pub mod frames;
 pub mod http;
 pub mod images;
 pub mod ollama;

@@ -77,21 +77,22 @@ impl OpenAiClient {
         }
         let idle = self.upstream.idle_timeout();
         let base = self.upstream.base().to_owned();
-        let events = response.bytes_stream().eventsource();
+        // One timer for the whole stream, pushed back by each event.
+        let events = tokio_stream::StreamExt::timeout(response.bytes_stream().eventsource(), idle);
         Ok(Box::pin(async_stream::stream! {
             futures::pin_mut!(events);
             loop {
-                let event = match tokio::time::timeout(idle, events.next()).await {
-                    Err(_) => {
+                let event = match events.next().await {
+                    Some(Err(_)) => {
                         yield Err(Error::new(ErrorKind::Timeout, format!("the upstream at {base} sent nothing for {} s", idle.as_secs_f64())));
                         return;
                     }
-                    Ok(None) => break,
-                    Ok(Some(Err(e))) => {
+                    None => break,
+                    Some(Ok(Err(e))) => {
                         yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the stream from the upstream at {base} broke: {}", root_cause(&e))));
                         return;
                     }
-                    Ok(Some(Ok(event))) => event,
+                    Some(Ok(Ok(event))) => event,
                 };
                 debug!(target: "diglot::wire", upstream_event = %event.data, "openai chunk");
                 if event.data.trim() == "[DONE]" {

@@ -1,0 +1,162 @@
+//! Streamed response bodies leave in as few writes as their pace allows.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+
+/// The most a burst of frames is joined into before it is written anyway.
+pub const MAX_JOINED_BYTES: usize = 16 * 1024;
+
+/// Turns given back to the scheduler without a new frame before the held ones are written.
+const IDLE_ROUNDS: u8 = 2;
+
+/// Joins a burst of frames into one write. Every write is a syscall and a TCP segment
+/// (for 256 small chunks they cost more than translating them), and an upstream's body
+/// hands over one frame per task switch even when its whole answer already sits in the
+/// read buffer: frames that are there "now" never are ready at once.
+///
+/// So after a frame this stream hands the turn back to the scheduler, which lets the
+/// upstream's connection hand over its next frame, and writes what it holds when
+/// `IDLE_ROUNDS` turns in a row brought nothing new (or `MAX_JOINED_BYTES` are held).
+/// One turn is not enough: with hyper 1.12 the next frame of an answer already read
+/// showed up after the second. A stream at a model's pace, a frame every few
+/// milliseconds, pays two scheduler rounds per frame and is written as it comes.
+pub struct Coalesce<S> {
+    frames: S,
+    held: Vec<Bytes>,
+    held_bytes: usize,
+    /// Turns handed back to the scheduler since the last frame, with frames held.
+    idle_rounds: u8,
+    ended: bool,
+}
+
+impl<S> Coalesce<S> {
+    pub fn new(frames: S) -> Self {
+        Self {
+            frames,
+            held: Vec::new(),
+            held_bytes: 0,
+            idle_rounds: 0,
+            ended: false,
+        }
+    }
+
+    /// What is held, as one frame.
+    fn take(&mut self) -> Option<Result<Bytes, Infallible>> {
+        let total = std::mem::take(&mut self.held_bytes);
+        let joined = match self.held.len() {
+            0 => return None,
+            1 => self.held.pop()?,
+            _ => {
+                let mut joined = BytesMut::with_capacity(total);
+                self.held.drain(..).for_each(|frame| joined.extend_from_slice(&frame));
+                joined.freeze()
+            }
+        };
+        Some(Ok(joined))
+    }
+}
+
+impl<S> Stream for Coalesce<S>
+where
+    S: Stream<Item = Result<Bytes, Infallible>> + Unpin,
+{
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(this.take());
+            }
+            match Pin::new(&mut this.frames).poll_next(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    this.idle_rounds = 0;
+                    this.held_bytes += frame.len();
+                    this.held.push(frame);
+                    if this.held_bytes >= MAX_JOINED_BYTES {
+                        return Poll::Ready(this.take());
+                    }
+                }
+                Poll::Ready(None) => this.ended = true,
+                Poll::Pending if this.held.is_empty() => return Poll::Pending,
+                Poll::Pending if this.idle_rounds < IDLE_ROUNDS => {
+                    this.idle_rounds += 1;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Pending => {
+                    this.idle_rounds = 0;
+                    return Poll::Ready(this.take());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::time::Duration;
+
+    fn frame(text: &str) -> Result<Bytes, Infallible> {
+        Ok(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    fn text(item: Option<Result<Bytes, Infallible>>) -> Option<String> {
+        item.map(|Ok(bytes)| String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_burst_handed_over_one_frame_per_task_switch_leaves_in_one_write() {
+        // A channel of capacity 1 fed by another task: like hyper's body channel, the
+        // next frame is there only after the producer has run again.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            for word in ["a", "b", "c", "d"] {
+                tx.send(frame(word)).await.unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(frame("late")).await.unwrap();
+        });
+        let mut joined = Coalesce::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        assert_eq!(text(joined.next().await).as_deref(), Some("abcd"));
+        assert_eq!(text(joined.next().await).as_deref(), Some("late"));
+        assert_eq!(text(joined.next().await), None);
+    }
+
+    #[tokio::test]
+    async fn frames_at_a_models_pace_are_written_as_they_come() {
+        let paced = futures::stream::iter(["one", "two"])
+            .then(|word| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                frame(word)
+            })
+            .boxed();
+        let mut joined = Coalesce::new(paced);
+        let started = std::time::Instant::now();
+        assert_eq!(text(joined.next().await).as_deref(), Some("one"));
+        assert!(
+            started.elapsed() < Duration::from_millis(35),
+            "the first frame waited for the second"
+        );
+        assert_eq!(text(joined.next().await).as_deref(), Some("two"));
+        assert_eq!(text(joined.next().await), None);
+    }
+
+    #[tokio::test]
+    async fn a_long_burst_is_cut_at_the_size_limit() {
+        let big = "x".repeat(MAX_JOINED_BYTES / 4 + 1);
+        let frames: Vec<_> = (0..8).map(|_| frame(&big)).collect();
+        let mut joined = Coalesce::new(futures::stream::iter(frames));
+        let mut sizes = Vec::new();
+        while let Some(Ok(bytes)) = joined.next().await {
+            sizes.push(bytes.len());
+        }
+        assert_eq!(sizes, [4 * big.len(), 4 * big.len()]);
+    }
+}
