@@ -254,7 +254,7 @@ async fn ps(depot: &mut Depot, res: &mut Response) {
     let cards = app.gateway.models(&caller(depot)).await.unwrap_or_default();
     let suffix = app.gateway.tag_suffix();
     let mut models: Vec<wire::ModelEntry> = Vec::new();
-    for (name, last_used) in app.gateway.recent().await {
+    for (name, last_used) in app.gateway.recent() {
         let card = cards
             .iter()
             .find(|c| c.id == name || tagged(&c.id, suffix) == name)
