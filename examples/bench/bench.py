@@ -332,6 +332,22 @@ def start_mock(fleet, args):
     return proc, port
 
 
+def start_bare(fleet, args, mock_port):
+    """examples/bare_proxy.rs: diglot's HTTP stack (salvo + reqwest) forwarding bytes."""
+    proc = fleet.start("bare", [args.bare, "--listen", "127.0.0.1:0", "--upstream", f"http://127.0.0.1:{mock_port}"])
+    port = None
+
+    def ready():
+        nonlocal port
+        m = re.search(r"listening on http://[\d.]+:(\d+)", tail(proc.log_path))
+        if m:
+            port = int(m.group(1))
+        return port is not None and http_get_ok(port, "/api/version")
+
+    wait_until("bare proxy", ready, proc, 30)
+    return proc, port
+
+
 # The API token of the "features on" rows (F), and what its profile declares.
 BENCH_TOKEN = "dg-bench0000000000000000000000000000000000000"
 
@@ -709,7 +725,7 @@ def overhead(oha, name, path, body, targets, rates, extra_rates=None, reuse=None
     return rows
 
 
-ORDER = ["direct", "diglot", "nginx", "LiteLLM"]
+ORDER = ["direct", "diglot", "bare stack", "nginx", "LiteLLM"]
 
 
 def find(rows, target, rate):
@@ -772,6 +788,7 @@ def main():
     ap.add_argument("--mock", required=True)
     ap.add_argument("--oha", required=True)
     ap.add_argument("--nginx")
+    ap.add_argument("--bare", help="examples/bare_proxy: the bare-stack rows are skipped without it")
     ap.add_argument("--litellm", help="the litellm CLI of its venv; its rows are skipped without it")
     ap.add_argument("--work", required=True, help="scratch directory for configs and logs")
     ap.add_argument("--duration", type=float, help="seconds per measured run (overrides the mode)")
@@ -847,10 +864,14 @@ def main():
 
         nginx_pids = [nginx.pid] + children(nginx.pid) if nginx else []
         nginx_t = [("nginx", nginx_port, nginx_pids)] if nginx else []
+        bare_t = []
+        if args.bare:
+            bare, bare_port = start_bare(fleet, args, mock_port)
+            bare_t = [("bare stack", bare_port, [bare.pid])]
 
         # --- A. OpenAI client -> Ollama upstream
         title_a = "A. Non-streaming, OpenAI client → Ollama upstream (POST /v1/chat/completions)"
-        targets = [("direct", mock_port, []), ("diglot", d_ollama_port, [d_ollama.pid])] + nginx_t
+        targets = [("direct", mock_port, []), ("diglot", d_ollama_port, [d_ollama.pid])] + bare_t + nginx_t
         if litellm:
             # The smoke run lets LiteLLM start while the other rows are measured.
             targets.append(("LiteLLM", litellm_port, litellm_pids))
@@ -863,7 +884,10 @@ def main():
         md += report_overhead(title_a, rows_a, notes)
         md += ["direct = the mock's own `/v1/chat/completions`; diglot translates to the mock's `/api/chat`; "
                "nginx forwards the OpenAI body to the mock's `/v1`; LiteLLM uses its `ollama_chat/` provider "
-               "(the mock's `/api/chat`)." + ("" if litellm else " LiteLLM: not measured (see notes)."), ""]
+               "(the mock's `/api/chat`); bare stack = `examples/bare_proxy.rs`, diglot's HTTP stack (salvo in "
+               "front, reqwest behind, same listener and runtime) forwarding the OpenAI body as bytes to the mock's "
+               "`/v1`, with none of diglot's work: what any gateway on this stack pays." +
+               ("" if litellm else " LiteLLM: not measured (see notes)."), ""]
 
         # --- B. Ollama client -> OpenAI-compatible upstream
         title_b = "B. Non-streaming, Ollama client → OpenAI-compatible upstream (POST /api/chat)"
@@ -1077,6 +1101,11 @@ def check_targets(result, rows_a, rows_b, rows_c1, rows_c2, idle, rss_after_load
             # nginx's own added p50 can be ~0 or negative in the noise; judge against at least 10 µs.
             rows.append(check(f"{name}: added p50 ≤ {TARGET_ADDED_VS_NGINX}× nginx's @{TARGET_P99_RATE} req/s (nginx: {an:+.3f} ms)",
                               ag, f"≤ {TARGET_ADDED_VS_NGINX * max(an, 0.01):.3f} ms", ag <= TARGET_ADDED_VS_NGINX * max(an, 0.01)))
+            b = find(rs, "bare stack", TARGET_P99_RATE)
+            if b:
+                ab = sub(b["p50"], d["p50"])
+                rows.append([f"{name}: the bare stack's added p50 (salvo + reqwest, no diglot work; not a target)",
+                             f"{ab:+.3f} ms = {ratio(ab, max(an, 0.01)):.1f}× nginx's", "—", "info"])
     for name, rs in (("A", rows_a), ("B", rows_b), ("C1", rows_c1), ("C2", rows_c2)):
         d, g = find(rs, "direct", TARGET_P99_RATE), find(rs, "diglot", TARGET_P99_RATE)
         if d and g:

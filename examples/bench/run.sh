@@ -88,10 +88,10 @@ fi
 cd "$REPO"
 if [ "$SMOKE" = 1 ]; then
   PROFILE_DIR=target/debug
-  cargo build --bin diglot --example mock_upstream >&2
+  cargo build --bin diglot --example mock_upstream --example bare_proxy >&2
 else
   PROFILE_DIR=target/release
-  cargo build --release --bin diglot --example mock_upstream >&2
+  cargo build --release --bin diglot --example mock_upstream --example bare_proxy >&2
 fi
 
 # 10,000 open streams need two sockets each in diglot; take the hard limit.
@@ -103,6 +103,7 @@ exec python3 "$HERE/bench.py" \
   --repo "$REPO" \
   --diglot "$REPO/$PROFILE_DIR/diglot" \
   --mock "$REPO/$PROFILE_DIR/examples/mock_upstream" \
+  --bare "$REPO/$PROFILE_DIR/examples/bare_proxy" \
   --oha "$OHA" \
   ${NGINX:+--nginx "$NGINX"} \
   "${LITELLM_ARG[@]}" \
