@@ -315,10 +315,10 @@ def machine_busy(seconds=2.0):
 # The servers under test.
 
 
-def start_mock(fleet, args):
-    # One mock thread: it answers from precomputed bytes, and every other core cycle is
-    # left to the load generator and the hop being measured.
-    proc = fleet.start("mock", [args.mock, "--listen", "127.0.0.1:0", "--threads", "1"])
+def start_example(fleet, name, argv):
+    """Starts one of the repository's examples on a free port (it prints
+    `listening on http://ADDR`) and waits until it answers."""
+    proc = fleet.start(name, argv)
     port = None
 
     def ready():
@@ -328,24 +328,20 @@ def start_mock(fleet, args):
             port = int(m.group(1))
         return port is not None and http_get_ok(port, "/api/version")
 
-    wait_until("mock upstream", ready, proc, 30)
+    wait_until(name, ready, proc, 30)
     return proc, port
+
+
+def start_mock(fleet, args):
+    # One mock thread: it answers from precomputed bytes, and every other core cycle is
+    # left to the load generator and the hop being measured.
+    return start_example(fleet, "mock", [args.mock, "--listen", "127.0.0.1:0", "--threads", "1"])
 
 
 def start_bare(fleet, args, mock_port):
     """examples/bare_proxy.rs: diglot's HTTP stack (salvo + reqwest) forwarding bytes."""
-    proc = fleet.start("bare", [args.bare, "--listen", "127.0.0.1:0", "--upstream", f"http://127.0.0.1:{mock_port}"])
-    port = None
-
-    def ready():
-        nonlocal port
-        m = re.search(r"listening on http://[\d.]+:(\d+)", tail(proc.log_path))
-        if m:
-            port = int(m.group(1))
-        return port is not None and http_get_ok(port, "/api/version")
-
-    wait_until("bare proxy", ready, proc, 30)
-    return proc, port
+    upstream = f"http://127.0.0.1:{mock_port}"
+    return start_example(fleet, "bare", [args.bare, "--listen", "127.0.0.1:0", "--upstream", upstream])
 
 
 # The API token of the "features on" rows (F), and what its profile declares.

@@ -16,7 +16,7 @@ const IDLE_ROUNDS: u8 = 2;
 /// Joins a burst of frames into one write. Every write is a syscall and a TCP segment
 /// (for 256 small chunks they cost more than translating them), and an upstream's body
 /// hands over one frame per task switch even when its whole answer already sits in the
-/// read buffer: frames that are there "now" never are ready at once.
+/// read buffer: frames that are all there "now" are never ready at once.
 ///
 /// So after a frame this stream hands the turn back to the scheduler, which lets the
 /// upstream's connection hand over its next frame, and writes what it holds when
