@@ -57,7 +57,7 @@ impl RecentModels {
             return;
         }
         if models.len() >= Self::MAX_MODELS {
-            models.retain(|_, at| now - *at < RECENT_USE.as_secs() as i64);
+            Self::forget_stale(&mut models, now);
         }
         if models.len() < Self::MAX_MODELS {
             models.insert(model.to_owned(), now);
@@ -67,8 +67,12 @@ impl RecentModels {
     fn list(&self) -> Vec<(String, i64)> {
         let now = chrono::Utc::now().timestamp();
         let mut models = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        models.retain(|_, at| now - *at < RECENT_USE.as_secs() as i64);
+        Self::forget_stale(&mut models, now);
         models.iter().map(|(name, at)| (name.clone(), *at)).collect()
+    }
+
+    fn forget_stale(models: &mut HashMap<String, i64>, now: i64) {
+        models.retain(|_, at| now - *at < RECENT_USE.as_secs() as i64);
     }
 }
 
