@@ -527,8 +527,10 @@ async fn a_hanging_collector_adds_no_latency() {
             stopping.elapsed() < Duration::from_secs(15),
             "shutdown waits for the collector at most its timeout"
         );
+        // A request that waited on the collector would take its 5 s export timeout; a
+        // stalled shared VM has delayed one by 0.7 s in a clean-clone CI run.
         assert!(
-            *with.last().unwrap() < Duration::from_millis(500),
+            *with.last().unwrap() < Duration::from_secs(2),
             "{protocol}: no request waits on the collector: {with:?}"
         );
         assert!(
