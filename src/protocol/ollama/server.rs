@@ -490,6 +490,8 @@ struct LineEncoder {
     calls: ChatResponse,
     pending_logprobs: Vec<TokenLogprob>,
     usage: Usage,
+    /// `{"model":…,"created_at":"`: the same for every text line of the stream.
+    text_prefix: Vec<u8>,
 }
 
 impl LineEncoder {
@@ -502,6 +504,7 @@ impl LineEncoder {
             calls: ChatResponse::default(),
             pending_logprobs: Vec::new(),
             usage: Usage::default(),
+            text_prefix: Vec::new(),
         }
     }
 
@@ -537,13 +540,18 @@ impl LineEncoder {
     }
 
     /// A line of plain text, the bulk of every stream: written straight, byte for byte
-    /// what `line` would serialize (a test holds them equal), without building a chunk
-    /// (its flattened ending makes serde write it as a map).
+    /// what `line` would serialize (a test holds them equal), around a prefix rendered
+    /// once per stream, without building a chunk (its flattened ending makes serde write
+    /// it as a map).
     fn text_line(&mut self, out: &mut Vec<u8>, text: &str) {
+        if self.text_prefix.is_empty() {
+            let mut prefix = b"{\"model\":".to_vec();
+            serde_json::to_writer(&mut prefix, &self.model).expect("strings serialize");
+            prefix.extend_from_slice(b",\"created_at\":\"");
+            self.text_prefix = prefix;
+        }
         let start = out.len();
-        out.extend_from_slice(b"{\"model\":");
-        serde_json::to_writer(&mut *out, &self.model).expect("strings serialize");
-        out.extend_from_slice(b",\"created_at\":\"");
+        out.extend_from_slice(&self.text_prefix);
         out.extend_from_slice(now().as_bytes());
         out.extend_from_slice(match self.kind {
             Kind::Chat => b"\",\"message\":{\"role\":\"assistant\",\"content\":".as_slice(),
