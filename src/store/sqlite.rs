@@ -13,6 +13,16 @@ fn migrations() -> Migrations<'static> {
     Migrations::new(vec![M::up(include_str!("migrations/0001_tokens_and_usage.sql"))])
 }
 
+/// WAL, so the CLI and the server may use the file at the same time; then the schema.
+fn prepare(connection: &mut Connection) -> StoreResult<()> {
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(failed("set WAL mode"))?;
+    migrations()
+        .to_latest(connection)
+        .map_err(|e| StoreError(format!("store: migrate: {e}")))
+}
+
 pub struct SqliteStore {
     connection: Mutex<Connection>,
 }
@@ -25,26 +35,25 @@ impl SqliteStore {
     pub fn open(path: &Path) -> StoreResult<Self> {
         let mut connection = Connection::open(path)
             .map_err(|e| StoreError(format!("cannot open the database {}: {e}", path.display())))?;
-        // WAL: the CLI and the server may use the file at the same time.
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(failed("set WAL mode"))?;
+        // First, so every step below waits for another process rather than failing.
         connection
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(failed("set the busy timeout"))?;
-        // Several processes may open a new file at once (a gateway and the CLI, replicas):
-        // one of them migrates; the others, having read the old version, fail on its tables
-        // and find the work done when they look again.
+        // Several processes may open a new file at once (a gateway and the CLI, replicas).
+        // Switching to WAL can still fail at once with "database is locked" (SQLite does not
+        // wait there, to avoid a deadlock), and of two processes that read the old schema
+        // version, the second fails on the first one's tables. Both find the work done when
+        // they try again.
         let mut attempt = 0;
-        while let Err(e) = migrations().to_latest(&mut connection) {
+        while let Err(e) = prepare(&mut connection) {
             attempt += 1;
-            if attempt == 5 {
+            if attempt == 10 {
                 return Err(StoreError(format!(
-                    "cannot migrate the database {}: {e}",
+                    "cannot prepare the database {}: {e}",
                     path.display()
                 )));
             }
-            std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+            std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
         }
         Ok(Self {
             connection: Mutex::new(connection),
@@ -330,7 +339,9 @@ mod tests {
             })
             .collect();
         for handle in opened {
-            assert!(handle.join().unwrap().is_ok());
+            if let Err(e) = handle.join().unwrap() {
+                panic!("{e}");
+            }
         }
     }
 }
