@@ -684,26 +684,54 @@ async fn ollama_to_ollama_keeps_tool_calls_and_show() {
 }
 
 #[tokio::test]
-async fn whole_answers_split_their_durations_and_openai_clients_get_the_upstreams_usage() {
+async fn whole_answers_are_asked_whole_and_keep_their_durations_plausible() {
     let fake = FakeUpstream::start().await;
     fake.set_line_delay(Duration::from_millis(100));
     let base = diglot(&fake.url(), |c| c.upstream.kind = diglot::config::UpstreamKind::Openai).await;
-    let (_, answer) = post_json(
+    let (status, answer) = post_json(
         &base,
         "/api/chat",
         json!({"model": "oai-text", "messages": user("x"), "stream": false}),
     )
     .await;
-    // Nine events 100 ms apart, the first content on the second: the split is measured.
-    let (prompt, eval) = (
-        answer["prompt_eval_duration"].as_u64().unwrap(),
-        answer["eval_duration"].as_u64().unwrap(),
+    assert_eq!(status, 200, "{answer}");
+    // An Ollama client's whole request goes upstream whole (wire-formats §4.3) ...
+    let sent = &fake.bodies("/v1/chat/completions")[0];
+    assert_eq!((&sent["stream"], sent.get("stream_options")), (&json!(false), None));
+    assert_eq!(
+        answer["message"]["content"],
+        "The sky is blue because of Rayleigh scattering."
     );
-    assert!(
-        prompt >= 150_000_000 && eval >= 400_000_000,
-        "prompt {prompt} ns, eval {eval} ns"
+    assert_eq!(
+        (&answer["prompt_eval_count"], &answer["eval_count"]),
+        (&json!(14), &json!(10))
     );
-    assert_eq!(fake.bodies("/v1/chat/completions")[0]["stream"], true);
+    // ... which, without llama-server's timings, cannot show when output began (the fake
+    // answers after nine lines' worth of 100 ms): the wait counts as generation, so the
+    // rate clients derive is a lower bound, and prompt time 0 reads as unknown.
+    let duration = |field: &str| answer[field].as_u64().unwrap_or_else(|| panic!("{field}: {answer}"));
+    assert_eq!(duration("prompt_eval_duration"), 0, "{answer}");
+    assert!(duration("eval_duration") >= 850_000_000, "{answer}");
+    assert!(duration("total_duration") >= duration("eval_duration"), "{answer}");
+
+    // llama-server's own timings, when it sends them, give the real split.
+    let (_, answer) = post_json(
+        &base,
+        "/api/chat",
+        json!({"model": "llamacpp-text", "messages": user("x"), "stream": false}),
+    )
+    .await;
+    assert_eq!(fake.bodies("/v1/chat/completions")[1]["stream"], false);
+    assert_eq!(
+        (
+            &answer["prompt_eval_count"],
+            &answer["prompt_eval_duration"],
+            &answer["eval_count"],
+            &answer["eval_duration"]
+        ),
+        (&json!(23), &json!(259_825_000), &json!(5), &json!(152_751_000)),
+        "{answer}"
+    );
 
     // An OpenAI client's whole request goes upstream whole.
     let (status, answer) = post_json(
@@ -713,13 +741,36 @@ async fn whole_answers_split_their_durations_and_openai_clients_get_the_upstream
     )
     .await;
     assert_eq!(status, 200, "{answer}");
-    let sent = &fake.bodies("/v1/chat/completions")[1];
+    let sent = &fake.bodies("/v1/chat/completions")[2];
     assert_eq!((&sent["stream"], sent.get("stream_options")), (&json!(false), None));
     assert_eq!(answer["usage"]["prompt_tokens"], 14);
     assert_eq!(
         answer["choices"][0]["message"]["content"],
         "The sky is blue because of Rayleigh scattering."
     );
+}
+
+#[tokio::test]
+async fn client_hang_up_cancels_a_whole_answer() {
+    let fake = FakeUpstream::start().await;
+    fake.set_line_delay(Duration::from_millis(300));
+    let base = diglot(&fake.url(), |c| c.upstream.kind = diglot::config::UpstreamKind::Openai).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let result = impatient
+        .post(format!("{base}/api/chat"))
+        .json(&json!({"model": "oai-text", "messages": user("x"), "stream": false}))
+        .send()
+        .await;
+    assert!(result.is_err(), "the client gave up");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        fake.cancelled(),
+        "the upstream call must stop when nobody waits for the answer"
+    );
+    assert_eq!(fake.completed_streams(), 0);
 }
 
 #[tokio::test]

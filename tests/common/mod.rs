@@ -271,7 +271,14 @@ fn ollama_whole_answer(res: &mut Response, state: Arc<State>, ndjson: &str) {
     if !logprobs.is_empty() {
         answer["logprobs"] = Value::Array(logprobs);
     }
-    let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst)) * lines.len() as u32;
+    send_whole(res, state, lines.len(), answer);
+}
+
+/// Sends a whole answer when its stream of `pieces` would have ended (the line delay
+/// times the pieces), as a server that generates before it answers, noting whether the
+/// reader hung up.
+fn send_whole(res: &mut Response, state: Arc<State>, pieces: usize, answer: Value) {
+    let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst)) * pieces as u32;
     res.add_header("content-type", "application/json; charset=utf-8", true)
         .unwrap();
     res.stream(async_stream::stream! {
@@ -408,15 +415,16 @@ async fn openai_stream(req: &mut Request, depot: &mut Depot, res: &mut Response)
     let text = std::fs::read_to_string(path).unwrap();
     let events: Vec<String> = text.split_inclusive("\n\n").map(str::to_owned).collect();
     if body["stream"] != true {
-        return whole_answer(res, &events, dir == "chat");
+        return whole_answer(res, state, &events, dir == "chat");
     }
     res.add_header("content-type", "text/event-stream", true).unwrap();
     drip(res, state, events);
 }
 
 /// What the server answers to `stream: false`: its stream's content in one body (content,
-/// reasoning, tool calls by index, the last usage), or the error it streamed, as a 500.
-fn whole_answer(res: &mut Response, events: &[String], chat: bool) {
+/// reasoning, tool calls by index, the last usage and llama-server's `timings`), or the
+/// error it streamed, as a 500.
+fn whole_answer(res: &mut Response, state: Arc<State>, events: &[String], chat: bool) {
     let chunks: Vec<Value> = events
         .iter()
         .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
@@ -430,10 +438,13 @@ fn whole_answer(res: &mut Response, events: &[String], chat: bool) {
     let mut message = serde_json::Map::new();
     let mut text = String::new();
     let mut calls: Vec<Value> = Vec::new();
-    let (mut finish, mut usage) = (Value::Null, Value::Null);
+    let (mut finish, mut usage, mut timings) = (Value::Null, Value::Null, None);
     for chunk in &chunks {
         if chunk["usage"].is_object() {
             usage = chunk["usage"].clone();
+        }
+        if chunk["timings"].is_object() {
+            timings = Some(chunk["timings"].clone());
         }
         let Some(choice) = chunk["choices"].get(0) else {
             continue;
@@ -496,10 +507,12 @@ fn whole_answer(res: &mut Response, events: &[String], chat: bool) {
         serde_json::json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish})
     };
     let object = if chat { "chat.completion" } else { "text_completion" };
-    res.render(Json(
-        serde_json::json!({"id": first["id"], "object": object, "created": first["created"],
-        "model": first["model"], "choices": [choice], "usage": usage}),
-    ));
+    let mut answer = serde_json::json!({"id": first["id"], "object": object, "created": first["created"],
+        "model": first["model"], "choices": [choice], "usage": usage});
+    if let Some(timings) = timings {
+        answer["timings"] = timings;
+    }
+    send_whole(res, state, events.len(), answer);
 }
 
 #[handler]

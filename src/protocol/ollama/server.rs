@@ -330,33 +330,29 @@ fn load_answer(res: &mut Response, model: &str, keep_alive: &Option<Value>, stre
     }
 }
 
-/// Answers from an upstream stream even when the client wants one object: only a stream
-/// shows when output began, which splits the durations Ollama clients divide by.
-async fn generate_answer(res: &mut Response, app: &App, mut request: ChatRequest, kind: Kind, caller: &Caller) {
+/// Streams when the client streams; otherwise asks the upstream for the whole answer
+/// (wire-formats §4.3), so usage is the upstream's own even where it reports none in
+/// streams, and nothing is paid for a stream no one reads.
+async fn generate_answer(res: &mut Response, app: &App, request: ChatRequest, kind: Kind, caller: &Caller) {
     let started = Instant::now();
-    let client_streams = std::mem::replace(&mut request.stream, true);
     let events = match app.gateway.chat(&request, caller).await {
         Ok(events) => events,
         Err(e) => return write_error(res, &e, &request.model),
     };
     let mut encoder = LineEncoder::new(&request.model, kind, started);
-    if client_streams {
-        write_stream(res, "application/x-ndjson", ndjson(encoder, events));
-    } else {
-        let mut answer = ChatResponse::default();
-        let mut events = events;
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) => {
-                    encoder.note_output(&event);
-                    answer.push(event);
-                }
-                Err(e) => return write_error(res, &e, &request.model),
-            }
-        }
-        let body = encoder.whole(answer);
-        write_bytes(res, 200, "application/json; charset=utf-8", body);
+    if request.stream {
+        return write_stream(res, "application/x-ndjson", ndjson(encoder, events));
     }
+    let mut answer = ChatResponse::default();
+    let mut events = events;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => answer.push(event),
+            Err(e) => return write_error(res, &e, &request.model),
+        }
+    }
+    let body = encoder.whole(answer);
+    write_bytes(res, 200, "application/json; charset=utf-8", body);
 }
 
 fn decode_chat(wire: wire::ChatRequest) -> Result<ChatRequest, Error> {
@@ -508,19 +504,15 @@ impl LineEncoder {
         }
     }
 
-    /// The lines for one event (none for events that only update state).
-    /// Notes when output began: the split between prompt and generation time.
-    fn note_output(&mut self, event: &ChatEvent) {
+    /// The lines for one event (none for events that only update state). Notes when
+    /// output began: the split between prompt and generation time.
+    fn encode(&mut self, event: ChatEvent) -> Option<Bytes> {
         if matches!(
             event,
             ChatEvent::Text(_) | ChatEvent::Reasoning(_) | ChatEvent::ToolCall { .. }
         ) {
             self.first_output.get_or_insert_with(Instant::now);
         }
-    }
-
-    fn encode(&mut self, event: ChatEvent) -> Option<Bytes> {
-        self.note_output(&event);
         let mut out = Vec::new();
         match event {
             ChatEvent::Text(text) if self.pending_logprobs.is_empty() => self.text_line(&mut out, &text),
@@ -652,6 +644,10 @@ impl LineEncoder {
     /// The whole answer as one object (`stream: false`).
     fn whole(&mut self, answer: ChatResponse) -> Vec<u8> {
         self.usage = answer.usage.clone();
+        // A whole answer does not show when output began. Without the upstream's timings,
+        // the whole wait counts as generation: prompt time 0 is "unknown" to clients (Open
+        // WebUI shows N/A), and the tokens per second they derive is a lower bound.
+        self.first_output = Some(self.started);
         let reason = answer.finish.unwrap_or(FinishReason::Stop);
         let end = self.ending(reason);
         let logprobs = Some(answer.logprobs).filter(|l| !l.is_empty()).map(wire_logprobs);

@@ -45,13 +45,13 @@ impl OpenAiClient {
         format!("{}{endpoint}", self.prefix)
     }
 
-    /// Starts a chat or completion and returns its events. Streamed upstream when the
-    /// client streams; otherwise asked whole, so usage is the upstream's own even where
-    /// it reports none in streams (llama-cpp-python's server).
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
     }
 
+    /// Starts a chat or completion and returns its events. Streamed upstream when the
+    /// client streams; otherwise asked whole, so usage is the upstream's own even where
+    /// it reports none in streams (llama-cpp-python's server).
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
         let (endpoint, body) = match &request.input {
             Input::Prompt(p) if p.raw != Some(false) || p.suffix.is_some() => {

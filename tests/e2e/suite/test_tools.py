@@ -7,13 +7,12 @@ non-streamed; with `tools` but no `tool_choice` it does not call tools at all. d
 `tool_choice: "auto"` whenever tools go upstream without a choice, and sends OpenAI clients'
 unstreamed requests upstream unstreamed, so OpenAI clients get real tool calls, forced or auto.
 
-The Ollama side cannot have a real tool call here: Ollama has no tool_choice, and diglot's Ollama
-frontend always streams from its upstream, so it asks llama_cpp.server for a streamed auto tool
-choice. When the model picks a tool, llama_cpp.server then raises "Automatic streaming tool choice
-is not supported" inside an already started 200 event stream and closes it empty: the message
-reaches only its own log, and diglot answers 502 "the upstream closed the stream before it
-finished" (`test_ollama_tool_call`). When the model picks text, the text comes back
-(`test_chain_forced_tool_call`). Ollama-side tool calls stay covered by the fixture suites.
+The Ollama side asks the same way: an Ollama client's unstreamed request goes upstream
+unstreamed, with `tool_choice: "auto"` (Ollama has no tool_choice), so it gets a real tool call
+(`test_ollama_tool_call`). Streamed, llama_cpp.server refuses an auto tool choice once the model
+picks the tool: it raises "Automatic streaming tool choice is not supported" inside an already
+started 200 event stream and closes it empty; the message reaches only its own log, and diglot
+answers 502 "the upstream closed the stream before it finished" (`test_ollama_tool_call_stream`).
 
 The checks through diglot expect the same function name and arguments, text or failure that
 llama_cpp.server gives for the same request."""
@@ -143,13 +142,23 @@ def test_openai_tool_result_round_trip(want):
 REFUSAL = "Automatic streaming tool choice is not supported"
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_ollama_tool_call(stream):
-    """An Ollama client's tool call (Ollama has no tool_choice): diglot asks llama_cpp.server for a
-    streamed `tool_choice: "auto"`, which it refuses once the model picks the tool. The refusal
-    never reaches the wire (a 200 event stream closed empty, the ValueError only in its log), so
-    the client must get a clear error rather than an empty answer: 502 naming the unfinished
-    upstream stream, whether or not the client streams."""
+def test_ollama_tool_call(want):
+    """An Ollama client's unstreamed tool call: the call llama_cpp.server gives for the same
+    request, as Ollama sends it (arguments an object)."""
+    c = ollama.Client(host=D_TOOLS, timeout=300)
+    r = c.chat(model=TOOLS_MODEL, messages=ASK, tools=[TOOL], options={"temperature": 0, "num_predict": 48})
+    assert r.done and r.done_reason == "stop", r
+    calls = r.message.tool_calls or []
+    assert len(calls) == 1, r.message
+    assert (calls[0].function.name, dict(calls[0].function.arguments)) == want["call"]
+    assert r.eval_count == want["usage"]["completion_tokens"]
+
+
+def test_ollama_tool_call_stream():
+    """Streamed, llama_cpp.server refuses the auto tool choice once the model picks the tool. The
+    refusal never reaches the wire (a 200 event stream closed empty, the ValueError only in its
+    log), so the client must get a clear error rather than an empty answer: 502 naming the
+    unfinished upstream stream."""
     ref = direct_stream(tool_choice="auto")
     assert ref["status"] == 200 and not ref["events"] and not ref["done"], \
         f"llama_cpp.server no longer refuses a streamed auto tool choice: {ref}"
@@ -157,10 +166,8 @@ def test_ollama_tool_call(stream):
     refusals = log.read_text(errors="replace").count(REFUSAL)
     c = ollama.Client(host=D_TOOLS, timeout=300)
     with pytest.raises(ollama.ResponseError) as e:
-        r = c.chat(model=TOOLS_MODEL, messages=ASK, tools=[TOOL], stream=stream,
-                   options={"temperature": 0, "num_predict": 48})
-        if stream:
-            r = list(r)
+        r = list(c.chat(model=TOOLS_MODEL, messages=ASK, tools=[TOOL], stream=True,
+                        options={"temperature": 0, "num_predict": 48}))
         pytest.fail(f"diglot answered instead of failing: {r}")
     assert e.value.status_code == 502, e.value
     assert e.value.error == "the upstream closed the stream before it finished"
@@ -191,14 +198,18 @@ FORCE_HINT = {"role": "system", "content": "You must answer by calling the tool 
 def test_chain_forced_tool_call():
     """diglot (OpenAI frontend) -> diglot (Ollama frontend) -> llama_cpp.server: all four halves.
     Ollama cannot force a tool: the first hop sends only the named tool plus a system instruction
-    to call it, the second hop sends `tool_choice: "auto"`, streamed. For that request
-    llama_cpp.server's model answers in text (README: "The model may still answer in text"), and
-    the chain must report exactly that: the same text, finish_reason stop, no tool call."""
-    ref = direct_stream(messages=[FORCE_HINT] + ASK, tool_choice="auto")
-    assert ref["status"] == 200 and ref["done"] and ref["finish"] == ["stop"] and not ref["tool_calls"], \
-        f"llama_cpp.server's answer to the chain's last hop changed (the checks below assume text): {ref}"
+    to call it; the second hop sends `tool_choice: "auto"`, unstreamed as the client asked. The
+    chain must report exactly what llama_cpp.server answers to that last request: the same call,
+    or the same text (README: "The model may still answer in text")."""
+    ref = direct(messages=[FORCE_HINT] + ASK, tool_choice="auto")["choices"][0]
     r = oa(D_CHAIN_TOOLS).chat.completions.create(model=TOOLS_MODEL, messages=ASK, tools=[TOOL],
                                                   tool_choice=FORCED, **SAMPLING)
     c = r.choices[0]
-    assert c.finish_reason == "stop" and not c.message.tool_calls, c
-    assert (c.message.content or "") == ref["text"]
+    if ref["finish_reason"] == "tool_calls":
+        assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == 1, c
+        f = c.message.tool_calls[0].function
+        want = ref["message"]["tool_calls"][0]["function"]
+        assert (f.name, json.loads(f.arguments)) == (want["name"], json.loads(want["arguments"]))
+    else:
+        assert c.finish_reason == "stop" and not c.message.tool_calls, c
+        assert (c.message.content or "") == (ref["message"]["content"] or "")
