@@ -167,6 +167,24 @@ impl FakeUpstream {
     pub fn completed_streams(&self) -> u64 {
         self.state.completed_streams.load(Ordering::SeqCst)
     }
+
+    /// Posts `body` to `url` (a diglot in front of this fake, whose line delay makes the
+    /// answer slow) with a client that gives up after 500 ms, then checks that the upstream
+    /// call was dropped too, before its answer was sent.
+    pub async fn assert_giving_up_cancels_the_call(&self, url: &str, body: Value) {
+        let impatient = reqwest::Client::builder()
+            .timeout(Duration::from_millis(500))
+            .build()
+            .unwrap();
+        let result = impatient.post(url).json(&body).send().await;
+        assert!(result.is_err(), "the client gave up");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            self.cancelled(),
+            "the upstream call must stop when nobody waits for the answer"
+        );
+        assert_eq!(self.completed_streams(), 0);
+    }
 }
 
 async fn record(req: &mut Request, depot: &Depot) -> (Arc<State>, Value) {
