@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
@@ -13,6 +14,10 @@ pub const MAX_JOINED_BYTES: usize = 16 * 1024;
 /// Turns given back to the scheduler without a new frame before the held ones are written.
 const IDLE_ROUNDS: u8 = 2;
 
+/// A frame that ends this much silence is written at once: it is a model's next token, not
+/// part of a burst, and waiting could only delay it.
+const QUIET: Duration = Duration::from_millis(1);
+
 /// Joins a burst of frames into one write. Every write is a syscall and a TCP segment
 /// (for 256 small chunks they cost more than translating them), and an upstream's body
 /// hands over one frame per task switch even when its whole answer already sits in the
@@ -22,14 +27,20 @@ const IDLE_ROUNDS: u8 = 2;
 /// upstream's connection hand over its next frame, and writes what it holds when
 /// `IDLE_ROUNDS` turns in a row brought nothing new (or `MAX_JOINED_BYTES` are held).
 /// One turn is not enough: with hyper 1.12 the next frame of an answer already read
-/// showed up after the second. A stream at a model's pace, a frame every few
-/// milliseconds, pays two scheduler rounds per frame and is written as it comes.
+/// showed up after the second. The first frame, and any frame after `QUIET` without a
+/// write, goes out at once: a stream at a model's pace is written as it comes, and the
+/// first token never waits (each turn handed back can wake another worker thread,
+/// tens of microseconds on a VM).
 pub struct Coalesce<S> {
     frames: S,
     held: Vec<Bytes>,
     held_bytes: usize,
     /// Turns handed back to the scheduler since the last frame, with frames held.
     idle_rounds: u8,
+    /// When a frame was last handed on (none yet: the first goes at once).
+    last_write: Option<Instant>,
+    /// `QUIET`; tests that must not depend on the machine's pace set it long.
+    quiet: Duration,
     ended: bool,
 }
 
@@ -40,12 +51,23 @@ impl<S> Coalesce<S> {
             held: Vec::new(),
             held_bytes: 0,
             idle_rounds: 0,
+            last_write: None,
+            quiet: QUIET,
             ended: false,
+        }
+    }
+
+    #[cfg(test)]
+    fn with_quiet(frames: S, quiet: Duration) -> Self {
+        Self {
+            quiet,
+            ..Self::new(frames)
         }
     }
 
     /// What is held, as one frame.
     fn take(&mut self) -> Option<Result<Bytes, Infallible>> {
+        self.last_write = Some(Instant::now());
         let total = std::mem::take(&mut self.held_bytes);
         let joined = match self.held.len() {
             0 => return None,
@@ -74,6 +96,10 @@ where
             }
             match Pin::new(&mut this.frames).poll_next(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    if this.held.is_empty() && this.last_write.is_none_or(|at| at.elapsed() >= this.quiet) {
+                        this.last_write = Some(Instant::now());
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
                     this.idle_rounds = 0;
                     this.held_bytes += frame.len();
                     this.held.push(frame);
@@ -123,8 +149,15 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             tx.send(frame("late")).await.unwrap();
         });
-        let mut joined = Coalesce::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        assert_eq!(text(joined.next().await).as_deref(), Some("abcd"));
+        // Silence long enough to write "late" at once never comes between the others, however
+        // slow the machine.
+        let mut joined = Coalesce::with_quiet(tokio_stream::wrappers::ReceiverStream::new(rx), Duration::from_secs(30));
+        assert_eq!(
+            text(joined.next().await).as_deref(),
+            Some("a"),
+            "the first frame goes at once"
+        );
+        assert_eq!(text(joined.next().await).as_deref(), Some("bcd"));
         assert_eq!(text(joined.next().await).as_deref(), Some("late"));
         assert_eq!(text(joined.next().await), None);
     }
@@ -149,14 +182,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_frame_after_silence_is_not_held_for_a_round() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut joined = Coalesce::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tx.send(frame("a")).await.unwrap();
+        assert_eq!(text(joined.next().await).as_deref(), Some("a"));
+        tokio::time::sleep(QUIET * 2).await;
+        tx.send(frame("b")).await.unwrap();
+        match futures::poll!(joined.next()) {
+            Poll::Ready(item) => assert_eq!(text(item).as_deref(), Some("b")),
+            Poll::Pending => panic!("a frame after silence was held back"),
+        }
+    }
+
+    #[tokio::test]
     async fn a_long_burst_is_cut_at_the_size_limit() {
         let big = "x".repeat(MAX_JOINED_BYTES / 4 + 1);
         let frames: Vec<_> = (0..8).map(|_| frame(&big)).collect();
-        let mut joined = Coalesce::new(futures::stream::iter(frames));
+        let mut joined = Coalesce::with_quiet(futures::stream::iter(frames), Duration::from_secs(30));
         let mut sizes = Vec::new();
         while let Some(Ok(bytes)) = joined.next().await {
             sizes.push(bytes.len());
         }
-        assert_eq!(sizes, [4 * big.len(), 4 * big.len()]);
+        // The first frame goes at once; the rest are joined up to the limit.
+        assert_eq!(sizes, [big.len(), 4 * big.len(), 3 * big.len()]);
     }
 }
