@@ -96,9 +96,12 @@ where
             }
             match Pin::new(&mut this.frames).poll_next(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    if this.held.is_empty() && this.last_write.is_none_or(|at| at.elapsed() >= this.quiet) {
-                        this.last_write = Some(Instant::now());
-                        return Poll::Ready(Some(Ok(frame)));
+                    if this.held.is_empty() {
+                        let now = Instant::now();
+                        if this.last_write.is_none_or(|at| now - at >= this.quiet) {
+                            this.last_write = Some(now);
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
                     }
                     this.idle_rounds = 0;
                     this.held_bytes += frame.len();

@@ -335,7 +335,7 @@ fn load_answer(res: &mut Response, model: &str, keep_alive: &Option<Value>, stre
 /// streams, and nothing is paid for a stream no one reads.
 async fn generate_answer(res: &mut Response, app: &App, request: ChatRequest, kind: Kind, caller: &Caller) {
     let started = Instant::now();
-    let events = match app.gateway.chat(&request, caller).await {
+    let mut events = match app.gateway.chat(&request, caller).await {
         Ok(events) => events,
         Err(e) => return write_error(res, &e, &request.model),
     };
@@ -344,7 +344,6 @@ async fn generate_answer(res: &mut Response, app: &App, request: ChatRequest, ki
         return write_stream(res, "application/x-ndjson", ndjson(encoder, events));
     }
     let mut answer = ChatResponse::default();
-    let mut events = events;
     while let Some(event) = events.next().await {
         match event {
             Ok(event) => answer.push(event),
