@@ -78,7 +78,7 @@ async fn main() {
         .expect("the client builds");
     let _ = TARGET.set(Target { client, upstream });
     let addr = listen.parse().expect("--listen is an address like 127.0.0.1:3001");
-    let acceptor = diglot::server::bind(addr).await.expect("the address is free");
+    let acceptor = diglot::http::bind(addr).await.expect("the address is free");
     let local = acceptor.holdings()[0].local_addr.clone();
     println!("listening on http://{}", local.into_std().expect("a TCP address"));
     let router = Router::new().push(Router::with_path("{**rest}").goal(forward));

@@ -3,7 +3,8 @@
 
 use clap::{Args, Subcommand};
 
-use crate::gateway::auth::{generate_token, parse_net};
+use crate::gateway::auth::parse_net;
+use crate::store::secrets::generate_token;
 use crate::store::{Role, Store, TokenRecord};
 
 #[derive(Subcommand)]

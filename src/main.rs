@@ -1,7 +1,7 @@
 //! The `diglot` command: serve (the default) and check-config.
 
 use clap::{Parser, Subcommand};
-use diglot::config::{Config, Overrides, UpstreamKind, UpstreamOverrides};
+use diglot::config::{Config, Overrides, Source, UpstreamKind, UpstreamOverrides};
 
 #[derive(Parser)]
 #[command(
@@ -37,7 +37,8 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default).
     Serve,
-    /// Load the configuration, report problems, and print the result (secrets redacted).
+    /// Load the configuration (`--profile FILE` to check an edit before saving it in
+    /// place), report problems, and print the result (secrets redacted).
     CheckConfig,
     /// Manage API tokens in the store (`store.data_dir` of the profile).
     #[command(subcommand)]
@@ -63,7 +64,11 @@ fn main() -> std::process::ExitCode {
             api_key: cli.api_key.clone(),
         },
     };
-    let config = match Config::load(cli.profile.as_deref(), &overrides) {
+    let source = Source {
+        profile: cli.profile.clone(),
+        overrides,
+    };
+    let config = match source.load() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("diglot: configuration error: {e}");
@@ -75,6 +80,11 @@ fn main() -> std::process::ExitCode {
     let _logs = (!matches!(command, Command::Serve)).then(|| diglot::telemetry::init_logs(&config.log, config.debug));
     match command {
         Command::CheckConfig => {
+            // Everything the gateway would build from it, without starting anything.
+            if let Err(e) = diglot::gateway::Snapshot::check(&config) {
+                eprintln!("diglot: configuration error: {e}");
+                return std::process::ExitCode::from(2);
+            }
             let shown = Config {
                 upstream: config.upstream.redacted(),
                 channels: config.channels.iter().map(|c| c.redacted()).collect(),
@@ -85,7 +95,7 @@ fn main() -> std::process::ExitCode {
             println!("{}", serde_json::to_string_pretty(&shown).unwrap_or_default());
             std::process::ExitCode::SUCCESS
         }
-        Command::Serve => run(config),
+        Command::Serve => run(config, source),
         Command::Token(command) => with_store(&config, |store| diglot::cli::token(store, command)),
         Command::Usage { days, json } => with_store(&config, |store| diglot::cli::usage(store, days, json)),
     }
@@ -114,7 +124,7 @@ fn with_store(
     }
 }
 
-fn run(config: Config) -> std::process::ExitCode {
+fn run(config: Config, source: Source) -> std::process::ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -134,7 +144,7 @@ fn run(config: Config) -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         };
-        let acceptor = match diglot::server::bind(addr).await {
+        let acceptor = match diglot::http::bind(addr).await {
             Ok(acceptor) => acceptor,
             Err(e) => {
                 eprintln!("diglot: cannot listen on {addr}: {e}");
@@ -142,17 +152,18 @@ fn run(config: Config) -> std::process::ExitCode {
             }
         };
         for channel in config.channels() {
-            tracing::info!(channel = %channel.name, kind = ?channel.kind, url = %diglot::protocol::http::shown_url(&channel.url), models = ?channel.models, priority = channel.priority, weight = channel.weight, "channel");
+            tracing::info!(channel = %channel.name, kind = ?channel.kind, url = %diglot::protocol::upstream::shown_url(&channel.url), models = ?channel.models, priority = channel.priority, weight = channel.weight, "channel");
         }
         tracing::info!(%addr, "diglot listening");
-        let app = match diglot::server::App::new(config) {
+        let telemetry_config = config.telemetry.clone();
+        let app = match diglot::http::App::new(config, Some(source)) {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("diglot: {e}");
                 return std::process::ExitCode::from(2);
             }
         };
-        if !app.gateway.auth.required() && !addr.ip().is_loopback() {
+        if !app.gateway.snapshot().auth.required() && !addr.ip().is_loopback() {
             tracing::warn!(
                 %addr,
                 "AUTHENTICATION IS OFF on an address other machines can reach: anyone there can use \
@@ -161,10 +172,10 @@ fn run(config: Config) -> std::process::ExitCode {
             );
         }
         if diglot::telemetry::tracing_on() {
-            let endpoint = diglot::protocol::http::shown_url(&config_endpoint(&app.config.telemetry));
+            let endpoint = diglot::protocol::upstream::shown_url(&config_endpoint(&telemetry_config));
             tracing::info!(%endpoint, "exporting traces over OTLP");
         }
-        diglot::server::serve(acceptor, app).await;
+        diglot::http::serve(acceptor, app).await;
         telemetry.shutdown().await;
         std::process::ExitCode::SUCCESS
     })

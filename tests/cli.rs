@@ -207,7 +207,10 @@ async fn token_lifecycle_through_the_cli() {
     file.extend(std::fs::read(dir.join("diglot.db-wal")).unwrap_or_default());
     let bytes = String::from_utf8_lossy(&file);
     assert!(!bytes.contains(&secret), "the token is not stored");
-    assert!(bytes.contains(&diglot::gateway::auth::digest(&secret)), "its digest is");
+    assert!(
+        bytes.contains(&diglot::store::secrets::digest(&secret)),
+        "its digest is"
+    );
 
     let (server, base) = serve(&dir, &fake.url(), &[]).await;
     assert_eq!(chat_status(&base, &secret).await, 200);

@@ -337,7 +337,7 @@ async fn tokens_never_share_cached_answers() {
     let used: BTreeMap<String, u64> = store.tokens_used_since(0).unwrap().into_iter().collect();
     let billed = |r: &diglot::store::UsageRecord| r.prompt_tokens + r.completion_tokens;
     assert_eq!(
-        used[&diglot::gateway::auth::digest(alice)],
+        used[&diglot::store::secrets::digest(alice)],
         billed(&rows[0]) + billed(&rows[4]),
         "hits are not billed"
     );

@@ -593,7 +593,7 @@ async fn access_lines_go_to_the_rotated_log_file() {
     assert_eq!(access[0]["fields"]["channel"], "default");
     assert_eq!(
         access[0]["fields"]["token"],
-        diglot::gateway::auth::display_prefix(token)
+        diglot::store::secrets::display_prefix(token)
     );
     assert!(!text.contains(token), "the token itself is never logged");
     assert!(access[0]["fields"]["prompt_tokens"].as_u64().unwrap() > 0);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::*;
 use diglot::config::{AuthConfig, Config, LimitsConfig};
-use diglot::gateway::auth::digest;
+use diglot::store::secrets::digest;
 use diglot::store::{Role, TokenRecord, UsageRecord};
 use serde_json::{Value, json};
 

@@ -8,61 +8,27 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use ipnet::IpNet;
-use rand::Rng;
-use rand::distr::Alphanumeric;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 use wildmatch::WildMatch;
 
 use crate::config::{AuthConfig, AuthMode};
 use crate::ir::{Error, ErrorKind};
+use crate::protocol::Frontend;
+use crate::store::secrets::{digest, same};
 use crate::store::{Role, Store, TokenRecord};
 
-/// Every token diglot issues starts with this.
-pub const TOKEN_PREFIX: &str = "dg-";
-/// Random base62 characters after the prefix.
-const TOKEN_RANDOM_CHARS: usize = 40;
 /// How often tokens are re-read from the store and the keys file.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// An unknown token triggers a re-read at most this often (so a token made a moment
 /// ago works, and unknown tokens cannot hammer the store).
 const RELOAD_ON_MISS: Duration = Duration::from_millis(200);
 
-/// A new token: `dg-` and 40 random base62 characters (~238 bits).
-pub fn generate_token() -> String {
-    let random: String = rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(TOKEN_RANDOM_CHARS)
-        .map(char::from)
-        .collect();
-    format!("{TOKEN_PREFIX}{random}")
-}
-
-/// SHA-256 of a token, lowercase hex: all diglot ever keeps of it.
-pub fn digest(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// The start of a token, safe to show (`dg-AbCd`).
-pub fn display_prefix(token: &str) -> String {
-    // A short secret (a hand-picked API_TOKEN or keys-file line) would be largely given
-    // away by its first characters: it is shown by none of them.
-    if token.chars().count() < MIN_SHOWN_LENGTH {
-        return "(short)".into();
-    }
-    token.chars().take(TOKEN_PREFIX.len() + 4).collect()
-}
-
-/// Secrets shorter than this show no prefix (generated tokens have 43 characters).
-const MIN_SHOWN_LENGTH: usize = 24;
-
 /// Who is calling, as the gateway needs to know it.
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub ip: IpAddr,
-    /// `openai` or `ollama`: which API the request came in on.
-    pub frontend: &'static str,
+    /// Which API the request came in on.
+    pub frontend: Frontend,
     /// None when authentication is off.
     pub token: Option<Arc<TokenRecord>>,
     /// No token although tokens are required (only public paths get this far).
@@ -75,7 +41,7 @@ pub struct Caller {
 
 impl Caller {
     /// A caller with no token (authentication off), e.g. for tests and tools.
-    pub fn anonymous(frontend: &'static str) -> Self {
+    pub fn anonymous(frontend: Frontend) -> Self {
         Self {
             ip: IpAddr::from([127, 0, 0, 1]),
             frontend,
@@ -309,7 +275,7 @@ impl Auth {
     }
 
     /// Checks the global IP rules, then the token (when tokens are required).
-    pub fn authenticate(&self, ip: IpAddr, presented: Option<&str>, frontend: &'static str) -> Result<Caller, Error> {
+    pub fn authenticate(&self, ip: IpAddr, presented: Option<&str>, frontend: Frontend) -> Result<Caller, Error> {
         self.check_ip(ip)?;
         if !self.required() {
             return Ok(Caller {
@@ -388,7 +354,7 @@ impl Auth {
     fn find(&self, wanted: &str) -> Option<Arc<TokenRecord>> {
         let tokens = self.tokens.read().expect("tokens lock").clone();
         let token = tokens.get(wanted)?;
-        bool::from(token.digest.as_bytes().ct_eq(wanted.as_bytes())).then(|| token.clone())
+        same(&token.digest, wanted).then(|| token.clone())
     }
 }
 
@@ -406,19 +372,6 @@ pub fn presented_token(authorization: Option<&str>, x_api_key: Option<&str>, api
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_look_right_and_only_digests_are_kept() {
-        let token = generate_token();
-        assert!(token.starts_with("dg-") && token.len() == 43, "{token}");
-        assert!(token[3..].chars().all(|c| c.is_ascii_alphanumeric()));
-        assert_ne!(generate_token(), token);
-        assert_eq!(
-            digest("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert_eq!(display_prefix(&token), token[..7]);
-    }
 
     #[test]
     fn a_token_is_found_only_when_its_digest_matches_byte_for_byte() {

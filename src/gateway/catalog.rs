@@ -5,20 +5,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Gateway;
+use super::Snapshot;
 use super::auth::Caller;
 use super::routing::Candidate;
-use crate::ir::{Error, ModelCard};
-
-/// Context length reported for a model nobody knows the size of.
-pub const DEFAULT_CONTEXT_LENGTH: u64 = 32768;
+use crate::ir::{DEFAULT_CONTEXT_LENGTH, Error, ModelCard};
 
 /// How often a name missing from the catalog may trigger a fresh look at the upstreams.
 const MISS_REFRESH: Duration = Duration::from_secs(1);
 
 type Listings = Vec<Result<Arc<Vec<ModelCard>>, Error>>;
 
-impl Gateway {
+impl Snapshot {
     /// Every channel's model list (cached), in channel order.
     async fn listings(&self) -> Listings {
         futures::future::join_all(self.router.channels.iter().map(|c| c.listing())).await
@@ -26,7 +23,7 @@ impl Gateway {
 
     /// The channels that serve `name` as a client spells it, each with the name it
     /// knows the model by.
-    pub(super) async fn route(&self, name: &str) -> Result<Vec<Candidate>, Error> {
+    pub async fn route(&self, name: &str) -> Result<Vec<Candidate>, Error> {
         if let Some(found) = self.candidates(name, &self.listings().await) {
             return Ok(found);
         }
@@ -79,7 +76,7 @@ impl Gateway {
         if !name.contains(':') {
             spellings.push(format!("{name}:latest"));
         }
-        for suffix in [self.tag_suffix.as_str(), ":latest"] {
+        for suffix in [self.config.ollama.tag_suffix.as_str(), ":latest"] {
             if let Some(stripped) = name
                 .strip_suffix(suffix)
                 .filter(|s| !suffix.is_empty() && !s.is_empty())

@@ -1,7 +1,9 @@
-//! A channel: one configured upstream with its keys, concurrency slots and health.
+//! A channel: one configured upstream with its keys, concurrency slots and health. What
+//! it learns at run time (health, circuit, in-flight count, key benches, slots) is shared
+//! with the channel of the same name in the next snapshot, so a reload keeps it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
@@ -9,13 +11,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wildmatch::WildMatch;
 
 use super::health::Health;
-use crate::config::{ImageConfig, UpstreamConfig, UpstreamKind};
+use crate::config::{Endpoint, ImageConfig, UpstreamConfig, UpstreamKind};
 use crate::ir::{Error, ModelCard};
 use crate::protocol::Backend;
-use crate::protocol::http::Upstream;
 use crate::protocol::images::ImageFetcher;
+use crate::protocol::upstream::Upstream;
 
 pub struct Channel {
+    /// What it was built from: an unchanged channel is kept whole across a reload.
+    pub config: UpstreamConfig,
     pub name: String,
     pub kind: UpstreamKind,
     /// The configured base URL, for `/health` (keys with URLs of their own not shown).
@@ -32,10 +36,10 @@ pub struct Channel {
     next_key: AtomicUsize,
     slots: Option<Arc<Semaphore>>,
     /// Requests waiting for a slot, bounded by `routing.max_queue`.
-    pub waiting: AtomicUsize,
+    pub waiting: Arc<AtomicUsize>,
     /// Requests holding a lease now.
-    in_flight: AtomicUsize,
-    pub health: Health,
+    in_flight: Arc<AtomicUsize>,
+    pub health: Arc<Health>,
     /// The upstream's model list (one entry), kept for `models_cache_secs`; a failure
     /// for at most `FAILED_LISTING_TTL`, so an upstream that is back is seen soon.
     listing: Cache<(), Listing>,
@@ -60,9 +64,10 @@ impl moka::Expiry<(), Listing> for ListingExpiry {
 
 /// One key of a channel (or the channel itself when it has no key).
 struct Key {
+    endpoint: Endpoint,
     backend: Backend,
     /// Left out until then: it got 401/403, or 429 with a `Retry-After`.
-    benched_until: std::sync::Mutex<Option<Instant>>,
+    benched_until: Arc<Mutex<Option<Instant>>>,
     slots: Option<Arc<Semaphore>>,
 }
 
@@ -100,23 +105,43 @@ pub enum NoSlot {
     NoKey,
 }
 
+/// Slots for `limit` requests at a time (none: no limit), the ones `before` had when
+/// its limit was the same, so requests holding them still count.
+fn slots(limit: usize, before: Option<(usize, &Option<Arc<Semaphore>>)>) -> Option<Arc<Semaphore>> {
+    match before {
+        Some((was, slots)) if was == limit => slots.clone(),
+        _ => (limit > 0).then(|| Arc::new(Semaphore::new(limit))),
+    }
+}
+
 impl Channel {
-    pub fn new(config: &UpstreamConfig, images: &ImageConfig) -> Result<Self, String> {
+    /// Builds the channel `config` describes; `before` is the channel of the same name
+    /// being replaced, whose runtime state it takes over.
+    pub fn new(config: &UpstreamConfig, images: &ImageConfig, before: Option<&Channel>) -> Result<Self, String> {
         let http = Upstream::client(config);
         let fetcher = ImageFetcher::new(images);
+        let per_key = config.max_concurrency_per_key;
         let keys = config
             .endpoints()
             .map_err(|e| e.to_string())?
-            .iter()
-            .map(|endpoint| Key {
-                backend: Backend::new(config, Upstream::new(config, http.clone(), endpoint), fetcher.clone()),
-                benched_until: std::sync::Mutex::new(None),
-                slots: (config.max_concurrency_per_key > 0)
-                    .then(|| Arc::new(Semaphore::new(config.max_concurrency_per_key))),
+            .into_iter()
+            .map(|endpoint| {
+                let old = before.and_then(|b| b.keys.iter().find(|k| k.endpoint == endpoint));
+                Key {
+                    backend: Backend::new(config, Upstream::new(config, http.clone(), &endpoint), fetcher.clone()),
+                    benched_until: old.map_or_else(Default::default, |k| k.benched_until.clone()),
+                    slots: slots(
+                        per_key,
+                        old.zip(before)
+                            .map(|(k, b)| (b.config.max_concurrency_per_key, &k.slots)),
+                    ),
+                    endpoint,
+                }
             })
             .collect();
         let is_glob = |m: &String| m.contains(['*', '?']);
         Ok(Self {
+            config: config.clone(),
             name: config.name.clone(),
             kind: config.kind,
             url: config.url.clone(),
@@ -132,10 +157,13 @@ impl Channel {
             aliases: config.aliases.iter().map(|(a, t)| (a.clone(), t.clone())).collect(),
             keys,
             next_key: AtomicUsize::new(0),
-            slots: (config.max_concurrency > 0).then(|| Arc::new(Semaphore::new(config.max_concurrency))),
-            waiting: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
-            health: Health::default(),
+            slots: slots(
+                config.max_concurrency,
+                before.map(|b| (b.config.max_concurrency, &b.slots)),
+            ),
+            waiting: before.map_or_else(Default::default, |b| b.waiting.clone()),
+            in_flight: before.map_or_else(Default::default, |b| b.in_flight.clone()),
+            health: before.map_or_else(Default::default, |b| b.health.clone()),
             listing: Cache::builder()
                 .expire_after(ListingExpiry {
                     ttl: Duration::from_secs(config.models_cache_secs),

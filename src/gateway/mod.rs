@@ -1,7 +1,8 @@
 //! Between a frontend and a backend: what applies to every request whatever its
 //! protocols: who may call (auth, limits, quotas), the model catalog, per-model policy
 //! (option overrides, display names), the response cache, routing over channels with
-//! failover and health, and usage records and metrics.
+//! failover and health, and usage records and metrics; and the live configuration
+//! snapshot they all read.
 
 pub mod auth;
 pub mod cache;
@@ -9,32 +10,32 @@ mod catalog;
 pub mod channel;
 pub mod health;
 pub mod limits;
+mod live;
 pub mod policy;
 pub mod routing;
 pub mod usage;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 
-use crate::config::{Config, RoutingConfig};
-use crate::ir::{ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, estimate_tokens};
+use crate::config::Config;
+use crate::ir::{ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ErrorKind, estimate_tokens};
+use crate::protocol::upstream::PassThrough;
 use crate::store::Store;
 use crate::telemetry::{Metrics, spans};
-use auth::{Auth, Caller};
-use cache::ResponseCache;
+use auth::Caller;
 use channel::Channel;
-use limits::Limits;
-use policy::Policies;
-use routing::Router;
+use limits::{Limiter, MemoryLimiter};
 use tracing_futures::Instrument;
 use usage::{Meter, UsageLog};
 
-pub use catalog::DEFAULT_CONTEXT_LENGTH;
+pub use live::Snapshot;
 
 /// How long a model counts as "running" for `/api/ps` after its last use (Ollama's
 /// default keep-alive).
@@ -77,80 +78,92 @@ impl RecentModels {
 }
 
 pub struct Gateway {
-    pub auth: Arc<Auth>,
+    /// What the profile says now; a request keeps the snapshot it started with.
+    live: ArcSwap<Snapshot>,
     pub metrics: Arc<Metrics>,
-    limits: Arc<Limits>,
+    limiter: Arc<dyn Limiter>,
     pub usage: Arc<UsageLog>,
     pub store: Option<Arc<dyn Store>>,
-    router: Router,
-    policies: Policies,
-    cache: Arc<ResponseCache>,
-    tag_suffix: String,
     recent: RecentModels,
-    /// When the catalog was last refreshed because a name was not in it.
-    refreshed_for_miss: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Reloads one at a time, so each builds on the snapshot before it.
+    reloading: Mutex<()>,
 }
 
 impl Gateway {
-    /// Opens the store, and starts the usage writer: call inside a Tokio runtime.
-    pub fn new(config: &Config) -> Result<Self, String> {
-        let channels = config
-            .channels()
-            .iter()
-            .map(|c| Channel::new(c, &config.images).map(Arc::new))
-            .collect::<Result<Vec<_>, _>>()?;
+    /// Opens the store, builds the first snapshot, and starts the usage writer, the token
+    /// reloads and the health checks: call inside a Tokio runtime.
+    pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let store = if config.store.data_dir.as_os_str().is_empty() {
             None
         } else {
             Some(crate::store::open(&config.store.data_dir).map_err(|e| e.to_string())?)
         };
         let metrics = Arc::new(Metrics::new(config.metrics.enabled));
-        let limits = Limits::new(config.limits.clone(), metrics.clone());
+        let limiter = MemoryLimiter::new(metrics.clone());
         if let Some(store) = &store {
             let month = limits::month_start_ms();
             let used = store.tokens_used_since(month).map_err(|e| e.to_string())?;
-            limits.set_used_before(month, used.into_iter().collect());
+            limiter.set_used_before(month, used.into_iter().collect());
         }
-        let auth = Arc::new(Auth::new(&config.auth, &config.tokens, store.clone())?);
-        auth.start_reloading();
-        Ok(Self {
-            auth,
-            limits: Arc::new(limits),
+        let snapshot = Snapshot::build(config, None, store.clone(), &metrics)?;
+        snapshot.auth.start_reloading();
+        let gateway = Arc::new(Self {
+            live: ArcSwap::from_pointee(snapshot),
+            limiter: Arc::new(limiter),
             usage: Arc::new(UsageLog::start(store.clone())),
             store,
-            router: Router::new(channels, config.routing.clone(), metrics.clone()),
             metrics,
-            policies: Policies::new(&config.models),
-            cache: Arc::new(ResponseCache::new(&config.cache)),
-            tag_suffix: config.ollama.tag_suffix.clone(),
             recent: RecentModels::default(),
-            refreshed_for_miss: std::sync::Mutex::new(None),
-        })
+            reloading: Mutex::new(()),
+        });
+        gateway.start_checks();
+        Ok(gateway)
+    }
+
+    /// The configuration in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.live.load_full()
+    }
+
+    /// Builds a snapshot of `config` on top of the running one and swaps it in. Settings
+    /// that cannot change while running keep their running values and are named in the
+    /// answer; an invalid `config` changes nothing.
+    pub fn apply(&self, mut config: Config) -> Result<Vec<&'static str>, String> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+        let running = self.live.load_full();
+        let kept = config.keep_restart_only(&running.config);
+        let snapshot = Snapshot::build(config, Some(&running), self.store.clone(), &self.metrics)?;
+        snapshot.auth.start_reloading();
+        self.live.store(Arc::new(snapshot));
+        Ok(kept)
     }
 
     /// Starts the active health checks (a model-list fetch per channel, which also keeps
-    /// the catalog fresh). They stop when the gateway is dropped.
+    /// the catalog fresh), on whatever channels the live snapshot has at each tick. They
+    /// stop when the gateway is dropped.
     /// With one channel there is nothing to fail over to, so none run: a check would only
     /// add traffic (and single-stream servers such as llama-cpp-python's abort the
     /// generation in progress when any other request arrives).
-    pub fn start_checks(&self) {
-        let Some(interval) = self.router.config.check_interval() else {
-            return;
-        };
-        if self.router.channels.len() < 2 {
-            return;
-        }
-        let channels: Vec<Weak<Channel>> = self.router.channels.iter().map(Arc::downgrade).collect();
+    fn start_checks(self: &Arc<Self>) {
+        let gateway = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticks.tick().await;
-                let alive: Vec<Arc<Channel>> = channels.iter().filter_map(Weak::upgrade).collect();
-                if alive.is_empty() {
+                let Some(live) = gateway.upgrade().map(|g| g.snapshot()) else {
                     return;
+                };
+                let interval = live.router.config.check_interval();
+                let channels: Vec<Arc<Channel>> = live.router.channels.clone();
+                drop(live);
+                let Some(interval) = interval else {
+                    // Checks are off; look again later, a reload may turn them on.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                };
+                tokio::time::sleep(interval).await;
+                if channels.len() < 2 {
+                    continue;
                 }
-                futures::future::join_all(alive.iter().map(|channel| async move {
+                futures::future::join_all(channels.iter().map(|channel| async move {
                     channel.forget_listing();
                     let _ = channel.listing().await;
                 }))
@@ -163,9 +176,9 @@ impl Gateway {
     /// failure before any output fails over to another channel, or reaches the client
     /// as a proper error status; after it, an error ends the stream. Every request,
     /// answered or not, leaves a usage record. A cached answer replays as a stream.
-    pub async fn chat(&self, request: &ChatRequest, caller: &Caller) -> Result<ChatStream, Error> {
+    pub async fn chat(&self, live: &Snapshot, request: &ChatRequest, caller: &Caller) -> Result<ChatStream, Error> {
         let mut meter = Meter::start(self.usage.clone(), self.metrics.clone(), caller, &request.model);
-        let started = match self.start_chat(request, caller, &mut meter).await {
+        let started = match self.start_chat(live, request, caller, &mut meter).await {
             Ok(started) => started,
             Err(error) => {
                 meter.finish(error.status());
@@ -177,8 +190,8 @@ impl Gateway {
             lease,
             store_as,
         } = started;
-        let config = self.router.config.clone();
-        let cache = self.cache.clone();
+        let config = live.router.config.clone();
+        let cache = live.cache.clone();
         // A complete answer (up to its finish) is what gets cached.
         let mut recording = store_as.map(|key| (key, Vec::new()));
         let mut recorded_bytes = 0;
@@ -215,9 +228,15 @@ impl Gateway {
 
     /// Admits and routes a generation, then answers it from the cache or starts it
     /// upstream: its events from the first one on.
-    async fn start_chat(&self, request: &ChatRequest, caller: &Caller, meter: &mut Meter) -> Result<Started, Error> {
+    async fn start_chat(
+        &self,
+        live: &Snapshot,
+        request: &ChatRequest,
+        caller: &Caller,
+        meter: &mut Meter,
+    ) -> Result<Started, Error> {
         caller.check_model(&request.model)?;
-        let candidates = self.route(&request.model).await?;
+        let candidates = live.route(&request.model).await?;
         // A name is a metric label only when a channel really knows it: with no model
         // list to check against, a glob takes any name a client makes up.
         if candidates.iter().any(|c| c.verified) {
@@ -228,22 +247,25 @@ impl Gateway {
         // quota nearly used up, an answer of unset length is capped to what is left, so it
         // cannot overrun; one that asks for more than is left is refused.
         let prompt = request.estimated_prompt_tokens();
-        let default = self.limits.default_max_tokens();
-        let cap = self
-            .limits
-            .quota_left(caller)
-            .map(|left| left.saturating_sub(prompt).max(1))
-            .filter(|&room| room < default);
+        let limits = &live.config.limits;
+        let default = limits.default_max_tokens;
+        let cap = match caller.token.as_ref().and_then(|t| t.monthly_quota) {
+            Some(_) => self.limiter.quota_left(caller).await,
+            None => None,
+        }
+        .map(|left| left.saturating_sub(prompt).max(1))
+        .filter(|&room| room < default);
         let asked = |model: &str| {
-            let asked = self.policies.max_tokens(request, model).filter(|&n| n > 0);
+            let asked = live.policies.max_tokens(request, model).filter(|&n| n > 0);
             asked.map_or(cap.unwrap_or(default), |n| n as u64)
         };
         let max_tokens = candidates.iter().map(|c| asked(&c.model)).max().unwrap_or(default);
-        meter.admitted(self.limits.admit(caller, prompt + max_tokens)?, prompt);
+        let reservation = self.limiter.admit(limits, caller, prompt + max_tokens).await?;
+        meter.admitted(reservation, prompt);
         // The request as each candidate's upstream gets it: renamed, overrides applied,
         // capped.
         let prepare = |model: &str| {
-            let mut prepared = match self.policies.chat(request, model) {
+            let mut prepared = match live.policies.chat(request, model) {
                 Some(prepared) => Cow::Owned(prepared),
                 None => Cow::Borrowed(request),
             };
@@ -256,13 +278,13 @@ impl Gateway {
         };
         let partition = partition(caller);
         // An answer cached for any candidate's upstream will do.
-        let candidates_to_look_up = if self.cache.caches_chats() {
+        let candidates_to_look_up = if live.cache.caches_chats() {
             &candidates[..]
         } else {
             &[]
         };
         for candidate in candidates_to_look_up {
-            let Some(plan) = self
+            let Some(plan) = live
                 .cache
                 .chat_plan(&prepare(&candidate.model), partition, caller.cache)
             else {
@@ -271,7 +293,7 @@ impl Gateway {
             if !plan.read {
                 break;
             }
-            if let Some(answer) = self.cache.chat(&plan.key) {
+            if let Some(answer) = live.cache.chat(&plan.key) {
                 self.note_cache(meter, "chat", "hit");
                 meter.cached(&candidate.model);
                 let replay = stream::iter((*answer).clone().into_iter().map(Ok));
@@ -282,13 +304,13 @@ impl Gateway {
                 });
             }
         }
-        let mut attempts = self.router.attempts(&request.model, &candidates);
+        let mut attempts = live.router.attempts(&request.model, &candidates);
         let mut looked_up = false;
         let (events, lease, store_as) = loop {
             let (lease, model) = attempts.next().await?;
             meter.waited(attempts.take_backoff());
             let sent = prepare(&model);
-            let plan = self.cache.chat_plan(&sent, partition, caller.cache);
+            let plan = live.cache.chat_plan(&sent, partition, caller.cache);
             if let Some(plan) = &plan
                 && !looked_up
             {
@@ -330,52 +352,59 @@ impl Gateway {
         })
     }
 
-    pub async fn embed(&self, request: &EmbedRequest, caller: &Caller) -> Result<EmbedResponse, Error> {
+    pub async fn embed(
+        &self,
+        live: &Snapshot,
+        request: &EmbedRequest,
+        caller: &Caller,
+    ) -> Result<EmbedResponse, Error> {
         let mut meter = Meter::start(self.usage.clone(), self.metrics.clone(), caller, &request.model);
-        let result = self.start_embed(request, caller, &mut meter).await;
+        let result = self.start_embed(live, request, caller, &mut meter).await;
         meter.finish(result.as_ref().map_or_else(Error::status, |_| 200));
         result
     }
 
     async fn start_embed(
         &self,
+        live: &Snapshot,
         request: &EmbedRequest,
         caller: &Caller,
         meter: &mut Meter,
     ) -> Result<EmbedResponse, Error> {
         caller.check_model(&request.model)?;
-        let candidates = self.route(&request.model).await?;
+        let candidates = live.route(&request.model).await?;
         // A name is a metric label only when a channel really knows it: with no model
         // list to check against, a glob takes any name a client makes up.
         if candidates.iter().any(|c| c.verified) {
             meter.known();
         }
         let prompt: u64 = request.inputs.iter().map(|i| estimate_tokens(i.len())).sum();
-        meter.admitted(self.limits.admit(caller, prompt)?, prompt);
-        let prepare = |model: &str| match self.policies.embed(request, model) {
+        let reservation = self.limiter.admit(&live.config.limits, caller, prompt).await?;
+        meter.admitted(reservation, prompt);
+        let prepare = |model: &str| match live.policies.embed(request, model) {
             Some(prepared) => Cow::Owned(prepared),
             None => Cow::Borrowed(request),
         };
         let partition = partition(caller);
         if let Some(candidate) = candidates.first()
-            && let Some(plan) = self
+            && let Some(plan) = live
                 .cache
                 .embed_plan(&prepare(&candidate.model), partition, caller.cache)
             && plan.read
-            && let Some(answer) = self.cache.embedding(&plan.key)
+            && let Some(answer) = live.cache.embedding(&plan.key)
         {
             self.note_cache(meter, "embeddings", "hit");
             meter.cached(&candidate.model);
             meter.counted(answer.prompt_tokens);
             return Ok((*answer).clone());
         }
-        let mut attempts = self.router.attempts(&request.model, &candidates);
+        let mut attempts = live.router.attempts(&request.model, &candidates);
         let mut looked_up = false;
         let answer = loop {
             let (lease, model) = attempts.next().await?;
             meter.waited(attempts.take_backoff());
             let sent = prepare(&model);
-            let plan = self.cache.embed_plan(&sent, partition, caller.cache);
+            let plan = live.cache.embed_plan(&sent, partition, caller.cache);
             if let Some(plan) = &plan
                 && !looked_up
             {
@@ -390,7 +419,7 @@ impl Gateway {
                     let kind = lease.channel.kind.as_str();
                     meter.routed(&lease.channel.name, kind, &model, attempts.elapsed(), span);
                     if let Some(plan) = plan.filter(|p| p.store) {
-                        self.cache.store_embedding(plan.key, Arc::new(answer.clone()));
+                        live.cache.store_embedding(plan.key, Arc::new(answer.clone()));
                     }
                     break answer;
                 }
@@ -441,21 +470,61 @@ impl Gateway {
 
     /// An Ollama upstream's own `/api/show` answer for a model an Ollama channel serves,
     /// passed through as it is; `None` when no Ollama channel serves it.
-    pub async fn ollama_show(&self, name: &str, caller: &Caller) -> Option<Result<Arc<Value>, Error>> {
+    pub async fn ollama_show(&self, live: &Snapshot, name: &str, caller: &Caller) -> Option<Result<Arc<Value>, Error>> {
         if let Err(e) = caller.check_model(name) {
             return Some(Err(e));
         }
-        let candidates = match self.route(name).await {
+        let candidates = match live.route(name).await {
             Ok(candidates) => candidates,
             Err(e) => return Some(Err(e)),
         };
+        let channels = &live.router.channels;
         let candidate = candidates
             .iter()
-            .find(|c| self.router.channels[c.channel].kind == crate::config::UpstreamKind::Ollama)?;
-        self.router.channels[candidate.channel]
+            .find(|c| channels[c.channel].kind == crate::config::UpstreamKind::Ollama)?;
+        channels[candidate.channel]
             .any_backend()
             .ollama_show(&candidate.model)
             .await
+    }
+
+    /// Forwards Ollama model management (`what`: pull, push, create, copy, delete, blobs)
+    /// to `ollama.fallback_url` or the first Ollama channel. It changes the upstream for
+    /// everyone: with tokens on, only admins may.
+    pub async fn ollama_manage(
+        &self,
+        live: &Snapshot,
+        caller: &Caller,
+        what: &str,
+        method: &str,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: reqwest::Body,
+    ) -> Result<PassThrough, Error> {
+        if !caller.is_admin() {
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                "managing models (pull, push, create, copy, delete) needs an admin token",
+            ));
+        }
+        let missing = || {
+            let kind = if what == "pull" {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::NotImplemented
+            };
+            Error::new(
+                kind,
+                format!(
+                    "diglot cannot {what} models on its upstream; set ollama.fallback_url to forward model management to an Ollama server"
+                ),
+            )
+        };
+        let backend = live.model_manager.as_ref().ok_or_else(missing)?;
+        backend
+            .pass_through(method, path_and_query, content_type, body)
+            .await
+            .ok_or_else(missing)?
     }
 
     /// Models used lately, with the unix time of their last use.
@@ -463,14 +532,10 @@ impl Gateway {
         self.recent.list()
     }
 
-    /// The tag suffix Ollama-facing names carry.
-    pub fn tag_suffix(&self) -> &str {
-        &self.tag_suffix
-    }
-
     /// `GET /health`: every channel's state; usable when at least one channel is.
     pub fn health(&self) -> (bool, Value) {
-        let channels: Vec<Value> = self
+        let live = self.snapshot();
+        let channels: Vec<Value> = live
             .router
             .channels
             .iter()
@@ -478,7 +543,7 @@ impl Gateway {
                 let mut report = c.health.report();
                 report["name"] = json!(c.name);
                 report["kind"] = json!(c.kind);
-                report["url"] = json!(crate::protocol::http::shown_url(&c.url));
+                report["url"] = json!(crate::protocol::upstream::shown_url(&c.url));
                 report["priority"] = json!(c.priority);
                 report["weight"] = json!(c.weight);
                 report["keys"] = json!(c.key_count());
@@ -493,7 +558,8 @@ impl Gateway {
 
     /// `GET /metrics`: the Prometheus text, with each channel's health read now.
     pub fn metrics_text(&self) -> String {
-        let states: Vec<(String, String, bool)> = self
+        let live = self.snapshot();
+        let states: Vec<(String, String, bool)> = live
             .router
             .channels
             .iter()
@@ -508,10 +574,6 @@ impl Gateway {
                 .iter()
                 .map(|(name, state, usable)| (name.as_str(), state.as_str(), *usable)),
         )
-    }
-
-    pub fn routing(&self) -> &RoutingConfig {
-        &self.router.config
     }
 }
 

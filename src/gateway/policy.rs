@@ -10,80 +10,13 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use wildmatch::WildMatch;
 
-use crate::config::ModelSettings;
-use crate::ir::{ChatRequest, EmbedRequest, Reasoning, Sampling};
-
-/// Options as the IR carries them, parsed once from a `defaults` or `forced` table.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Options {
-    sampling: Sampling,
-    reasoning: Option<Reasoning>,
-    keep_alive: Option<Value>,
-    truncate: Option<bool>,
-    shift: Option<bool>,
-}
+use crate::config::{ModelSettings, Options};
+use crate::ir::{ChatRequest, EmbedRequest};
 
 impl Options {
-    /// Reads options under either API's names. Unknown names and wrong types are errors.
-    pub fn parse(table: &BTreeMap<String, Value>) -> Result<Self, String> {
-        let mut options = Options::default();
-        let mut sampling = Map::new();
-        for (name, value) in table {
-            let wrong = |what: &str| format!("'{name}' must be {what}, not {value}");
-            match name.as_str() {
-                "think" => {
-                    options.reasoning = Some(match value {
-                        Value::Bool(true) => Reasoning::On,
-                        Value::Bool(false) => Reasoning::Off,
-                        Value::String(level) => Reasoning::from_effort(level)
-                            .flatten()
-                            .ok_or_else(|| wrong("true, false, \"low\", \"medium\" or \"high\""))?,
-                        _ => return Err(wrong("true, false, \"low\", \"medium\" or \"high\"")),
-                    })
-                }
-                "reasoning_effort" => {
-                    let level = value.as_str().ok_or_else(|| wrong("a string"))?;
-                    options.reasoning = Some(
-                        Reasoning::from_effort(level)
-                            .flatten()
-                            .ok_or_else(|| wrong("none, minimal, low, medium, high or max"))?,
-                    );
-                }
-                "keep_alive" => {
-                    if !(value.is_string() || value.is_number()) {
-                        return Err(wrong("a duration (\"5m\") or a number of seconds"));
-                    }
-                    options.keep_alive = Some(value.clone());
-                }
-                "truncate" => options.truncate = Some(value.as_bool().ok_or_else(|| wrong("true or false"))?),
-                "shift" => options.shift = Some(value.as_bool().ok_or_else(|| wrong("true or false"))?),
-                "max_tokens" | "max_completion_tokens" => {
-                    sampling.insert("num_predict".into(), value.clone());
-                }
-                _ => {
-                    sampling.insert(name.clone(), value.clone());
-                }
-            }
-        }
-        let given: Vec<String> = sampling.keys().cloned().collect();
-        options.sampling = serde_json::from_value(Value::Object(sampling)).map_err(|e| e.to_string())?;
-        // An option the IR does not know is dropped by the round trip: name it.
-        let known = match serde_json::to_value(&options.sampling) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
-        };
-        if let Some(unknown) = given.iter().find(|name| !known.contains_key(*name)) {
-            return Err(format!(
-                "unknown option '{unknown}' (Ollama option names such as num_ctx, temperature, top_k, \
-                 num_predict, stop, seed; OpenAI's max_tokens, reasoning_effort; think, keep_alive)"
-            ));
-        }
-        Ok(options)
-    }
-
     fn is_empty(&self) -> bool {
         *self == Options::default()
     }
@@ -154,20 +87,25 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// From the profile (its options were checked when it was loaded).
-    pub fn new(models: &BTreeMap<String, ModelSettings>) -> Self {
+    /// From the profile; an option that does not parse names its key.
+    pub fn new(models: &BTreeMap<String, ModelSettings>) -> Result<Self, String> {
+        let parse = |pattern: &str, which: &str, table| {
+            Options::parse(table).map_err(|e| format!("models.\"{pattern}\".{which}: {e}"))
+        };
         let entries: Vec<Entry> = models
             .iter()
-            .map(|(pattern, settings)| Entry {
-                pattern: pattern.clone(),
-                glob: pattern.contains(['*', '?']).then(|| WildMatch::new(pattern)),
-                settings: settings.clone(),
-                defaults: Options::parse(&settings.defaults).unwrap_or_default(),
-                forced: Options::parse(&settings.forced).unwrap_or_default(),
+            .map(|(pattern, settings)| {
+                Ok(Entry {
+                    pattern: pattern.clone(),
+                    glob: pattern.contains(['*', '?']).then(|| WildMatch::new(pattern)),
+                    settings: settings.clone(),
+                    defaults: parse(pattern, "defaults", &settings.defaults)?,
+                    forced: parse(pattern, "forced", &settings.forced)?,
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let any_options = entries.iter().any(|e| !e.defaults.is_empty() || !e.forced.is_empty());
-        Self { entries, any_options }
+        Ok(Self { entries, any_options })
     }
 
     /// The entries that match any of `names`, most specific first.
@@ -267,6 +205,7 @@ impl Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ir::{Reasoning, Sampling};
     use serde_json::json;
 
     fn table(value: Value) -> BTreeMap<String, Value> {
@@ -314,7 +253,7 @@ mod tests {
             ("*".to_owned(), settings(json!({}), json!({"seed": 9, "think": false}))),
         ]
         .into();
-        let policies = Policies::new(&models);
+        let policies = Policies::new(&models).unwrap();
         let request = ChatRequest {
             model: "fast".into(),
             sampling: Sampling {
@@ -339,11 +278,22 @@ mod tests {
             settings(json!({"num_predict": 64}), json!({"max_tokens": 9})),
         )]
         .into();
-        assert_eq!(Policies::new(&forced).max_tokens(&request, "qwen3:8b"), Some(9));
+        assert_eq!(
+            Policies::new(&forced).unwrap().max_tokens(&request, "qwen3:8b"),
+            Some(9)
+        );
         let defaults: BTreeMap<String, ModelSettings> =
             [("qwen*".to_owned(), settings(json!({"max_tokens": 64}), json!({})))].into();
-        assert_eq!(Policies::new(&defaults).max_tokens(&request, "qwen3:8b"), Some(64));
+        assert_eq!(
+            Policies::new(&defaults).unwrap().max_tokens(&request, "qwen3:8b"),
+            Some(64)
+        );
         // Nothing to do: no copy.
-        assert!(Policies::new(&BTreeMap::new()).chat(&request, "fast").is_none());
+        assert!(
+            Policies::new(&BTreeMap::new())
+                .unwrap()
+                .chat(&request, "fast")
+                .is_none()
+        );
     }
 }

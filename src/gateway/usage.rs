@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tracing::{error, warn};
 
 use super::auth::Caller;
-use super::limits::Ticket;
+use super::limits::Reservation;
 use crate::ir::{ChatEvent, Error, estimate_tokens};
 use crate::store::{Store, UsageRecord};
 use crate::telemetry::exchange::{Exchange, Outcome};
@@ -113,7 +113,7 @@ pub struct Meter {
     exchange: Option<Arc<Exchange>>,
     record: UsageRecord,
     started: Instant,
-    ticket: Option<Ticket>,
+    reservation: Option<Reservation>,
     /// The catalog knew the model (only then is its name a metric label).
     known_model: bool,
     backend: &'static str,
@@ -148,11 +148,11 @@ impl Meter {
                 token_digest: token.map(|t| t.digest.clone()),
                 token_prefix: token.map(|t| t.prefix.clone()),
                 client_ip: Some(caller.ip.to_string()),
-                frontend: caller.frontend,
+                frontend: caller.frontend.as_str(),
                 model: model.to_owned(),
                 ..Default::default()
             },
-            ticket: None,
+            reservation: None,
             known_model: false,
             backend: "",
             upstream_wait: Duration::ZERO,
@@ -173,8 +173,8 @@ impl Meter {
         self.known_model = true;
     }
 
-    pub fn admitted(&mut self, ticket: Ticket, prompt_estimate: u64) {
-        self.ticket = Some(ticket);
+    pub fn admitted(&mut self, reservation: Reservation, prompt_estimate: u64) {
+        self.reservation = Some(reservation);
         self.prompt_estimate = prompt_estimate;
     }
 
@@ -263,8 +263,8 @@ impl Meter {
             .unwrap_or(if answered { self.prompt_estimate } else { 0 });
         let completion = self.completion_tokens.unwrap_or(estimate_tokens(self.output_chars));
         let cached = self.record.cache_hit;
-        if let Some(ticket) = self.ticket.take() {
-            ticket.settle(if cached { 0 } else { prompt + completion });
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(if cached { 0 } else { prompt + completion });
         }
         let duration = self.started.elapsed();
         if let Some(since) = self.answering_since {
@@ -341,16 +341,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("diglot-meter-{}", std::process::id()));
         let store = crate::store::open(&dir).unwrap();
         let log = Arc::new(UsageLog::start(Some(store.clone())));
-        let caller = Caller::anonymous("ollama");
+        let caller = Caller::anonymous(crate::protocol::Frontend::Ollama);
         let metrics = Arc::new(Metrics::new(true));
 
         let mut meter = Meter::start(log.clone(), metrics.clone(), &caller, "m");
-        meter.admitted(
-            Arc::new(crate::gateway::limits::Limits::new(Default::default(), metrics.clone()))
-                .admit(&caller, 10)
-                .unwrap(),
-            12,
-        );
+        let limiter = crate::gateway::limits::MemoryLimiter::new(metrics.clone());
+        let reservation = crate::gateway::limits::Limiter::admit(&limiter, &Default::default(), &caller, 10)
+            .await
+            .unwrap();
+        meter.admitted(reservation, 12);
         meter.routed("default", "ollama", "m-upstream", Duration::ZERO, Span::none());
         for event in [ChatEvent::Text("abcdefgh".into()), ChatEvent::Text("ij".into())] {
             meter.saw(&Ok(event));

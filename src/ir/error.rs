@@ -23,6 +23,9 @@ pub enum ErrorKind {
     Timeout,
     /// No upstream can take the request now (every channel for the model is down).
     Unavailable,
+    /// diglot cannot do this with the upstreams it has (model management without an
+    /// Ollama to forward it to).
+    NotImplemented,
     /// A bug or an impossible state inside diglot.
     Internal,
 }
@@ -96,6 +99,7 @@ impl Error {
             ErrorKind::Timeout => 504,
             ErrorKind::Unavailable => 503,
             ErrorKind::Internal => 500,
+            ErrorKind::NotImplemented => 501,
         }
     }
 }

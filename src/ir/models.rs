@@ -23,3 +23,6 @@ impl ModelCard {
         self.capabilities.iter().any(|c| c == name)
     }
 }
+
+/// Context length reported for a model nobody knows the size of.
+pub const DEFAULT_CONTEXT_LENGTH: u64 = 32768;

@@ -11,7 +11,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use crate::config::ImageConfig;
 use crate::ir::{Error, Image};
-use crate::protocol::http::root_cause;
+use crate::protocol::upstream::root_cause;
 
 /// Reads an image reference as a client gave it: a `data:` URI or an http(s) URL.
 pub fn parse_image_ref(url: &str) -> Result<Image, Error> {

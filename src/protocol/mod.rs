@@ -1,14 +1,44 @@
-//! One folder per protocol, each with `wire.rs` (its JSON), `server.rs` (the frontend)
-//! and `client.rs` (the backend); plus what the protocols share.
+//! Pure codecs, one folder per protocol: `wire.rs` (its JSON), `decode.rs` (a
+//! frontend's wire → IR), `encode.rs` (IR → a frontend's wire) and `client.rs` (the
+//! backend, which encodes the IR for its upstream and decodes the answer). Shared:
+//! `upstream.rs` (the HTTP client), `images.rs` and `options.rs` (Ollama's option fields,
+//! which both frontends take). Nothing here knows of HTTP serving or the gateway.
 
-pub mod frames;
-pub mod http;
 pub mod images;
 pub mod ollama;
 pub mod openai;
+pub mod options;
+pub mod upstream;
 
 use crate::config::{UpstreamConfig, UpstreamKind};
-use http::Upstream;
+use upstream::{PassThrough, Upstream};
+
+/// A frontend: the API a request came in on. Each renders errors in its own shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frontend {
+    OpenAi,
+    Ollama,
+}
+
+impl Frontend {
+    /// The name in usage records, metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Frontend::OpenAi => "openai",
+            Frontend::Ollama => "ollama",
+        }
+    }
+
+    /// An error as this frontend's clients expect it (`model` names the model asked for,
+    /// for Ollama's "model 'NAME' not found"): its status and JSON body.
+    pub fn error_body(self, error: &Error, model: &str) -> Vec<u8> {
+        let body = match self {
+            Frontend::OpenAi => serde_json::to_vec(&openai::encode::error_body(error)),
+            Frontend::Ollama => serde_json::to_vec(&ollama::encode::error_body(error, model)),
+        };
+        body.unwrap_or_default()
+    }
+}
 
 use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ModelCard};
 
@@ -53,6 +83,25 @@ impl Backend {
         match self {
             Backend::Ollama(c) => c.models().await,
             Backend::OpenAi(c) => c.models().await,
+        }
+    }
+
+    /// Passes a model-management call through to an Ollama upstream as it is; `None` for
+    /// upstreams that have no such thing.
+    pub async fn pass_through(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: reqwest::Body,
+    ) -> Option<Result<PassThrough, Error>> {
+        match self {
+            Backend::Ollama(c) => Some(
+                c.upstream()
+                    .pass_through(method, path_and_query, content_type, body)
+                    .await,
+            ),
+            Backend::OpenAi(_) => None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! What diglot keeps across restarts: tokens and usage records. Behind a small trait so
 //! a shared store (PostgreSQL, for several replicas) can sit beside the embedded SQLite.
 
+pub mod secrets;
 mod sqlite;
 
 use std::path::Path;
@@ -67,8 +68,8 @@ impl TokenRecord {
         Self {
             id: None,
             name: name.to_owned(),
-            digest: crate::gateway::auth::digest(secret),
-            prefix: crate::gateway::auth::display_prefix(secret),
+            digest: secrets::digest(secret),
+            prefix: secrets::display_prefix(secret),
             role,
             enabled: true,
             created_at: 0,

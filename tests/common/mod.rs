@@ -96,7 +96,7 @@ impl FakeUpstream {
             .push(Router::with_path("v1/models").get(openai_models))
             .push(Router::with_path("red.png").get(red_png));
         // With TCP_NODELAY, as real servers set it: else each small write waits for an ACK.
-        let acceptor = diglot::server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let acceptor = diglot::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = acceptor.holdings()[0].local_addr.clone().into_std().unwrap();
         tokio::spawn(Server::new(acceptor).serve(router));
         Self { addr, state }
@@ -693,7 +693,7 @@ pub async fn diglot(upstream: &str, tweak: impl FnOnce(&mut Config)) -> String {
     let mut config = test_config();
     config.upstream.url = upstream.to_owned();
     tweak(&mut config);
-    let addr = diglot::server::spawn(config).await.unwrap();
+    let addr = diglot::http::spawn(config).await.unwrap();
     format!("http://{addr}")
 }
 
@@ -704,7 +704,7 @@ pub async fn diglot_channels(channels: Vec<diglot::config::UpstreamConfig>, twea
         ..test_config()
     };
     tweak(&mut config);
-    let addr = diglot::server::spawn(config).await.unwrap();
+    let addr = diglot::http::spawn(config).await.unwrap();
     format!("http://{addr}")
 }
 

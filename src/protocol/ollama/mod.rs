@@ -1,6 +1,6 @@
-//! Ollama's native API (`/api/...`).
+//! Ollama: its wire types, the frontend codec (decode, encode) and the backend client.
 
 pub mod client;
 pub mod decode;
-pub mod server;
+pub mod encode;
 pub mod wire;

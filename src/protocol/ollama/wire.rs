@@ -309,3 +309,34 @@ pub struct ShowResponse {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// The model a `/api/show` or `/api/pull` body names.
+#[derive(Debug, Deserialize)]
+pub struct ModelName {
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `/api/pull`.
+#[derive(Debug, Deserialize)]
+pub struct PullRequest {
+    #[serde(flatten)]
+    pub name: ModelName,
+    #[serde(default)]
+    pub stream: Option<bool>,
+}
+
+/// The legacy single-prompt `/api/embeddings`.
+#[derive(Debug, Deserialize)]
+pub struct LegacyEmbeddingRequest {
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub prompt: String,
+    #[serde(default)]
+    pub options: Map<String, Value>,
+    #[serde(default)]
+    pub keep_alive: Option<Value>,
+}

@@ -13,8 +13,8 @@ use crate::ir::{
     ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ErrorKind, FinishReason, Image, Input,
     Message, ModelCard, Reasoning, ResponseFormat, Role, TokenLogprob, ToolChoice, TopLogprob, Usage, new_call_id,
 };
-use crate::protocol::http::{Upstream, root_cause};
 use crate::protocol::images::sniff_base64_mime;
+use crate::protocol::upstream::{Upstream, root_cause};
 
 /// A client of one OpenAI-compatible server.
 #[derive(Clone)]

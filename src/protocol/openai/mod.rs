@@ -1,5 +1,6 @@
-//! The OpenAI API (`/v1/...`).
+//! OpenAI: its wire types, the frontend codec (decode, encode) and the backend client.
 
 pub mod client;
-pub mod server;
+pub mod decode;
+pub mod encode;
 pub mod wire;

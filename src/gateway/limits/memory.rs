@@ -1,7 +1,4 @@
-//! Rate limits (requests and tokens per minute: global, per IP, per token), monthly
-//! token quotas and per-token concurrency. Token counts are reserved from an estimate
-//! before a call and settled with the real usage after it, so concurrent requests cannot
-//! overrun a limit by each seeing the same headroom.
+//! The limiter of one process: windows, quotas and concurrency slots in memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,15 +7,19 @@ use std::time::{Duration, Instant};
 use chrono::{Datelike, TimeZone, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::auth::Caller;
+use super::{Limiter, Reservation};
 use crate::config::LimitsConfig;
+use crate::gateway::auth::Caller;
 use crate::ir::{Error, ErrorKind};
 use crate::telemetry::Metrics;
 
 const WINDOW: Duration = Duration::from_secs(60);
 
-pub struct Limits {
-    config: LimitsConfig,
+/// Counts kept in this process: limits hold per replica, and restart from the store's
+/// usage records (quotas) or from zero (windows).
+pub struct MemoryLimiter(Arc<Counters>);
+
+struct Counters {
     metrics: Arc<Metrics>,
     windows: Mutex<HashMap<String, Window>>,
     quotas: Mutex<HashMap<String, Quota>>,
@@ -53,8 +54,8 @@ struct Rule {
 
 /// What a request holds until it is settled: its reservations and its concurrency slot.
 /// Dropping it unsettled gives the reserved tokens back.
-pub struct Ticket {
-    limits: Arc<Limits>,
+struct Ticket {
+    limits: Arc<Counters>,
     windows: Vec<String>,
     quota: Option<String>,
     estimate: u64,
@@ -70,35 +71,31 @@ pub fn month_start_ms() -> i64 {
         .map_or(0, |t| t.timestamp_millis())
 }
 
-impl Limits {
-    pub fn new(config: LimitsConfig, metrics: Arc<Metrics>) -> Self {
-        Self {
-            config,
+impl MemoryLimiter {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self(Arc::new(Counters {
             metrics,
             windows: Mutex::new(HashMap::new()),
             quotas: Mutex::new(HashMap::new()),
             concurrency: Mutex::new(HashMap::new()),
             used_before: Mutex::new(None),
-        }
-    }
-
-    fn refused(&self, scope: &'static str) {
-        self.metrics.rate_limited(scope);
-    }
-
-    pub fn default_max_tokens(&self) -> u64 {
-        self.config.default_max_tokens
+        }))
     }
 
     /// What the store says each token used this month (read once per month).
     pub fn set_used_before(&self, month: i64, used: HashMap<String, u64>) {
-        *self.used_before.lock().expect("limits lock") = Some((month, used));
+        *self.0.used_before.lock().expect("limits lock") = Some((month, used));
+    }
+}
+
+impl Counters {
+    fn refused(&self, scope: &'static str) {
+        self.metrics.rate_limited(scope);
     }
 
     /// The limits that apply to `caller` (none allocated when none are set).
-    fn rules(&self, caller: &Caller) -> Vec<Rule> {
+    fn rules(config: &LimitsConfig, caller: &Caller) -> Vec<Rule> {
         let mut rules = Vec::new();
-        let config = &self.config;
         if config.rpm > 0 || config.tpm > 0 {
             rules.push(Rule {
                 key: "global".into(),
@@ -131,8 +128,7 @@ impl Limits {
         rules
     }
 
-    /// How many tokens the caller's monthly quota has left, if it has one.
-    pub fn quota_left(&self, caller: &Caller) -> Option<u64> {
+    fn left(&self, caller: &Caller) -> Option<u64> {
         let token = caller.token.as_ref()?;
         let quota = token.monthly_quota?;
         let mut quotas = self.quotas.lock().expect("limits lock");
@@ -164,8 +160,7 @@ impl Limits {
         entry
     }
 
-    /// Admits a request estimated at `estimate` tokens, or says which limit it hit.
-    pub fn admit(self: &Arc<Self>, caller: &Caller, estimate: u64) -> Result<Ticket, Error> {
+    fn reserve(self: &Arc<Self>, config: &LimitsConfig, caller: &Caller, estimate: u64) -> Result<Ticket, Error> {
         let slot = match caller.token.as_ref().and_then(|t| Some((t, t.max_concurrent?))) {
             Some((token, max)) => {
                 let semaphore = self
@@ -186,7 +181,7 @@ impl Limits {
             }
             None => None,
         };
-        let rules = self.rules(caller);
+        let rules = Self::rules(config, caller);
         let now = Instant::now();
         let mut windows = self.windows.lock().expect("limits lock");
         for rule in &rules {
@@ -266,12 +261,26 @@ impl Limits {
     }
 }
 
-impl Ticket {
-    /// Replaces the estimate with what the request really used.
-    pub fn settle(mut self, used: u64) {
-        self.apply(used);
+#[async_trait::async_trait]
+impl Limiter for MemoryLimiter {
+    async fn admit(&self, config: &LimitsConfig, caller: &Caller, estimate: u64) -> Result<Reservation, Error> {
+        let ticket = self.0.reserve(config, caller, estimate)?;
+        Ok(Reservation::new(Box::new(ticket)))
     }
 
+    async fn quota_left(&self, caller: &Caller) -> Option<u64> {
+        self.0.left(caller)
+    }
+}
+
+#[async_trait::async_trait]
+impl super::Held for Ticket {
+    async fn settle(mut self: Box<Self>, used: u64) {
+        self.apply(used);
+    }
+}
+
+impl Ticket {
     fn apply(&mut self, used: u64) {
         if std::mem::replace(&mut self.settled, true) {
             return;

@@ -20,6 +20,13 @@ use crate::ir::{Error, ErrorKind};
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
+/// An upstream's answer passed through untranslated.
+pub struct PassThrough {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: futures::stream::BoxStream<'static, Result<Bytes, Error>>,
+}
+
 /// One upstream server with one key: base URL, credentials, timeouts, and the pooled
 /// client it shares with the other keys of its channel.
 #[derive(Clone)]
@@ -109,6 +116,46 @@ impl Upstream {
 
     pub async fn get(&self, path: &str) -> Result<reqwest::Response, Error> {
         self.send(self.http.get(self.url(path))).await
+    }
+
+    /// Sends a request through as it is and streams the answer back whatever its status
+    /// (Ollama model management: pulls and blob uploads can be gigabytes and minutes
+    /// long, so neither body is read whole).
+    pub async fn pass_through(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: reqwest::Body,
+    ) -> Result<PassThrough, Error> {
+        let url = format!("{}{path_and_query}", self.base_url.as_str().trim_end_matches('/'));
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut request = self.http.request(method, url).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+        }
+        if let Some(auth) = &self.auth {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let base = self.base.clone();
+        Ok(PassThrough {
+            status: response.status().as_u16(),
+            content_type,
+            body: Box::pin(response.bytes_stream().map(move |chunk| {
+                chunk.map_err(|e| {
+                    Error::new(
+                        ErrorKind::UpstreamUnavailable,
+                        format!("the upstream at {base} broke off: {}", root_cause(&e)),
+                    )
+                })
+            })),
+        })
     }
 
     /// Sends and waits for the response headers; a non-2xx answer becomes an error.

@@ -1,0 +1,75 @@
+//! `[auth]`, `[limits]` and `[store]`: who may call, how much, and where tokens and
+//! usage records are kept.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Who may call.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// A file with one key per line (`#` comments), re-read when it changes.
+    pub keys_file: Option<PathBuf>,
+    /// Addresses and CIDRs that may call at all (empty: any) and that may not.
+    pub allow_ips: Vec<String>,
+    pub deny_ips: Vec<String>,
+    /// Proxies whose `X-Forwarded-For` is believed; from anyone else it is ignored.
+    pub trust_proxy: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Tokens are required as soon as any exist (profile, store, `API_TOKEN`, keys file).
+    #[default]
+    Auto,
+    /// Nobody needs a token (diglot warns when not listening on loopback).
+    None,
+    /// A token is always required.
+    Tokens,
+}
+
+/// Rate limits for everyone and per client address (per-token ones are on the token).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests and tokens per minute for the whole gateway; 0: no limit.
+    pub rpm: u64,
+    pub tpm: u64,
+    /// The same per client IP address.
+    pub ip_rpm: u64,
+    pub ip_tpm: u64,
+    /// The completion size reserved against token limits and quotas when a request sets
+    /// no `max_tokens`.
+    pub default_max_tokens: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            rpm: 0,
+            tpm: 0,
+            ip_rpm: 0,
+            ip_tpm: 0,
+            default_max_tokens: 1024,
+        }
+    }
+}
+
+/// Where tokens and usage records live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The directory of `diglot.db` (SQLite), created if missing.
+    pub data_dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! Rate limits (requests and tokens per minute: global, per IP, per token), monthly
+//! token quotas and per-token concurrency, behind the `Limiter` trait so a shared
+//! limiter (Redis, for several replicas) can stand in for the in-memory one. Token counts
+//! are reserved from an estimate before a call and settled with the real usage after it,
+//! so concurrent requests cannot overrun a limit by each seeing the same headroom.
+//!
+//! The limits themselves come with each call (`LimitsConfig` from the live snapshot, the
+//! caller's token): a reload changes them at once and never resets a count.
+
+mod memory;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pub use memory::{MemoryLimiter, month_start_ms};
+
+use super::auth::Caller;
+use crate::config::LimitsConfig;
+use crate::ir::Error;
+
+#[async_trait::async_trait]
+pub trait Limiter: Send + Sync + 'static {
+    /// Admits a request estimated at `estimate` tokens, or says which limit it hit (a 429
+    /// with `Retry-After` and `x-ratelimit-*` headers).
+    async fn admit(&self, config: &LimitsConfig, caller: &Caller, estimate: u64) -> Result<Reservation, Error>;
+
+    /// How many tokens the caller's monthly quota has left, if it has one.
+    async fn quota_left(&self, caller: &Caller) -> Option<u64>;
+}
+
+/// A limiter's hold on what one request reserved.
+#[async_trait::async_trait]
+pub trait Held: Send + Sync {
+    /// Replaces the estimate with what the request really used. Dropping a hold
+    /// unsettled gives the reservation back.
+    async fn settle(self: Box<Self>, used: u64);
+}
+
+/// What a request holds until it ends: settled with the real usage, or released (the
+/// hold's own `Drop`) when the request ends without an answer.
+pub struct Reservation(Option<Box<dyn Held>>);
+
+impl Reservation {
+    pub fn new(held: Box<dyn Held>) -> Self {
+        Self(Some(held))
+    }
+
+    /// Settles with `used` tokens without making the caller wait: a settlement that
+    /// completes at once (the in-memory limiter's) runs here, one that waits on a server
+    /// goes on in a task of its own.
+    pub fn settle(mut self, used: u64) {
+        let Some(held) = self.0.take() else { return };
+        let mut settling = held.settle(used);
+        let mut context = Context::from_waker(futures::task::noop_waker_ref());
+        if let Poll::Pending = Pin::new(&mut settling).poll(&mut context) {
+            tokio::spawn(settling);
+        }
+    }
+}

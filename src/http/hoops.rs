@@ -1,0 +1,99 @@
+//! What runs before every handler: the request's exchange (span, metrics, access line)
+//! with the configuration snapshot it will use, then the caller's address and token.
+
+use std::sync::Arc;
+
+use salvo::prelude::*;
+use tracing_futures::Instrument;
+
+use super::request::app;
+use super::respond::write_error;
+use super::routes::{Access, frontend_of, route_of};
+use crate::gateway::auth::{Caller, presented_token};
+use crate::gateway::cache::CacheControl;
+use crate::ir::ErrorKind;
+use crate::telemetry::Exchange;
+
+/// Takes the live snapshot for the whole request, opens its exchange (server span,
+/// access line, HTTP metrics) and runs the rest inside its span. A streamed answer keeps
+/// the exchange open until it ends.
+#[handler]
+pub async fn observe(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let app = app(depot);
+    let live = app.gateway.snapshot();
+    let base = live.config.base_path();
+    let path = req.uri().path();
+    let route = route_of(&app.routes, path, &base);
+    let exchange = Exchange::start(
+        &app.observer,
+        frontend_of(route, path, &base).as_str(),
+        req.method().as_str(),
+        path,
+        route.map_or("", |r| r.label),
+        req.headers(),
+    );
+    depot.insert_typed(exchange.clone());
+    depot.insert_typed(live);
+    let span = exchange.span().clone();
+    ctrl.call_next(req, depot, res).instrument(span).await;
+    let status = res.status_code.map_or(200, |s| s.as_u16());
+    exchange.responded(status, res.body.is_stream());
+    if let Some(cache) = exchange.cache_status_shown() {
+        let _ = res.add_header("x-diglot-cache", cache, true);
+    }
+}
+
+/// Checks the caller's address and token before any handler runs, and answers 401/403 in
+/// the protocol of the path.
+#[handler]
+pub async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let app = app(depot);
+    let Ok(live) = depot.get_typed::<Arc<crate::gateway::Snapshot>>().cloned() else {
+        return;
+    };
+    let base = live.config.base_path();
+    let path = req.uri().path().to_owned();
+    let route = route_of(&app.routes, &path, &base);
+    let access = route.map_or(Access::Api, |r| r.access);
+    let frontend = frontend_of(route, &path, &base);
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let peer = req
+        .remote_addr()
+        .clone()
+        .into_std()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let auth = &live.auth;
+    let ip = auth.client_ip(peer, header("x-forwarded-for"));
+    let token = presented_token(header("authorization"), header("x-api-key"), header("api-key"));
+    // A scraper's metrics token is not an API token: only the address rules apply.
+    let result = if access == Access::Metrics && live.config.metrics.is_token(token.as_deref()) {
+        auth.check_ip(ip)
+            .map(|()| Caller::anonymous(frontend).with_ip(ip).not_admin())
+    } else {
+        auth.authenticate(ip, token.as_deref(), frontend)
+    };
+    let exchange = depot.get_typed::<Arc<Exchange>>().ok().cloned();
+    let cache = CacheControl::from_header(header("cache-control"));
+    match result {
+        Ok(caller) => {
+            depot.insert_typed(Caller { cache, ..caller }.with_exchange(exchange));
+        }
+        // Public paths and liveness probes still answer (a bad token there is simply
+        // anonymous); `/metrics` checks its own token, but not for refused addresses.
+        Err(error)
+            if matches!(access, Access::Public | Access::Health)
+                || (access == Access::Metrics && error.kind == ErrorKind::Unauthorized) =>
+        {
+            depot.insert_typed(
+                Caller::anonymous(frontend)
+                    .with_ip(ip)
+                    .not_admin()
+                    .with_exchange(exchange),
+            );
+        }
+        Err(error) => {
+            ctrl.skip_rest();
+            write_error(res, frontend, &error, "");
+        }
+    };
+}

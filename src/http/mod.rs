@@ -1,0 +1,150 @@
+//! The HTTP layer: the listener, the route table, request reading and answer writing,
+//! and one handler file per frontend (read → decode → gateway → encode → respond).
+//! Reloads of the configuration are triggered from here (`SIGHUP`, the profile file
+//! changing) and applied by the gateway.
+
+mod frames;
+mod hoops;
+mod ollama;
+mod openai;
+mod reload;
+pub mod request;
+pub mod respond;
+mod routes;
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use salvo::conn::Acceptor;
+use salvo::conn::tcp::TcpAcceptor;
+use salvo::prelude::*;
+
+pub use frames::Coalesce;
+
+use crate::config::{Config, Source};
+use crate::gateway::Gateway;
+use crate::telemetry::exchange::Observer;
+
+/// Everything a request handler needs.
+pub struct App {
+    pub gateway: Arc<Gateway>,
+    /// What every request's exchange reports to.
+    pub observer: Observer,
+    routes: Vec<routes::Route>,
+    /// Where the configuration was read from, to read it again (none when it was given
+    /// whole, as tests and embedders do).
+    source: Option<Source>,
+}
+
+impl App {
+    pub fn new(config: Config, source: Option<Source>) -> Result<Arc<Self>, String> {
+        let observer_log = config.log.access;
+        let gateway = Gateway::new(config)?;
+        let observer = Observer {
+            metrics: gateway.metrics.clone(),
+            access_log: observer_log,
+        };
+        Ok(Arc::new(Self {
+            gateway,
+            observer,
+            routes: routes::table(),
+            source,
+        }))
+    }
+
+    /// The router: the hoops, then the route table.
+    fn router(self: &Arc<Self>) -> Router {
+        let config = &self.gateway.snapshot().config;
+        Router::new()
+            .hoop(affix_state::inject(self.clone()))
+            .hoop(hoops::observe)
+            .hoop(hoops::authenticate)
+            .push(routes::router(
+                &self.routes,
+                &config.base_path(),
+                config.metrics.enabled,
+            ))
+    }
+
+    /// Reads the configuration again from where it came from and applies it (see
+    /// `Gateway::apply`). `why` says what asked, for the log.
+    pub async fn reload(self: &Arc<Self>, why: &'static str) -> Result<(), String> {
+        reload::reload(self, why).await
+    }
+}
+
+/// Binds `addr` with `TCP_NODELAY` on every accepted socket (they inherit it from the
+/// listener): without it each small streamed chunk can wait ~40 ms for Nagle.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpAcceptor> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    TcpAcceptor::try_from(socket.listen(1024)?)
+}
+
+/// Serves until SIGINT or SIGTERM, then lets open streams finish for a while. Reloads
+/// the configuration on SIGHUP and when the profile file changes.
+pub async fn serve(acceptor: TcpAcceptor, app: Arc<App>) {
+    let server = Server::new(acceptor);
+    let handle = server.handle();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down; waiting up to 30 s for open requests");
+        handle.stop_graceful(std::time::Duration::from_secs(30));
+    });
+    reload::on_hangup(&app);
+    let _watch = reload::watch(&app);
+    server.serve(app.router()).await;
+    // Every request has ended: write the usage records still queued.
+    app.gateway.usage.flush().await;
+    tracing::info!("usage records flushed; stopped");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Starts diglot on `config.listen` in the background and returns the bound address
+/// (port 0 picks a free one). For tests, examples and embedding.
+pub async fn spawn(config: Config) -> Result<SocketAddr, String> {
+    spawn_app(config, None).await.map(|(addr, _)| addr)
+}
+
+/// Starts diglot from a profile in the background, watching the profile file as the
+/// server does: the bound address and the app (whose `reload` re-reads the profile).
+pub async fn spawn_profile(source: Source) -> Result<(SocketAddr, Arc<App>), String> {
+    let config = source.load().map_err(|e| e.to_string())?;
+    spawn_app(config, Some(source)).await
+}
+
+async fn spawn_app(config: Config, source: Option<Source>) -> Result<(SocketAddr, Arc<App>), String> {
+    let addr = config.listen_addr().map_err(|e| e.to_string())?;
+    let app = App::new(config, source)?;
+    let acceptor = bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = acceptor.holdings()[0]
+        .local_addr
+        .clone()
+        .into_std()
+        .ok_or("the listener has no IP address")?;
+    let watch = reload::watch(&app);
+    let router = app.router();
+    tokio::spawn(async move {
+        let _watch = watch;
+        Server::new(acceptor).serve(router).await;
+    });
+    Ok((local, app))
+}

@@ -1,0 +1,63 @@
+//! Secrets: API tokens are generated here, kept only as SHA-256 digests, shown only by
+//! a short prefix, and compared in constant time.
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Every token diglot issues starts with this.
+pub const TOKEN_PREFIX: &str = "dg-";
+/// Random base62 characters after the prefix.
+const TOKEN_RANDOM_CHARS: usize = 40;
+/// A new token: `dg-` and 40 random base62 characters (~238 bits).
+pub fn generate_token() -> String {
+    let random: String = rand::rng()
+        .sample_iter(Alphanumeric)
+        .take(TOKEN_RANDOM_CHARS)
+        .map(char::from)
+        .collect();
+    format!("{TOKEN_PREFIX}{random}")
+}
+
+/// SHA-256 of a token, lowercase hex: all diglot ever keeps of it.
+pub fn digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The start of a token, safe to show (`dg-AbCd`).
+pub fn display_prefix(token: &str) -> String {
+    // A short secret (a hand-picked API_TOKEN or keys-file line) would be largely given
+    // away by its first characters: it is shown by none of them.
+    if token.chars().count() < MIN_SHOWN_LENGTH {
+        return "(short)".into();
+    }
+    token.chars().take(TOKEN_PREFIX.len() + 4).collect()
+}
+
+/// Secrets shorter than this show no prefix (generated tokens have 43 characters).
+const MIN_SHOWN_LENGTH: usize = 24;
+
+/// Whether two secrets (or digests) are equal, in time that does not depend on where
+/// they differ.
+pub fn same(a: &str, b: &str) -> bool {
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_look_right_and_only_digests_are_kept() {
+        let token = generate_token();
+        assert!(token.starts_with("dg-") && token.len() == 43, "{token}");
+        assert!(token[3..].chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(generate_token(), token);
+        assert_eq!(
+            digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(display_prefix(&token), token[..7]);
+    }
+}

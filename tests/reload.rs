@@ -1,0 +1,361 @@
+//! Live configuration: a running diglot takes up an edited profile (an in-process reload,
+//! as the admin API will call it, or the file watch), keeps in-flight requests on the
+//! snapshot they started with, refuses a broken edit, and never resets limits.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use diglot::config::Source;
+use diglot::http::App;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+/// A profile in a directory of its own, written whole on each edit.
+struct Profile {
+    path: PathBuf,
+}
+
+impl Profile {
+    fn new(text: &str) -> Self {
+        let profile = Self {
+            path: temp_dir().join("live.toml"),
+        };
+        profile.write(text);
+        profile
+    }
+
+    /// Replaces the file the way editors save: a new file renamed over the old one.
+    fn write(&self, text: &str) {
+        let staged = self.path.with_extension("toml.new");
+        std::fs::write(
+            &staged,
+            format!("listen = \"127.0.0.1:0\"\n[store]\ndata_dir = \"\"\n{text}"),
+        )
+        .unwrap();
+        std::fs::rename(&staged, &self.path).unwrap();
+    }
+
+    async fn start(&self) -> (String, Arc<App>) {
+        let source = Source {
+            profile: Some(self.path.display().to_string()),
+            overrides: Default::default(),
+        };
+        let (addr, app) = diglot::http::spawn_profile(source).await.unwrap();
+        (format!("http://{addr}"), app)
+    }
+}
+
+fn channel_toml(name: &str, fake: &FakeUpstream, models: &[&str], extra: &str) -> String {
+    let models: Vec<String> = models.iter().map(|m| format!("{m:?}")).collect();
+    format!(
+        "[[channels]]\nname = \"{name}\"\nkind = \"ollama\"\nurl = \"{}\"\nmodels = [{}]\n{extra}\n",
+        fake.url(),
+        models.join(", ")
+    )
+}
+
+async fn model_ids(base: &str) -> Vec<String> {
+    let list = get_json(&format!("{base}/v1/models")).await;
+    list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn tag_names(base: &str) -> Vec<String> {
+    let tags = get_json(&format!("{base}/api/tags")).await;
+    tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// An OpenAI chat, unstreamed: its status and body.
+async fn chat(base: &str, model: &str, token: Option<&str>, extra: Value) -> (u16, Value) {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    let mut request = client().post(format!("{base}/v1/chat/completions")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_a_channel_and_its_models_are_listed() {
+    let (first, second) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    let profile = Profile::new(&format!(
+        "[reload]\nwatch = false\n{}",
+        channel_toml("a", &first, &["chat-text"], "")
+    ));
+    let (base, app) = profile.start().await;
+    assert_eq!(model_ids(&base).await, ["chat-text"]);
+    assert_eq!(chat(&base, "chat-json", None, json!({})).await.0, 404);
+
+    profile.write(&format!(
+        "[reload]\nwatch = false\n{}{}",
+        channel_toml("a", &first, &["chat-text"], ""),
+        channel_toml("b", &second, &["chat-json"], "")
+    ));
+    app.reload("test").await.unwrap();
+
+    assert_eq!(model_ids(&base).await, ["chat-text", "chat-json"]);
+    assert_eq!(tag_names(&base).await, ["chat-text:latest", "chat-json:latest"]);
+    let (status, answer) = chat(&base, "chat-json", None, json!({})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model"], "chat-json");
+    let sent = second.bodies("/api/chat");
+    assert_eq!(sent.len(), 1, "the new channel's upstream got the request");
+    assert_eq!(sent[0]["model"], "chat-json");
+    assert!(first.requests("/api/chat").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_added_by_editing_the_file_works_within_two_seconds() {
+    let fake = FakeUpstream::start().await;
+    let profile = Profile::new(&channel_toml("a", &fake, &["chat-text"], ""));
+    let (base, _app) = profile.start().await;
+    assert_eq!(chat(&base, "fast", None, json!({})).await.0, 404);
+
+    profile.write(&channel_toml(
+        "a",
+        &fake,
+        &["chat-text"],
+        "aliases = { fast = \"chat-text\" }",
+    ));
+    let saved = Instant::now();
+    let answer = loop {
+        let (status, answer) = chat(&base, "fast", None, json!({})).await;
+        if status == 200 {
+            break answer;
+        }
+        assert_eq!(status, 404, "{answer}");
+        assert!(
+            saved.elapsed() < Duration::from_secs(2),
+            "the alias did not work within 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer["model"], "fast", "answers carry the name the client used");
+    assert_eq!(fake.bodies("/api/chat").last().unwrap()["model"], "chat-text");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_through_a_removed_channel_finishes() {
+    let (kept, removed) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    removed.set_line_delay(Duration::from_millis(100));
+    let both = format!(
+        "[reload]\nwatch = false\n{}{}",
+        channel_toml("kept", &kept, &["chat-text"], ""),
+        channel_toml("removed", &removed, &["chat-json"], "")
+    );
+    let profile = Profile::new(&both);
+    let (base, app) = profile.start().await;
+
+    let response = client()
+        .post(format!("{base}/api/chat"))
+        .json(&json!({"model": "chat-json", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+
+    profile.write(&format!(
+        "[reload]\nwatch = false\n{}",
+        channel_toml("kept", &kept, &["chat-text"], "")
+    ));
+    app.reload("test").await.unwrap();
+    assert_eq!(
+        chat(&base, "chat-json", None, json!({})).await.0,
+        404,
+        "new requests no longer reach it"
+    );
+
+    let mut text = String::from_utf8(first.to_vec()).unwrap();
+    while let Some(chunk) = body.next().await {
+        text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let expected = std::fs::read_to_string(fixture("ollama/chat/chat-json.ndjson")).unwrap();
+    assert_eq!(lines.len(), expected.lines().count(), "{text}");
+    let last = lines.last().unwrap();
+    assert_eq!(last["done"], true, "{text}");
+    assert_eq!(last["done_reason"], "stop");
+    assert_eq!(removed.completed_streams(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_edit_is_refused_and_requests_keep_working() {
+    let fake = FakeUpstream::start().await;
+    let good = format!(
+        "[reload]\nwatch = false\n{}",
+        channel_toml("a", &fake, &["chat-text"], "")
+    );
+    let profile = Profile::new(&good);
+    let (base, app) = profile.start().await;
+
+    // Not TOML: figment names the file.
+    profile.write("[[channels]\nname = ");
+    let error = app.reload("test").await.unwrap_err();
+    assert!(error.contains("live.toml"), "{error}");
+    assert_eq!(chat(&base, "chat-text", None, json!({})).await.0, 200);
+
+    // TOML, but no gateway can be built from it: the key is named.
+    profile.write(&format!(
+        "[reload]\nwatch = false\n{}[models.\"chat-*\".defaults]\ntemprature = 0.5\n",
+        channel_toml("a", &fake, &["chat-text", "chat-json"], "")
+    ));
+    let error = app.reload("test").await.unwrap_err();
+    assert!(
+        error.contains("models.\"chat-*\".defaults") && error.contains("temprature"),
+        "{error}"
+    );
+    assert_eq!(chat(&base, "chat-text", None, json!({})).await.0, 200);
+    assert_eq!(model_ids(&base).await, ["chat-text"], "the old snapshot stays whole");
+    assert_eq!(fake.bodies("/api/chat").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_windows_and_quota_counts_survive_a_reload() {
+    let fake = FakeUpstream::start().await;
+    let (limited, metered) = (
+        "dg-reload-limited-token-0123456789abcdef",
+        "dg-reload-metered-token-0123456789abcdef",
+    );
+    let tokens = format!(
+        "[[tokens]]\nname = \"limited\"\ndigest = \"{}\"\nrpm = 2\n\
+         [[tokens]]\nname = \"metered\"\ndigest = \"{}\"\nmonthly_quota = 100\n",
+        diglot::store::secrets::digest(limited),
+        diglot::store::secrets::digest(metered),
+    );
+    let text = |alias: &str| {
+        format!(
+            "[reload]\nwatch = false\n{tokens}{}",
+            channel_toml(
+                "a",
+                &fake,
+                &["chat-text"],
+                &format!("aliases = {{ {alias} = \"chat-text\" }}")
+            )
+        )
+    };
+    let profile = Profile::new(&text("one"));
+    let (base, app) = profile.start().await;
+    // Each answer uses 31 + 7 tokens (the fixture's counts); each request reserves its
+    // prompt's estimate plus max_tokens 30.
+    let capped = json!({"max_tokens": 30});
+    for _ in 0..2 {
+        assert_eq!(chat(&base, "chat-text", Some(limited), json!({})).await.0, 200);
+        assert_eq!(chat(&base, "chat-text", Some(metered), capped.clone()).await.0, 200);
+    }
+
+    profile.write(&text("two"));
+    app.reload("test").await.unwrap();
+    assert_eq!(
+        chat(&base, "two", None, json!({})).await.0,
+        401,
+        "tokens are still required"
+    );
+    assert_eq!(
+        chat(&base, "two", Some(metered), json!({"max_tokens": 1})).await.0,
+        200,
+        "the reload applied"
+    );
+
+    let (status, answer) = chat(&base, "chat-text", Some(limited), json!({})).await;
+    assert_eq!(status, 429, "the minute's two requests were already made: {answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2 requests per minute"),
+        "{answer}"
+    );
+    let (status, answer) = chat(&base, "chat-text", Some(metered), capped).await;
+    assert_eq!(status, 429, "76 of 100 tokens were used before the reload: {answer}");
+    assert_eq!(answer["error"]["code"], "insufficient_quota");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_requests_in_flight_across_ten_reloads_all_succeed() {
+    let fake = FakeUpstream::start().await;
+    fake.set_line_delay(Duration::from_millis(40));
+    let text = |round: usize| {
+        format!(
+            "[reload]\nwatch = false\n{}",
+            channel_toml(
+                "a",
+                &fake,
+                &["chat-text"],
+                &format!("aliases = {{ round-{round} = \"chat-text\" }}")
+            )
+        )
+    };
+    let profile = Profile::new(&text(0));
+    let (base, app) = profile.start().await;
+
+    // Streamed, so each stays in flight while the fake sends its lines 40 ms apart.
+    let requests: Vec<_> = (0..1000)
+        .map(|_| {
+            let base = base.clone();
+            tokio::spawn(async move {
+                let response = client()
+                    .post(format!("{base}/v1/chat/completions"))
+                    .json(
+                        &json!({"model": "chat-text", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                (response.status().as_u16(), response.text().await.unwrap_or_default())
+            })
+        })
+        .collect();
+    for round in 1..=10 {
+        profile.write(&text(round));
+        app.reload("test").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let expected = "The sky is blue because of Rayleigh scattering.";
+    let mut failed = Vec::new();
+    for request in requests {
+        let (status, body) = request.await.unwrap();
+        let complete = body.ends_with("data: [DONE]\n\n");
+        let text: String = sse_data(&body)
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+            .collect();
+        if status != 200 || !complete || text != expected {
+            failed.push((status, body));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 1000 failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(fake.bodies("/api/chat").len(), 1000);
+    assert_eq!(
+        chat(&base, "round-10", None, json!({})).await.0,
+        200,
+        "the last reload is in force"
+    );
+    assert_eq!(chat(&base, "round-9", None, json!({})).await.0, 404);
+}
