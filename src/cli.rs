@@ -118,7 +118,7 @@ impl Rules {
 }
 
 /// Runs a token command; what it prints goes to stdout.
-pub fn token(store: &dyn Store, command: TokenCommand) -> Result<String, String> {
+pub async fn token(store: &dyn Store, command: TokenCommand) -> Result<String, String> {
     match command {
         TokenCommand::Create { name, role, rules } => {
             let secret = generate_token();
@@ -127,7 +127,7 @@ pub fn token(store: &dyn Store, command: TokenCommand) -> Result<String, String>
                 ..TokenRecord::for_secret(&name, &secret, role)
             };
             rules.apply(&mut token)?;
-            let token = store.create_token(&token).map_err(|e| e.to_string())?;
+            let token = store.create_token(&token).await.map_err(|e| e.to_string())?;
             Ok(format!(
                 "{secret}\n\nToken '{}' (id {}, {}) created. This is the only time it is shown: \
                  store it now.\nDigest (for a profile's [[tokens]]): {}\n",
@@ -138,7 +138,7 @@ pub fn token(store: &dyn Store, command: TokenCommand) -> Result<String, String>
             ))
         }
         TokenCommand::List { json } => {
-            let tokens = store.tokens().map_err(|e| e.to_string())?;
+            let tokens = store.tokens().await.map_err(|e| e.to_string())?;
             if json {
                 return serde_json::to_string_pretty(&tokens).map_err(|e| e.to_string());
             }
@@ -180,9 +180,10 @@ pub fn token(store: &dyn Store, command: TokenCommand) -> Result<String, String>
             Ok(out)
         }
         TokenCommand::Revoke { token } => {
-            let found = find(store, &token)?;
+            let found = find(store, &token).await?;
             store
                 .delete_token(found.id.unwrap_or_default())
+                .await
                 .map_err(|e| e.to_string())?;
             Ok(format!("Token '{}' ({}) revoked.\n", found.name, found.prefix))
         }
@@ -194,7 +195,7 @@ pub fn token(store: &dyn Store, command: TokenCommand) -> Result<String, String>
             disable,
             rules,
         } => {
-            let mut found = find(store, &token)?;
+            let mut found = find(store, &token).await?;
             if let Some(name) = name {
                 found.name = name;
             }
@@ -205,15 +206,15 @@ pub fn token(store: &dyn Store, command: TokenCommand) -> Result<String, String>
                 found.enabled = enable;
             }
             rules.apply(&mut found)?;
-            store.update_token(&found).map_err(|e| e.to_string())?;
+            store.update_token(&found).await.map_err(|e| e.to_string())?;
             Ok(format!("Token '{}' ({}) updated.\n", found.name, found.prefix))
         }
     }
 }
 
 /// The one token an id, a name or a display prefix names.
-fn find(store: &dyn Store, which: &str) -> Result<TokenRecord, String> {
-    let tokens = store.tokens().map_err(|e| e.to_string())?;
+async fn find(store: &dyn Store, which: &str) -> Result<TokenRecord, String> {
+    let tokens = store.tokens().await.map_err(|e| e.to_string())?;
     let matches: Vec<TokenRecord> = tokens
         .into_iter()
         .filter(|t| t.id.map(|id| id.to_string()).as_deref() == Some(which) || t.name == which || t.prefix == which)
@@ -226,9 +227,9 @@ fn find(store: &dyn Store, which: &str) -> Result<TokenRecord, String> {
 }
 
 /// Usage per token per day over the last `days` days.
-pub fn usage(store: &dyn Store, days: u32, json: bool) -> Result<String, String> {
+pub async fn usage(store: &dyn Store, days: u32, json: bool) -> Result<String, String> {
     let since = chrono::Utc::now().timestamp_millis() - i64::from(days) * 86_400_000;
-    let rows = store.daily_usage(since).map_err(|e| e.to_string())?;
+    let rows = store.daily_usage(since).await.map_err(|e| e.to_string())?;
     if json {
         return serde_json::to_string_pretty(&rows).map_err(|e| e.to_string());
     }

@@ -96,14 +96,14 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::SUCCESS
         }
         Command::Serve => run(config, source),
-        Command::Token(command) => with_store(&config, |store| diglot::cli::token(store, command)),
-        Command::Usage { days, json } => with_store(&config, |store| diglot::cli::usage(store, days, json)),
+        Command::Token(command) => with_store(&config, async |store| diglot::cli::token(store, command).await),
+        Command::Usage { days, json } => with_store(&config, async |store| diglot::cli::usage(store, days, json).await),
     }
 }
 
 fn with_store(
     config: &Config,
-    run: impl FnOnce(&dyn diglot::store::Store) -> Result<String, String>,
+    run: impl AsyncFnOnce(&dyn diglot::store::Store) -> Result<String, String>,
 ) -> std::process::ExitCode {
     let store = match diglot::store::open(&config.store.data_dir) {
         Ok(store) => store,
@@ -112,7 +112,11 @@ fn with_store(
             return std::process::ExitCode::from(2);
         }
     };
-    match run(store.as_ref()) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    match runtime.block_on(run(store.as_ref())) {
         Ok(out) => {
             print!("{out}");
             std::process::ExitCode::SUCCESS
@@ -156,7 +160,7 @@ fn run(config: Config, source: Source) -> std::process::ExitCode {
         }
         tracing::info!(%addr, "diglot listening");
         let telemetry_config = config.telemetry.clone();
-        let app = match diglot::http::App::new(config, Some(source)) {
+        let app = match diglot::http::App::new(config, Some(source)).await {
             Ok(app) => app,
             Err(e) => {
                 eprintln!("diglot: {e}");

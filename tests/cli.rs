@@ -298,7 +298,7 @@ async fn no_usage_record_is_lost_when_the_server_stops_under_load() {
     assert!(server.0.wait().unwrap().success());
     assert!(answered > 0);
     let store = diglot::store::open(&dir).unwrap();
-    let written = store.recent_usage(100).unwrap();
+    let written = store.recent_usage(100).await.unwrap();
     let ok = written.iter().filter(|r| r.status == 200).count();
     assert_eq!(ok, answered, "every answered request has its record");
 }

@@ -329,12 +329,12 @@ async fn tokens_never_share_cached_answers() {
 
     tokio::time::sleep(Duration::from_millis(400)).await; // the usage writer's linger
     let store = diglot::store::open(&dir).unwrap();
-    let mut rows = store.recent_usage(10).unwrap();
+    let mut rows = store.recent_usage(10).await.unwrap();
     rows.reverse();
     let hits: Vec<bool> = rows.iter().map(|r| r.cache_hit).collect();
     assert_eq!(hits, [false, true, false, true, false]);
     assert!(rows[1].completion_tokens > 0, "a hit records the answer's size");
-    let used: BTreeMap<String, u64> = store.tokens_used_since(0).unwrap().into_iter().collect();
+    let used: BTreeMap<String, u64> = store.tokens_used_since(0).await.unwrap().into_iter().collect();
     let billed = |r: &diglot::store::UsageRecord| r.prompt_tokens + r.completion_tokens;
     assert_eq!(
         used[&diglot::store::secrets::digest(alice)],

@@ -373,6 +373,7 @@ async fn monthly_quota_holds_under_concurrent_requests() {
     let store = diglot::store::open(&dir).unwrap();
     let used: u64 = store
         .tokens_used_since(0)
+        .await
         .unwrap()
         .into_iter()
         .find(|(d, _)| *d == digest(secret))
@@ -416,8 +417,8 @@ async fn usage_records_count_tokens_for_whole_and_streamed_answers() {
     );
     written().await;
     let store = diglot::store::open(&dir).unwrap();
-    assert_eq!(store.usage_count().unwrap(), 4);
-    let days = store.daily_usage(0).unwrap();
+    assert_eq!(store.usage_count().await.unwrap(), 4);
+    let days = store.daily_usage(0).await.unwrap();
     assert_eq!(days.len(), 1, "{days:?}");
     let day = &days[0];
     assert_eq!(day.token_prefix.as_deref(), Some(&secret[..7]));
@@ -427,7 +428,7 @@ async fn usage_records_count_tokens_for_whole_and_streamed_answers() {
         (3 * 31, 3 * 7),
         "the upstream's own counts"
     );
-    let rows = store.recent_usage(10).unwrap();
+    let rows = store.recent_usage(10).await.unwrap();
     let ok: Vec<&UsageRecord> = rows.iter().filter(|r| r.status == 200).collect();
     assert!(ok.iter().all(|r| r.channel.as_deref() == Some("default")
         && r.upstream_model.as_deref() == Some("chat-text")

@@ -122,6 +122,8 @@ pub struct Auth {
     legacy: Option<TokenRecord>,
     keys_file: Option<PathBuf>,
     store: Option<Arc<dyn Store>>,
+    /// The store's tokens as last read (kept when a read fails).
+    store_tokens: Mutex<Vec<TokenRecord>>,
     last_reload: Mutex<Option<Instant>>,
     keys_file_seen: Mutex<Option<SystemTime>>,
     keys_file_tokens: Mutex<Vec<TokenRecord>>,
@@ -157,7 +159,7 @@ fn canonical(ip: IpAddr) -> IpAddr {
 impl Auth {
     /// `auto` requires tokens when any source of them exists (profile, store, `API_TOKEN`,
     /// keys file); with none it lets everyone in (the server warns when that is not on
-    /// loopback).
+    /// loopback). The store's tokens are not read yet: `reload` before use.
     pub fn new(config: &AuthConfig, declared: &[TokenRecord], store: Option<Arc<dyn Store>>) -> Result<Self, String> {
         let legacy = std::env::var("API_TOKEN")
             .ok()
@@ -172,6 +174,7 @@ impl Auth {
             legacy,
             keys_file,
             store,
+            store_tokens: Mutex::new(Vec::new()),
             last_reload: Mutex::new(None),
             keys_file_seen: Mutex::new(None),
             keys_file_tokens: Mutex::new(Vec::new()),
@@ -182,7 +185,7 @@ impl Auth {
         for token in declared {
             nets(&token.ips).map_err(|e| format!("tokens '{}': {e}", token.name))?;
         }
-        auth.reload();
+        auth.rebuild();
         Ok(auth)
     }
 
@@ -191,16 +194,22 @@ impl Auth {
     }
 
     /// Re-reads the store's tokens and the keys file (when it changed).
-    pub fn reload(&self) {
+    pub async fn reload(&self) {
         *self.last_reload.lock().expect("reload lock") = Some(Instant::now());
-        let mut all: Vec<TokenRecord> = self.declared.clone();
-        all.extend(self.legacy.clone());
         if let Some(store) = &self.store {
-            match store.tokens() {
-                Ok(tokens) => all.extend(tokens),
+            match store.tokens().await {
+                Ok(tokens) => *self.store_tokens.lock().expect("tokens lock") = tokens,
                 Err(e) => warn!(error = %e, "cannot read tokens from the store; keeping the ones known"),
             }
         }
+        self.rebuild();
+    }
+
+    /// The token map from every source, as last read.
+    fn rebuild(&self) {
+        let mut all: Vec<TokenRecord> = self.declared.clone();
+        all.extend(self.legacy.clone());
+        all.extend(self.store_tokens.lock().expect("tokens lock").iter().cloned());
         all.extend(self.read_keys_file());
         let map = all
             .into_iter()
@@ -248,7 +257,7 @@ impl Auth {
             loop {
                 tokio::time::sleep(RELOAD_EVERY).await;
                 let Some(auth) = weak.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || auth.reload()).await;
+                auth.reload().await;
             }
         });
     }
@@ -275,7 +284,7 @@ impl Auth {
     }
 
     /// Checks the global IP rules, then the token (when tokens are required).
-    pub fn authenticate(&self, ip: IpAddr, presented: Option<&str>, frontend: Frontend) -> Result<Caller, Error> {
+    pub async fn authenticate(&self, ip: IpAddr, presented: Option<&str>, frontend: Frontend) -> Result<Caller, Error> {
         self.check_ip(ip)?;
         if !self.required() {
             return Ok(Caller {
@@ -294,7 +303,8 @@ impl Auth {
             ));
         };
         let wanted = digest(presented);
-        let token = self.find(&wanted).or_else(|| {
+        let mut token = self.find(&wanted);
+        if token.is_none() {
             // A token created a moment ago (by `diglot token create` in another process).
             let stale = self
                 .last_reload
@@ -302,10 +312,10 @@ impl Auth {
                 .expect("reload lock")
                 .is_none_or(|at| at.elapsed() > RELOAD_ON_MISS);
             if stale {
-                self.reload();
+                self.reload().await;
+                token = self.find(&wanted);
             }
-            self.find(&wanted)
-        });
+        }
         let Some(token) = token else {
             return Err(Error::new(ErrorKind::Unauthorized, "the API token is not valid"));
         };

@@ -86,13 +86,13 @@ pub struct Gateway {
     pub store: Option<Arc<dyn Store>>,
     recent: RecentModels,
     /// Reloads one at a time, so each builds on the snapshot before it.
-    reloading: Mutex<()>,
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Gateway {
     /// Opens the store, builds the first snapshot, and starts the usage writer, the token
     /// reloads and the health checks: call inside a Tokio runtime.
-    pub fn new(config: Config) -> Result<Arc<Self>, String> {
+    pub async fn new(config: Config) -> Result<Arc<Self>, String> {
         let store = if config.store.data_dir.as_os_str().is_empty() {
             None
         } else {
@@ -102,10 +102,11 @@ impl Gateway {
         let limiter = MemoryLimiter::new(metrics.clone());
         if let Some(store) = &store {
             let month = limits::month_start_ms();
-            let used = store.tokens_used_since(month).map_err(|e| e.to_string())?;
+            let used = store.tokens_used_since(month).await.map_err(|e| e.to_string())?;
             limiter.set_used_before(month, used.into_iter().collect());
         }
         let snapshot = Snapshot::build(config, None, store.clone(), &metrics)?;
+        snapshot.auth.reload().await;
         snapshot.auth.start_reloading();
         let gateway = Arc::new(Self {
             live: ArcSwap::from_pointee(snapshot),
@@ -114,7 +115,7 @@ impl Gateway {
             store,
             metrics,
             recent: RecentModels::default(),
-            reloading: Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
         });
         gateway.start_checks();
         Ok(gateway)
@@ -128,11 +129,13 @@ impl Gateway {
     /// Builds a snapshot of `config` on top of the running one and swaps it in. Settings
     /// that cannot change while running keep their running values and are named in the
     /// answer; an invalid `config` changes nothing.
-    pub fn apply(&self, mut config: Config) -> Result<Vec<&'static str>, String> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(PoisonError::into_inner);
+    pub async fn apply(&self, mut config: Config) -> Result<Vec<&'static str>, String> {
+        let _one_at_a_time = self.reloading.lock().await;
         let running = self.live.load_full();
         let kept = config.keep_restart_only(&running.config);
         let snapshot = Snapshot::build(config, Some(&running), self.store.clone(), &self.metrics)?;
+        // The store's tokens are in before the snapshot takes any request.
+        snapshot.auth.reload().await;
         snapshot.auth.start_reloading();
         self.live.store(Arc::new(snapshot));
         Ok(kept)

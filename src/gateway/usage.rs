@@ -79,27 +79,13 @@ impl UsageLog {
 }
 
 async fn write(store: &Arc<dyn Store>, batch: Vec<UsageRecord>) {
-    let store = store.clone();
-    let count = batch.len();
     // A failed write is retried a few times: records must not be lost to a busy file.
-    let result = tokio::task::spawn_blocking(move || {
-        let mut last = None;
-        for attempt in 0..5 {
-            match store.write_usage(&batch) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    last = Some(e);
-                    std::thread::sleep(Duration::from_millis(100 << attempt));
-                }
-            }
+    for attempt in 0..5 {
+        match store.write_usage(&batch).await {
+            Ok(()) => return,
+            Err(e) if attempt == 4 => error!(error = %e, records = batch.len(), "usage records could not be written"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100 << attempt)).await,
         }
-        Err(last.expect("an error was kept"))
-    })
-    .await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => error!(error = %e, records = count, "usage records could not be written"),
-        Err(e) => error!(error = %e, records = count, "the usage writer failed"),
     }
 }
 
@@ -374,7 +360,7 @@ mod tests {
         drop(left);
 
         log.flush().await;
-        let mut rows = store.recent_usage(10).unwrap();
+        let mut rows = store.recent_usage(10).await.unwrap();
         rows.reverse();
         let summary: Vec<(u16, u64, u64, bool)> = rows
             .iter()

@@ -70,7 +70,7 @@ pub async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Respon
         auth.check_ip(ip)
             .map(|()| Caller::anonymous(frontend).with_ip(ip).not_admin())
     } else {
-        auth.authenticate(ip, token.as_deref(), frontend)
+        auth.authenticate(ip, token.as_deref(), frontend).await
     };
     let exchange = depot.get_typed::<Arc<Exchange>>().ok().cloned();
     let cache = CacheControl::from_header(header("cache-control"));

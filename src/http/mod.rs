@@ -38,9 +38,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config, source: Option<Source>) -> Result<Arc<Self>, String> {
+    pub async fn new(config: Config, source: Option<Source>) -> Result<Arc<Self>, String> {
         let observer_log = config.log.access;
-        let gateway = Gateway::new(config)?;
+        let gateway = Gateway::new(config).await?;
         let observer = Observer {
             metrics: gateway.metrics.clone(),
             access_log: observer_log,
@@ -133,7 +133,7 @@ pub async fn spawn_profile(source: Source) -> Result<(SocketAddr, Arc<App>), Str
 
 async fn spawn_app(config: Config, source: Option<Source>) -> Result<(SocketAddr, Arc<App>), String> {
     let addr = config.listen_addr().map_err(|e| e.to_string())?;
-    let app = App::new(config, source)?;
+    let app = App::new(config, source).await?;
     let acceptor = bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = acceptor.holdings()[0]
         .local_addr

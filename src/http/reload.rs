@@ -21,13 +21,7 @@ pub async fn reload(app: &Arc<App>, why: &'static str) -> Result<(), String> {
         .file()
         .map_or_else(|| "(built-in defaults)".to_owned(), |f| f.display().to_string());
     let applied = match source.load() {
-        Ok(config) => {
-            let gateway = app.gateway.clone();
-            // Building a snapshot reads the store's tokens: off the request threads.
-            tokio::task::spawn_blocking(move || gateway.apply(config))
-                .await
-                .unwrap_or_else(|e| Err(format!("the reload failed: {e}")))
-        }
+        Ok(config) => app.gateway.apply(config).await,
         Err(e) => Err(e.to_string()),
     };
     match applied {

@@ -136,25 +136,28 @@ pub struct DailyUsage {
     pub cache_hits: u64,
 }
 
-/// The storage every part of diglot goes through. Calls block: async callers run them
-/// with `spawn_blocking`, and the request path never waits on a write.
+/// The storage every part of diglot goes through, async so a pooled database server
+/// (PostgreSQL) can stand beside the embedded SQLite. The request path never waits on a
+/// write: usage records are written in batches by a task of their own.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
-    fn create_token(&self, token: &TokenRecord) -> StoreResult<TokenRecord>;
-    fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<TokenRecord>;
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
     /// Replaces the stored fields of the token with `token.id`.
-    fn update_token(&self, token: &TokenRecord) -> StoreResult<()>;
-    fn delete_token(&self, id: i64) -> StoreResult<()>;
-    fn write_usage(&self, records: &[UsageRecord]) -> StoreResult<()>;
+    async fn update_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    async fn delete_token(&self, id: i64) -> StoreResult<()>;
+    async fn write_usage(&self, records: &[UsageRecord]) -> StoreResult<()>;
     /// Tokens used per token digest since `since_ms` (a month's start, for quotas).
-    fn tokens_used_since(&self, since_ms: i64) -> StoreResult<Vec<(String, u64)>>;
+    async fn tokens_used_since(&self, since_ms: i64) -> StoreResult<Vec<(String, u64)>>;
     /// Per token per day, from `since_ms` on.
-    fn daily_usage(&self, since_ms: i64) -> StoreResult<Vec<DailyUsage>>;
-    fn usage_count(&self) -> StoreResult<u64>;
+    async fn daily_usage(&self, since_ms: i64) -> StoreResult<Vec<DailyUsage>>;
+    async fn usage_count(&self) -> StoreResult<u64>;
     /// The latest `limit` records, newest first.
-    fn recent_usage(&self, limit: u32) -> StoreResult<Vec<UsageRecord>>;
+    async fn recent_usage(&self, limit: u32) -> StoreResult<Vec<UsageRecord>>;
 }
 
-/// Opens (creating and migrating) the SQLite store under `data_dir`.
+/// Opens (creating and migrating) the SQLite store under `data_dir`. Blocks: call it at
+/// start.
 pub fn open(data_dir: &Path) -> StoreResult<Arc<dyn Store>> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| StoreError(format!("cannot create the data directory {}: {e}", data_dir.display())))?;

@@ -2,7 +2,7 @@
 //! migrations in `migrations/`, applied in order and recorded in `user_version`).
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 use rusqlite_migration::{M, Migrations};
@@ -23,7 +23,10 @@ fn prepare(connection: &mut Connection) -> StoreResult<()> {
         .map_err(|e| StoreError(format!("store: migrate: {e}")))
 }
 
-pub struct SqliteStore {
+/// The store's calls run on Tokio's blocking threads, one at a time on the connection.
+pub struct SqliteStore(Arc<Database>);
+
+struct Database {
     connection: Mutex<Connection>,
 }
 
@@ -32,6 +35,7 @@ fn failed(doing: &str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
 }
 
 impl SqliteStore {
+    /// Opens (creating and migrating) the file at `path`. Blocks: call it at start.
     pub fn open(path: &Path) -> StoreResult<Self> {
         let mut connection = Connection::open(path)
             .map_err(|e| StoreError(format!("cannot open the database {}: {e}", path.display())))?;
@@ -55,11 +59,66 @@ impl SqliteStore {
             }
             std::thread::sleep(std::time::Duration::from_millis(20 * attempt));
         }
-        Ok(Self {
+        Ok(Self(Arc::new(Database {
             connection: Mutex::new(connection),
-        })
+        })))
     }
 
+    /// Runs `call` on a blocking thread.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let database = self.0.clone();
+        tokio::task::spawn_blocking(move || call(&database))
+            .await
+            .map_err(|e| StoreError(format!("store: the call failed: {e}")))?
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_token(&self, token: &TokenRecord) -> StoreResult<TokenRecord> {
+        let token = token.clone();
+        self.blocking(move |db| db.create_token(&token)).await
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.blocking(Database::tokens).await
+    }
+
+    async fn update_token(&self, token: &TokenRecord) -> StoreResult<()> {
+        let token = token.clone();
+        self.blocking(move |db| db.update_token(&token)).await
+    }
+
+    async fn delete_token(&self, id: i64) -> StoreResult<()> {
+        self.blocking(move |db| db.delete_token(id)).await
+    }
+
+    async fn write_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
+        let records = records.to_vec();
+        self.blocking(move |db| db.write_usage(&records)).await
+    }
+
+    async fn tokens_used_since(&self, since_ms: i64) -> StoreResult<Vec<(String, u64)>> {
+        self.blocking(move |db| db.tokens_used_since(since_ms)).await
+    }
+
+    async fn daily_usage(&self, since_ms: i64) -> StoreResult<Vec<DailyUsage>> {
+        self.blocking(move |db| db.daily_usage(since_ms)).await
+    }
+
+    async fn usage_count(&self) -> StoreResult<u64> {
+        self.blocking(Database::usage_count).await
+    }
+
+    async fn recent_usage(&self, limit: u32) -> StoreResult<Vec<UsageRecord>> {
+        self.blocking(move |db| db.recent_usage(limit)).await
+    }
+}
+
+impl Database {
     fn with<T>(&self, run: impl FnOnce(&mut Connection) -> StoreResult<T>) -> StoreResult<T> {
         let mut connection = self
             .connection
@@ -124,7 +183,8 @@ fn named<'a>(fields: &'a [(&'static str, Box<dyn ToSql>)]) -> Vec<(&'static str,
 const TOKEN_COLUMNS: &str = "id, name, digest, prefix, role, enabled, created_at, expires_at, models, ips, \
                              monthly_quota, rpm, tpm, max_concurrent";
 
-impl Store for SqliteStore {
+/// The calls themselves, blocking.
+impl Database {
     fn create_token(&self, token: &TokenRecord) -> StoreResult<TokenRecord> {
         let mut fields = token_fields(token);
         fields.push((":digest", Box::new(token.digest.clone())));
