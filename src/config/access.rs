@@ -1,5 +1,5 @@
-//! `[auth]`, `[limits]` and `[store]`: who may call, how much, and where tokens and
-//! usage records are kept.
+//! `[auth]`, `[[tokens]]`, `[limits]` and `[store]`: who may call, how much, and where
+//! tokens and usage records are kept.
 
 use std::path::PathBuf;
 
@@ -70,6 +70,67 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// Who may call: kept as a digest, never the token itself. Also the shape of
+/// `[[tokens]]` in a profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRecord {
+    /// The store's id; none for tokens declared in a profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    pub name: String,
+    /// SHA-256 of the whole token, lowercase hex.
+    pub digest: String,
+    /// The start of the token, for display (`dg-AbC1…`).
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub created_at: i64,
+    /// Unix seconds; none: never.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Names and globs (`llama*`) it may use; empty: every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Addresses and CIDRs it may call from; empty: anywhere.
+    #[serde(default)]
+    pub ips: Vec<String>,
+    /// Tokens (prompt + completion) per calendar month, UTC.
+    #[serde(default)]
+    pub monthly_quota: Option<u64>,
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    #[default]
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
         }
     }
 }

@@ -44,7 +44,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub auth: AuthConfig,
     /// API tokens declared here, as digests (`diglot token create` keeps them in the store).
-    pub tokens: Vec<crate::store::TokenRecord>,
+    pub tokens: Vec<TokenRecord>,
     pub limits: LimitsConfig,
     pub store: StoreConfig,
     pub images: ImageConfig,

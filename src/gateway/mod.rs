@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::ir::{ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ErrorKind, estimate_tokens};
-use crate::protocol::upstream::PassThrough;
+use crate::protocol::upstream::{Forward, PassThrough};
 use crate::store::Store;
 use crate::telemetry::{Metrics, spans};
 use auth::Caller;
@@ -499,10 +499,7 @@ impl Gateway {
         live: &Snapshot,
         caller: &Caller,
         what: &str,
-        method: &str,
-        path_and_query: &str,
-        content_type: Option<&str>,
-        body: reqwest::Body,
+        call: Forward<'_>,
     ) -> Result<PassThrough, Error> {
         if !caller.is_admin() {
             return Err(Error::new(
@@ -524,10 +521,7 @@ impl Gateway {
             )
         };
         let backend = live.model_manager.as_ref().ok_or_else(missing)?;
-        backend
-            .pass_through(method, path_and_query, content_type, body)
-            .await
-            .ok_or_else(missing)?
+        backend.pass_through(call).await.ok_or_else(missing)?
     }
 
     /// Models used lately, with the unix time of their last use.

@@ -16,6 +16,7 @@ use crate::protocol::ollama::decode::{
 };
 use crate::protocol::ollama::encode::{self, Kind, LineEncoder, ndjson};
 use crate::protocol::ollama::wire;
+use crate::protocol::upstream::Forward;
 
 /// `GET /` and `HEAD /`: how clients and monitors tell an Ollama is there.
 #[handler]
@@ -268,10 +269,13 @@ async fn forward(req: &mut Request, res: &mut Response, call: &Call, what: &str,
     let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let path = &path[path.find("/api/").unwrap_or(0)..];
     let content_type = req.headers().get("content-type").and_then(|v| v.to_str().ok());
-    match call
-        .ollama_manage(what, req.method().as_str(), path, content_type, body)
-        .await
-    {
+    let forward = Forward {
+        method: req.method().as_str(),
+        path_and_query: path,
+        content_type,
+        body,
+    };
+    match call.ollama_manage(what, forward).await {
         Ok(answer) => {
             res.status_code(StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY));
             if let Some(content_type) = answer.content_type {

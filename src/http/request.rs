@@ -13,7 +13,7 @@ use crate::gateway::auth::Caller;
 use crate::gateway::{Gateway, Snapshot};
 use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ErrorKind, ModelCard};
 use crate::protocol::Frontend;
-use crate::protocol::upstream::PassThrough;
+use crate::protocol::upstream::{Forward, PassThrough};
 
 /// One request's view of diglot: the gateway, the configuration snapshot it started
 /// with (kept to its end, whatever reloads happen meanwhile), and who is calling.
@@ -66,25 +66,8 @@ impl Call {
         self.gateway.ollama_show(&self.live, name, &self.caller).await
     }
 
-    pub async fn ollama_manage(
-        &self,
-        what: &str,
-        method: &str,
-        path_and_query: &str,
-        content_type: Option<&str>,
-        body: reqwest::Body,
-    ) -> Result<PassThrough, Error> {
-        self.gateway
-            .ollama_manage(
-                &self.live,
-                &self.caller,
-                what,
-                method,
-                path_and_query,
-                content_type,
-                body,
-            )
-            .await
+    pub async fn ollama_manage(&self, what: &str, call: Forward<'_>) -> Result<PassThrough, Error> {
+        self.gateway.ollama_manage(&self.live, &self.caller, what, call).await
     }
 }
 

@@ -11,7 +11,7 @@ pub mod options;
 pub mod upstream;
 
 use crate::config::{UpstreamConfig, UpstreamKind};
-use upstream::{PassThrough, Upstream};
+use upstream::{Forward, PassThrough, Upstream};
 
 /// A frontend: the API a request came in on. Each renders errors in its own shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,19 +88,9 @@ impl Backend {
 
     /// Passes a model-management call through to an Ollama upstream as it is; `None` for
     /// upstreams that have no such thing.
-    pub async fn pass_through(
-        &self,
-        method: &str,
-        path_and_query: &str,
-        content_type: Option<&str>,
-        body: reqwest::Body,
-    ) -> Option<Result<PassThrough, Error>> {
+    pub async fn pass_through(&self, call: Forward<'_>) -> Option<Result<PassThrough, Error>> {
         match self {
-            Backend::Ollama(c) => Some(
-                c.upstream()
-                    .pass_through(method, path_and_query, content_type, body)
-                    .await,
-            ),
+            Backend::Ollama(c) => Some(c.upstream().pass_through(call).await),
             Backend::OpenAi(_) => None,
         }
     }

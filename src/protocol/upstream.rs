@@ -20,6 +20,14 @@ use crate::ir::{Error, ErrorKind};
 const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
+/// A request to pass through untranslated.
+pub struct Forward<'a> {
+    pub method: &'a str,
+    pub path_and_query: &'a str,
+    pub content_type: Option<&'a str>,
+    pub body: reqwest::Body,
+}
+
 /// An upstream's answer passed through untranslated.
 pub struct PassThrough {
     pub status: u16,
@@ -121,17 +129,15 @@ impl Upstream {
     /// Sends a request through as it is and streams the answer back whatever its status
     /// (Ollama model management: pulls and blob uploads can be gigabytes and minutes
     /// long, so neither body is read whole).
-    pub async fn pass_through(
-        &self,
-        method: &str,
-        path_and_query: &str,
-        content_type: Option<&str>,
-        body: reqwest::Body,
-    ) -> Result<PassThrough, Error> {
-        let url = format!("{}{path_and_query}", self.base_url.as_str().trim_end_matches('/'));
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
-        let mut request = self.http.request(method, url).body(body);
-        if let Some(content_type) = content_type {
+    pub async fn pass_through(&self, call: Forward<'_>) -> Result<PassThrough, Error> {
+        let url = format!(
+            "{}{}",
+            self.base_url.as_str().trim_end_matches('/'),
+            call.path_and_query
+        );
+        let method = reqwest::Method::from_bytes(call.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut request = self.http.request(method, url).body(call.body);
+        if let Some(content_type) = call.content_type {
             request = request.header(reqwest::header::CONTENT_TYPE, content_type);
         }
         if let Some(auth) = &self.auth {

@@ -11,7 +11,7 @@ mod memory;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Context;
 
 pub use memory::{MemoryLimiter, month_start_ms};
 
@@ -53,7 +53,7 @@ impl Reservation {
         let Some(held) = self.0.take() else { return };
         let mut settling = held.settle(used);
         let mut context = Context::from_waker(futures::task::noop_waker_ref());
-        if let Poll::Pending = Pin::new(&mut settling).poll(&mut context) {
+        if Pin::new(&mut settling).poll(&mut context).is_pending() {
             tokio::spawn(settling);
         }
     }
