@@ -359,3 +359,81 @@ async fn a_thousand_requests_in_flight_across_ten_reloads_all_succeed() {
     );
     assert_eq!(chat(&base, "round-9", None, json!({})).await.0, 404);
 }
+
+/// The real binary: `diglot check-config --profile` checks an edit before it is saved,
+/// and `kill -HUP` makes a running diglot read its profile again (it used to end it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_profile_and_check_config_checks_an_edit() {
+    let (first, second) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    let one = format!(
+        "[reload]\nwatch = false\n{}",
+        channel_toml("a", &first, &["chat-text"], "")
+    );
+    let two = format!("{one}{}", channel_toml("b", &second, &["chat-json"], ""));
+    let profile = Profile::new(&one);
+    let diglot = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_diglot"));
+        command.args(args).env_remove("DIGLOT_PROFILE").env_remove("API_TOKEN");
+        command
+    };
+
+    let edited = Profile::new(&format!("{two}[models.\"chat-*\".forced]\nnum_ctx = \"big\"\n"));
+    let checked = diglot(&["check-config", "--profile", edited.path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert_eq!(checked.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("models.\"chat-*\".forced") && stderr.contains("num_ctx"),
+        "{stderr}"
+    );
+    edited.write(&two);
+    let checked = diglot(&["check-config", "--profile", edited.path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+
+    let port = free_port();
+    let child = diglot(&[
+        "--profile",
+        profile.path.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Kill(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    while client().get(format!("{base}/")).send().await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "diglot did not start");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(model_ids(&base).await, ["chat-text"]);
+
+    profile.write(&two);
+    let hangup = std::process::Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hangup.success());
+    let signalled = Instant::now();
+    while model_ids(&base).await != ["chat-text", "chat-json"] {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(5),
+            "SIGHUP did not reload the profile"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "SIGHUP must not end diglot");
+    assert_eq!(chat(&base, "chat-json", None, json!({})).await.0, 200);
+    assert_eq!(second.bodies("/api/chat").len(), 1);
+}

@@ -113,7 +113,8 @@ impl Options {
             }
         }
         let given: Vec<String> = sampling.keys().cloned().collect();
-        options.sampling = serde_json::from_value(Value::Object(sampling)).map_err(|e| e.to_string())?;
+        options.sampling = serde_path_to_error::deserialize(Value::Object(sampling))
+            .map_err(|e| format!("'{}': {}", e.path(), e.inner()))?;
         // An option the IR does not know is dropped by the round trip: name it.
         let known = match serde_json::to_value(&options.sampling) {
             Ok(Value::Object(map)) => map,
