@@ -1,3 +1,6 @@
+//! Chat and completion requests (messages or a prompt, tools, sampling, reasoning) and
+//! their answers as a stream of `ChatEvent`s; a whole answer is the fold of its events.
+
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};

@@ -1,3 +1,5 @@
+//! Embeddings: the request (model, inputs, options) and the answer (vectors, usage).
+
 /// A request for embedding vectors.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EmbedRequest {

@@ -1,3 +1,5 @@
+//! The one error type: a kind each frontend renders in its own shape and status.
+
 use std::fmt;
 use std::time::Duration;
 

@@ -1,3 +1,5 @@
+//! Ids diglot makes up for answers and tool calls.
+
 use rand::Rng;
 use rand::distr::Alphanumeric;
 

@@ -1,3 +1,5 @@
+//! What diglot knows of a model, for every model list and `/api/show`.
+
 /// One model as both `/v1/models` and Ollama's `/api/tags` / `/api/show` need to describe it.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ModelCard {
