@@ -154,23 +154,23 @@ impl Gateway {
                 let Some(live) = gateway.upgrade().map(|g| g.snapshot()) else {
                     return;
                 };
-                let interval = live.router.config.check_interval();
-                let channels: Vec<Arc<Channel>> = live.router.channels.clone();
-                drop(live);
-                let Some(interval) = interval else {
+                let Some(interval) = live.router.config.check_interval() else {
                     // Checks are off; look again later, a reload may turn them on.
+                    drop(live);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 };
-                tokio::time::sleep(interval).await;
-                if channels.len() < 2 {
-                    continue;
+                let channels: Vec<Arc<Channel>> = live.router.channels.clone();
+                drop(live);
+                if channels.len() >= 2 {
+                    futures::future::join_all(channels.iter().map(|channel| async move {
+                        channel.forget_listing();
+                        let _ = channel.listing().await;
+                    }))
+                    .await;
                 }
-                futures::future::join_all(channels.iter().map(|channel| async move {
-                    channel.forget_listing();
-                    let _ = channel.listing().await;
-                }))
-                .await;
+                drop(channels);
+                tokio::time::sleep(interval).await;
             }
         });
     }

@@ -9,9 +9,11 @@ use tracing_futures::Instrument;
 use super::request::app;
 use super::respond::write_error;
 use super::routes::{Access, frontend_of, route_of};
+use crate::gateway::Snapshot;
 use crate::gateway::auth::{Caller, presented_token};
 use crate::gateway::cache::CacheControl;
 use crate::ir::ErrorKind;
+use crate::protocol::Frontend;
 use crate::telemetry::Exchange;
 
 /// Takes the live snapshot for the whole request, opens its exchange (server span,
@@ -24,9 +26,13 @@ pub async fn observe(req: &mut Request, depot: &mut Depot, res: &mut Response, c
     let base = live.config.base_path();
     let path = req.uri().path();
     let route = route_of(&app.routes, path, &base);
+    let matched = Matched {
+        frontend: frontend_of(route, path, &base),
+        access: route.map_or(Access::Api, |r| r.access),
+    };
     let exchange = Exchange::start(
         &app.observer,
-        frontend_of(route, path, &base).as_str(),
+        matched.frontend.as_str(),
         req.method().as_str(),
         path,
         route.map_or("", |r| r.label),
@@ -34,6 +40,7 @@ pub async fn observe(req: &mut Request, depot: &mut Depot, res: &mut Response, c
     );
     depot.insert_typed(exchange.clone());
     depot.insert_typed(live);
+    depot.insert_typed(matched);
     let span = exchange.span().clone();
     ctrl.call_next(req, depot, res).instrument(span).await;
     let status = res.status_code.map_or(200, |s| s.as_u16());
@@ -43,19 +50,26 @@ pub async fn observe(req: &mut Request, depot: &mut Depot, res: &mut Response, c
     }
 }
 
+/// What the route table says of the request's path.
+#[derive(Clone, Copy)]
+struct Matched {
+    frontend: Frontend,
+    access: Access,
+}
+
 /// Checks the caller's address and token before any handler runs, and answers 401/403 in
 /// the protocol of the path.
 #[handler]
 pub async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
-    let app = app(depot);
-    let Ok(live) = depot.get_typed::<Arc<crate::gateway::Snapshot>>().cloned() else {
-        return;
+    let (Ok(live), Ok(&Matched { frontend, access })) = (
+        depot.get_typed::<Arc<Snapshot>>().cloned(),
+        depot.get_typed::<Matched>(),
+    ) else {
+        // `observe` runs first and always leaves both; without them nobody gets in.
+        ctrl.skip_rest();
+        let error = crate::ir::Error::internal("the request was not observed before authentication");
+        return write_error(res, Frontend::OpenAi, &error, "");
     };
-    let base = live.config.base_path();
-    let path = req.uri().path().to_owned();
-    let route = route_of(&app.routes, &path, &base);
-    let access = route.map_or(Access::Api, |r| r.access);
-    let frontend = frontend_of(route, &path, &base);
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     let peer = req
         .remote_addr()

@@ -255,27 +255,7 @@ pub fn decode_completion(wire: wire::CompletionRequest) -> Result<Vec<ChatReques
     if wire.model.is_empty() {
         return Err(Error::invalid_field("model", "'model' is required"));
     }
-    let token_arrays = || {
-        Error::invalid_field(
-            "prompt",
-            "token-array prompts are not supported: send the prompt as text",
-        )
-    };
-    let prompts: Vec<String> = match wire.prompt {
-        Value::String(s) => vec![s],
-        Value::Array(items) if !items.is_empty() => items
-            .into_iter()
-            .map(|v| {
-                if let Value::String(s) = v {
-                    Ok(s)
-                } else {
-                    Err(token_arrays())
-                }
-            })
-            .collect::<Result<_, _>>()?,
-        Value::Array(_) => return Err(Error::invalid_field("prompt", "'prompt' must not be empty")),
-        _ => return Err(token_arrays()),
-    };
+    let prompts = texts(wire.prompt, "prompt")?;
     let n = decode_n(wire.n, prompts.len() as u32)?;
     let (sampling, extra) = decode_sampling(wire.sampling, wire.options, [wire.max_tokens, None])?;
     let base = ChatRequest {
@@ -304,6 +284,32 @@ pub fn decode_completion(wire: wire::CompletionRequest) -> Result<Vec<ChatReques
         .collect())
 }
 
+/// A `prompt` or `input`: a string or a non-empty list of strings (token arrays are not
+/// taken: nothing here can turn token ids back into text for an upstream).
+fn texts(value: Value, field: &str) -> Result<Vec<String>, Error> {
+    let token_arrays = || {
+        Error::invalid_field(
+            field,
+            format!("token-array {field}s are not supported: send the {field} as text"),
+        )
+    };
+    match value {
+        Value::String(s) => Ok(vec![s]),
+        Value::Array(items) if !items.is_empty() => items
+            .into_iter()
+            .map(|v| {
+                if let Value::String(s) = v {
+                    Ok(s)
+                } else {
+                    Err(token_arrays())
+                }
+            })
+            .collect(),
+        Value::Array(_) => Err(Error::invalid_field(field, format!("'{field}' must not be empty"))),
+        _ => Err(token_arrays()),
+    }
+}
+
 /// `encoding_format`: whether vectors go back as base64 (`"base64"`) or floats.
 pub fn wants_base64(format: Option<&str>) -> Result<bool, Error> {
     match format {
@@ -320,22 +326,7 @@ pub fn decode_embedding(wire: wire::EmbeddingRequest) -> Result<EmbedRequest, Er
     if wire.model.is_empty() {
         return Err(Error::invalid_field("model", "'model' is required"));
     }
-    let token_arrays = || Error::invalid_field("input", "token-array inputs are not supported: send the input as text");
-    let inputs = match wire.input {
-        Value::String(s) => vec![s],
-        Value::Array(items) if !items.is_empty() => items
-            .into_iter()
-            .map(|v| {
-                if let Value::String(s) = v {
-                    Ok(s)
-                } else {
-                    Err(token_arrays())
-                }
-            })
-            .collect::<Result<_, _>>()?,
-        Value::Array(_) => return Err(Error::invalid_field("input", "'input' must not be empty")),
-        _ => return Err(token_arrays()),
-    };
+    let inputs = texts(wire.input, "input")?;
     Ok(EmbedRequest {
         model: wire.model,
         inputs,
