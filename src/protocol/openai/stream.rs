@@ -89,7 +89,7 @@ impl SseDecoder {
     }
 
     fn events(&mut self, chunk: wire::ChatCompletionChunk) -> Result<Vec<ChatEvent>, Error> {
-        if !self.identified && !(chunk.id.is_empty() && chunk.model.is_empty()) {
+        if !self.identified && (!chunk.id.is_empty() || !chunk.model.is_empty()) {
             self.identified = true;
             crate::telemetry::spans::record_response(Some(&chunk.id), Some(&chunk.model));
         }
