@@ -291,4 +291,45 @@ mod tests {
         assert_eq!(d.usage.as_ref().unwrap().completion_tokens, Some(2));
         assert!(d.finish().is_err());
     }
+
+    #[test]
+    fn malformed_optional_parts_are_ignored() {
+        let mut d = SseDecoder::new(false);
+        let events = d
+            .decode(
+                r#"{"id":null,"usage":"soon","timings":[],"choices":[{"delta":null,"logprobs":{"content":[{"token":"a"},{"token":"b","logprob":-1,"top_logprobs":null}]},"text":"hi"}]}"#,
+            )
+            .unwrap();
+        assert_eq!(
+            events,
+            vec![
+                ChatEvent::Logprobs(vec![TokenLogprob {
+                    token: "b".into(),
+                    logprob: -1.0,
+                    bytes: None,
+                    top: Vec::new(),
+                }]),
+                ChatEvent::Text("hi".into()),
+            ]
+        );
+        assert!(d.usage.is_none() && d.timings.is_none());
+    }
+
+    #[test]
+    fn llama_server_timings_fill_in_missing_usage() {
+        let mut d = SseDecoder::new(false);
+        let events = d
+            .whole(
+                serde_json::from_str(
+                    r#"{"choices":[{"message":{"content":"x"},"finish_reason":"stop"}],"usage":{"completion_tokens":3.5},"timings":{"prompt_n":4,"cache_n":2,"prompt_ms":1.5,"predicted_ms":2}}"#,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let Some(ChatEvent::Usage(usage)) = events.iter().find(|e| matches!(e, ChatEvent::Usage(_))) else {
+            panic!("{events:?}")
+        };
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (Some(6), None));
+        assert_eq!(usage.timings.as_ref().map(|t| t.total_ns), Some(3_500_000));
+    }
 }
