@@ -183,10 +183,13 @@ impl ChunkEncoder {
             choices: vec![wire::ChunkChoice {
                 index,
                 delta,
+                text: None,
                 logprobs: logprobs.filter(|l| !l.is_empty()).map(|l| chat_logprobs(&l)),
                 finish_reason: finish.map(str::to_owned),
             }],
             usage: self.usage_placeholder(),
+            timings: None,
+            error: None,
         };
         self.push_frame(out, &chunk);
     }
@@ -262,6 +265,8 @@ impl ChunkEncoder {
                         system_fingerprint: Some(self.fingerprint.clone()),
                         choices: Vec::new(),
                         usage,
+                        timings: None,
+                        error: None,
                     };
                     self.push_frame(&mut out, &chunk);
                 }
@@ -399,8 +404,8 @@ fn known(usage: &Usage) -> bool {
 
 fn wire_usage(usage: &Usage) -> wire::Usage {
     wire::Usage {
-        prompt_tokens: usage.prompt_tokens.unwrap_or(0),
-        completion_tokens: usage.completion_tokens.unwrap_or(0),
+        prompt_tokens: Some(usage.prompt_tokens.unwrap_or(0)),
+        completion_tokens: Some(usage.completion_tokens.unwrap_or(0)),
         total_tokens: usage.total_tokens(),
         prompt_tokens_details: usage
             .cached_tokens

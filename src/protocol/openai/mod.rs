@@ -1,6 +1,9 @@
-//! OpenAI: its wire types, the frontend codec (decode, encode) and the backend client.
+//! OpenAI: its wire types, the frontend codec (decode, encode) and the backend (client,
+//! stream).
 
 pub mod client;
 pub mod decode;
 pub mod encode;
+mod stream;
+mod think;
 pub mod wire;

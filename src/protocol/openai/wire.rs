@@ -1,8 +1,16 @@
-//! Serde types of the OpenAI JSON, shared by the frontend (`server.rs`) and the backend
-//! (`client.rs`). Field names and omission rules follow openai-python's types.
+//! Serde types of the OpenAI JSON, the one mapping of its fields: the frontend reads the
+//! requests (`decode.rs`) and writes the answers (`encode.rs`); the backend writes the
+//! requests (`client.rs`) and reads the answers and chunks (`stream.rs`). Field names and
+//! omission rules follow openai-python's types.
+//!
+//! Requests are declared in the order the backend writes their fields. Answers are read
+//! leniently, as servers differ: any field may be missing or null, a malformed optional
+//! part is ignored rather than failing the chunk, and fields the backend does not use are
+//! skipped unparsed (no allocation per streamed chunk).
 
+use serde::de::{DeserializeOwned, Deserializer};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::ir::Sampling;
 
@@ -12,10 +20,6 @@ use crate::ir::Sampling;
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream_options: Option<StreamOptions>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<ToolDefinition>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,10 +32,6 @@ pub struct ChatCompletionRequest {
     pub reasoning_effort: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<ReasoningParam>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_completion_tokens: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,6 +51,14 @@ pub struct ChatCompletionRequest {
     /// (`temperature`, `top_p`, `seed`, `stop`, penalties) and its Ollama name otherwise.
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -68,18 +76,20 @@ pub struct ReasoningParam {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Always written: `null` only for an assistant message of tool calls alone (some
+    /// servers refuse a missing content, others a null one where the client sent "").
+    #[serde(default)]
     pub content: Option<Content>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCall>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_call_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Message content: a string, or an array of typed parts.
@@ -107,6 +117,12 @@ pub enum ContentPart {
     Refusal {
         refusal: String,
     },
+}
+
+/// `tool_choice` naming one function; the other choices are the bare strings `"none"`,
+/// `"auto"` and `"required"`.
+pub fn named_tool_choice(name: &str) -> Value {
+    json!({"type": "function", "function": {"name": name}})
 }
 
 /// `{"url": ...}`, or the bare string some clients send.
@@ -144,9 +160,9 @@ fn function_type() -> String {
 pub struct FunctionDefinition {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strict: Option<bool>,
 }
@@ -158,9 +174,11 @@ pub struct ToolCall {
     pub index: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    /// Written, never read: a call is known by its function (some servers repeat the
+    /// type on every streamed delta).
+    #[serde(rename = "type", skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub function: FunctionCall,
 }
 
@@ -201,18 +219,12 @@ pub struct CompletionRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suffix: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stream_options: Option<StreamOptions>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub echo: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
     /// The legacy API's count of top logprobs per token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +233,16 @@ pub struct CompletionRequest {
     pub think: Option<Value>,
     #[serde(flatten)]
     pub sampling: Sampling,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<i64>,
+    /// Written to upstreams configured to take the token limit under this name; the
+    /// legacy API has no such field, so it is not read.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub max_completion_tokens: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -228,9 +250,9 @@ pub struct EmbeddingRequest {
     pub model: String,
     pub input: Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dimensions: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }
@@ -275,25 +297,53 @@ pub struct ResponseMessage {
     pub reasoning: Option<String>,
 }
 
+/// A streamed chunk. The backend also reads a whole chat completion or legacy completion
+/// as one (its `message` as the delta, its `text` beside it), so one path decodes both.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatCompletionChunk {
+    /// Empty when the upstream sent none.
+    #[serde(default, deserialize_with = "null_default")]
     pub id: String,
+    #[serde(skip_deserializing)]
     pub object: String,
+    #[serde(skip_deserializing)]
     pub created: i64,
+    /// Empty when the upstream sent none.
+    #[serde(default, deserialize_with = "null_default")]
     pub model: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub system_fingerprint: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
     pub choices: Vec<ChunkChoice>,
     /// Absent unless usage was asked for; then `null` on every chunk but the usage chunk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Read only when it is an object.
+    #[serde(default, deserialize_with = "lenient_usage", skip_serializing_if = "Option::is_none")]
     pub usage: Option<Option<Usage>>,
+    /// llama-server's own timings; read, never written.
+    #[serde(default, deserialize_with = "lenient_object", skip_serializing)]
+    pub timings: Option<Timings>,
+    /// An upstream's error in the middle of a stream: `{"message": …}` or a bare string;
+    /// read, never written (diglot's own errors are rendered by its encoders).
+    #[serde(default, skip_serializing)]
+    pub error: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChunkChoice {
+    #[serde(skip_deserializing)]
     pub index: u32,
+    /// A whole answer's `message` is read as its delta.
+    #[serde(default, alias = "message", deserialize_with = "null_default")]
     pub delta: Delta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// A legacy completion's text; read, never written (the frontend writes
+    /// `CompletionChoice`).
+    #[serde(default, skip_serializing)]
+    pub text: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "lenient_object",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub logprobs: Option<ChoiceLogprobs>,
     #[serde(default)]
     pub finish_reason: Option<String>,
@@ -301,7 +351,8 @@ pub struct ChunkChoice {
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct Delta {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Written, never read.
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
@@ -313,9 +364,11 @@ pub struct Delta {
     pub tool_calls: Option<Vec<ToolCall>>,
 }
 
+/// A chat choice's logprobs (a legacy completion's parallel arrays read as none).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct ChoiceLogprobs {
-    #[serde(default)]
+    /// Malformed entries are skipped when read.
+    #[serde(default, deserialize_with = "lenient_items")]
     pub content: Option<Vec<TokenLogprob>>,
     #[serde(default)]
     pub refusal: Option<Value>,
@@ -325,9 +378,10 @@ pub struct ChoiceLogprobs {
 pub struct TokenLogprob {
     pub token: String,
     pub logprob: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub bytes: Option<Vec<u8>>,
-    #[serde(default)]
+    /// Malformed entries are skipped when read.
+    #[serde(default, deserialize_with = "lenient_list")]
     pub top_logprobs: Vec<TopLogprob>,
 }
 
@@ -335,26 +389,49 @@ pub struct TokenLogprob {
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub bytes: Option<Vec<u8>>,
 }
 
+/// Token counts. Always written whole; read with a count the upstream did not send (or
+/// sent malformed) as unknown, never zero.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Usage {
-    #[serde(default)]
-    pub prompt_tokens: u64,
-    #[serde(default)]
-    pub completion_tokens: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
+    pub prompt_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub completion_tokens: Option<u64>,
+    /// Not read: diglot adds the two up itself.
+    #[serde(skip_deserializing)]
     pub total_tokens: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "lenient_object",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct PromptTokensDetails {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub cached_tokens: Option<u64>,
+}
+
+/// llama-server's `timings` beside the usage (durations in milliseconds).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+pub struct Timings {
+    #[serde(default, deserialize_with = "lenient")]
+    pub prompt_n: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub prompt_ms: Option<f64>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub predicted_n: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub predicted_ms: Option<f64>,
+    /// Prompt tokens served from the cache, not counted in `prompt_n`.
+    #[serde(default, deserialize_with = "lenient")]
+    pub cache_n: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -442,4 +519,41 @@ pub struct ErrorObject {
     pub param: Option<String>,
     #[serde(default)]
     pub code: Option<Value>,
+}
+
+// ---- lenient reading of upstream answers ----
+
+/// A field that may be null: null reads as the default.
+fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// An optional value that may be malformed: whatever does not read as `T` is `None`.
+/// (Numbers pass through `Value` without allocating.)
+fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(Option::<Value>::deserialize(d)?.and_then(|v| T::deserialize(v).ok()))
+}
+
+/// An optional object: anything but an object that reads as `T` is `None`.
+fn lenient_object<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(v @ Value::Object(_)) => T::deserialize(v).ok(),
+        _ => None,
+    })
+}
+
+fn lenient_usage<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Usage>>, D::Error> {
+    Ok(lenient_object(d)?.map(Some))
+}
+
+/// An optional list whose malformed items are skipped; anything but a list is `None`.
+fn lenient_items<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<Vec<T>>, D::Error> {
+    Ok(match Option::<Value>::deserialize(d)? {
+        Some(Value::Array(items)) => Some(items.into_iter().filter_map(|v| T::deserialize(v).ok()).collect()),
+        _ => None,
+    })
+}
+
+fn lenient_list<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(lenient_items(d)?.unwrap_or_default())
 }
