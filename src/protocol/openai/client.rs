@@ -118,30 +118,7 @@ impl OpenAiClient {
     /// (vLLM's `max_model_len`, llama.cpp's `meta.n_ctx_train`).
     pub async fn models(&self) -> Result<Vec<ModelCard>, Error> {
         let response = self.upstream.get(&self.path("/models")).await?;
-        let list: Value = self.upstream.json(response).await?;
-        let data = list["data"]
-            .as_array()
-            .or_else(|| list.as_array())
-            .cloned()
-            .unwrap_or_default();
-        Ok(data
-            .into_iter()
-            .filter_map(|m| {
-                let id = m["id"].as_str()?.to_owned();
-                let context_length = m["max_model_len"]
-                    .as_u64()
-                    .or_else(|| m["meta"]["n_ctx_train"].as_u64())
-                    .or_else(|| m["context_length"].as_u64());
-                Some(ModelCard {
-                    owned_by: m["owned_by"].as_str().unwrap_or("openai").to_owned(),
-                    created: m["created"].as_i64().unwrap_or(0),
-                    context_length,
-                    size_bytes: m["meta"]["size"].as_u64(),
-                    id,
-                    ..Default::default()
-                })
-            })
-            .collect())
+        Ok(model_cards(self.upstream.json(response).await?))
     }
 
     fn chat_body(&self, request: &ChatRequest, messages: &[Message]) -> wire::ChatCompletionRequest {
@@ -379,4 +356,65 @@ fn content(m: &Message) -> wire::Content {
 /// model's default (servers reject `reasoning_effort` on models that cannot reason).
 fn reasoning_effort(reasoning: Reasoning) -> Option<&'static str> {
     reasoning.level()
+}
+
+/// The cards of an upstream's model list, with the context sizes servers add (vLLM's
+/// `max_model_len`, llama.cpp's `meta`, OpenRouter's `context_length`). An entry that does
+/// not read as a model is left out, not the whole list.
+fn model_cards(list: wire::UpstreamModels) -> Vec<ModelCard> {
+    let (wire::UpstreamModels::List { data: entries } | wire::UpstreamModels::Bare(entries)) = list;
+    entries
+        .into_iter()
+        .filter_map(|entry| serde_json::from_value::<wire::Model>(entry).ok())
+        .map(|m| {
+            let meta = m.meta.unwrap_or_default();
+            ModelCard {
+                context_length: m.max_model_len.or(meta.n_ctx_train).or(m.context_length),
+                size_bytes: meta.size,
+                owned_by: if m.owned_by.is_empty() {
+                    "openai".into()
+                } else {
+                    m.owned_by
+                },
+                created: m.created,
+                id: m.id,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_lists_keep_the_context_sizes_servers_add() {
+        let read = |name: &str| {
+            let path = format!("{}/fixtures/openai/models/{name}.json", env!("CARGO_MANIFEST_DIR"));
+            model_cards(serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap())
+        };
+        let llamacpp = read("llamacpp");
+        assert_eq!(llamacpp[0].id, "gemma-3-270m");
+        assert_eq!(llamacpp[0].context_length, Some(32768), "meta.n_ctx_train");
+        assert_eq!(llamacpp[0].size_bytes, Some(246587904));
+        assert_eq!(llamacpp[0].owned_by, "llamacpp");
+        let vllm = read("vllm");
+        assert_eq!(vllm[0].context_length, Some(131072), "max_model_len");
+        let bare = model_cards(
+            serde_json::from_value(serde_json::json!([
+                {"id": "a", "created": 1.5, "owned_by": 3}, {"no": "id"}, {"id": "b", "created": 7}
+            ]))
+            .unwrap(),
+        );
+        let cards: Vec<_> = bare
+            .iter()
+            .map(|c| (c.id.as_str(), c.created, c.owned_by.as_str()))
+            .collect();
+        assert_eq!(
+            cards,
+            [("a", 0, "openai"), ("b", 7, "openai")],
+            "odd fields read as unknown, bad entries left out"
+        );
+    }
 }

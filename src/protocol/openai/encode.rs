@@ -510,6 +510,7 @@ pub fn model_entry(card: &ModelCard) -> wire::Model {
         owned_by: card.owned_by.clone(),
         name: card.display_name.clone(),
         description: card.description.clone(),
+        ..Default::default()
     }
 }
 

@@ -488,13 +488,14 @@ pub struct ModelList {
     pub data: Vec<Model>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Model {
     pub id: String,
+    #[serde(default)]
     pub object: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_or_default")]
     pub created: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient_or_default")]
     pub owned_by: String,
     /// A display name and description from the profile, as OpenRouter's list has them
     /// (Open WebUI shows `name`).
@@ -502,6 +503,31 @@ pub struct Model {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Context sizes upstreams add to their lists (read, never written): vLLM's
+    /// `max_model_len`, OpenRouter's `context_length`, llama.cpp's `meta`.
+    #[serde(default, deserialize_with = "lenient", skip_serializing)]
+    pub max_model_len: Option<u64>,
+    #[serde(default, deserialize_with = "lenient", skip_serializing)]
+    pub context_length: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_object", skip_serializing)]
+    pub meta: Option<ModelMeta>,
+}
+
+/// llama.cpp's facts about the model file in `/v1/models`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ModelMeta {
+    #[serde(default, deserialize_with = "lenient")]
+    pub n_ctx_train: Option<u64>,
+    #[serde(default, deserialize_with = "lenient")]
+    pub size: Option<u64>,
+}
+
+/// A model list as upstreams send it: OpenAI's `{"data": [...]}`, or a bare array.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum UpstreamModels {
+    List { data: Vec<Value> },
+    Bare(Vec<Value>),
 }
 
 /// `{"error":{"message","type","param","code"}}`
@@ -532,6 +558,11 @@ fn null_default<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) 
 /// (Numbers pass through `Value` without allocating.)
 fn lenient<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
     Ok(Option::<Value>::deserialize(d)?.and_then(|v| T::deserialize(v).ok()))
+}
+
+/// A value that does not read as `T` (or is missing, or null) is `T`'s default.
+fn lenient_or_default<'de, D: Deserializer<'de>, T: DeserializeOwned + Default>(d: D) -> Result<T, D::Error> {
+    Ok(lenient(d)?.unwrap_or_default())
 }
 
 /// An optional object: anything but an object that reads as `T` is `None`.
