@@ -411,7 +411,11 @@ async fn image_urls_naming_internal_hosts_are_refused() {
         );
     }
     let paths: Vec<String> = fake.received().iter().map(|r| r.path.clone()).collect();
-    assert_eq!(paths, ["/api/tags"], "only the model list: nothing fetched, nothing sent");
+    assert_eq!(
+        paths,
+        ["/api/tags"],
+        "only the model list: nothing fetched, nothing sent"
+    );
 }
 
 /// With `allow_private`, internal URLs are fetched (redirects followed), within the

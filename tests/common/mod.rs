@@ -22,6 +22,27 @@ pub fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(path)
 }
 
+/// The text of `fixtures/openai/PATH`'s stream: every chunk's first choice's delta
+/// (or, for legacy completions, the choice itself), concatenating the first of `fields`
+/// each has.
+pub fn sse_text(path: &str, fields: &[&str]) -> String {
+    let text = std::fs::read_to_string(fixture(&format!("openai/{path}"))).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|chunk| {
+            let choice = chunk["choices"].get(0)?.clone();
+            let delta = if choice["delta"].is_object() {
+                choice["delta"].clone()
+            } else {
+                choice
+            };
+            fields.iter().find_map(|f| delta[*f].as_str().map(str::to_owned))
+        })
+        .collect()
+}
+
 /// A request the fake upstream received.
 #[derive(Debug, Clone)]
 pub struct Received {
