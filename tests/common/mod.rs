@@ -69,7 +69,7 @@ struct State {
     faults: Mutex<Faults>,
     /// While true, completion and embedding calls wait (recorded, unanswered).
     held: tokio::sync::watch::Sender<bool>,
-    /// Streams stop after this many lines (0: never) until `paused` is false.
+    /// Streams stop after this many lines, minus one (0: never), until `paused` is false.
     pause_after: AtomicU64,
     paused: tokio::sync::watch::Sender<bool>,
     /// Stream lines (or events) sent, over all streams.
@@ -234,7 +234,7 @@ impl FakeUpstream {
     /// upstream sent the rest. Whole answers wait with their headers sent and no body.
     pub fn pause_streams_after(&self, lines: u64) {
         self.state.paused.send_replace(true);
-        self.state.pause_after.store(lines, Ordering::SeqCst);
+        self.state.pause_after.store(lines + 1, Ordering::SeqCst);
     }
 
     pub fn resume_streams(&self) {
@@ -408,7 +408,7 @@ fn send_whole(res: &mut Response, state: Arc<State>, pieces: usize, answer: Valu
 /// Sends `pieces` one by one, `line_delay` apart, noting whether the reader hung up.
 fn drip(res: &mut Response, state: Arc<State>, pieces: Vec<String>) {
     let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst));
-    let pause_after = state.pause_after.load(Ordering::SeqCst) as usize;
+    let pause_after = (state.pause_after.load(Ordering::SeqCst) as usize).checked_sub(1);
     let lines = pieces;
     res.stream(async_stream::stream! {
         let mut guard = CancelGuard { state: state.clone(), finished: false };
@@ -416,7 +416,7 @@ fn drip(res: &mut Response, state: Arc<State>, pieces: Vec<String>) {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if pause_after > 0 && i == pause_after {
+            if pause_after == Some(i) {
                 let mut paused = state.paused.subscribe();
                 let _ = paused.wait_for(|paused| !paused).await;
             }
