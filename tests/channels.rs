@@ -837,7 +837,14 @@ async fn aliases_route_to_each_channels_model_and_answers_keep_the_clients_name(
     .await;
     let (status, answer) = post(&base, "/v1/chat/completions", chat("gpt-4o")).await.status_json();
     assert_eq!((status, answer["model"].as_str()), (200, Some("gpt-4o")));
-    assert_eq!(ollama.bodies("/api/chat")[0]["model"], "chat-text");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "The sky is blue because of Rayleigh scattering."
+    );
+    assert_eq!(
+        ollama.bodies("/api/chat")[0],
+        json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": false})
+    );
 
     // The same alias on the other channel when the first fails, streamed, Ollama side.
     ollama.fail_next(1, 500, None);
@@ -855,7 +862,16 @@ async fn aliases_route_to_each_channels_model_and_answers_keep_the_clients_name(
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(lines.iter().all(|l| l["model"] == "gpt-4o"), "{lines:?}");
-    assert_eq!(openai.bodies("/v1/chat/completions")[0]["model"], "oai-text");
+    let text: String = lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+    assert_eq!(text, "The sky is blue because of Rayleigh scattering.");
+    assert_eq!(lines.last().unwrap()["done"], true, "{lines:?}");
+    assert_eq!(
+        openai.bodies("/v1/chat/completions"),
+        vec![
+            json!({"model": "oai-text", "messages": [{"role": "user", "content": "Why?"}],
+                    "stream": true, "stream_options": {"include_usage": true}})
+        ]
+    );
 
     // The catalog: the alias once, the glob's matches from the OpenAI list, nothing else.
     let models: Value = get_json(&format!("{base}/v1/models")).await;
