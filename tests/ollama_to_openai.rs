@@ -189,7 +189,7 @@ async fn streamed_chat_both_sides() {
 
 #[tokio::test]
 async fn whole_chat_when_stream_is_false() {
-    let (_fake, base) = setup_openai().await;
+    let (fake, base) = setup_openai().await;
     let Answer {
         status,
         headers,
@@ -210,6 +210,15 @@ async fn whole_chat_when_stream_is_false() {
     assert_eq!(
         answer["message"],
         json!({"role": "assistant", "content": "The sky is blue because of Rayleigh scattering."})
+    );
+    // The upstream was asked whole and answered with OpenAI's own pretty-printed body,
+    // served as it is.
+    assert_eq!(fake.bodies("/v1/chat/completions")[0]["stream"], false);
+    let raw = std::fs::read_to_string(fixture("openai/chat-whole/oai-text.json")).unwrap();
+    assert!(raw.starts_with("{\n  \"id\": ") && raw.ends_with("}\n"), "{raw}");
+    assert_eq!(
+        (&answer["prompt_eval_count"], &answer["eval_count"]),
+        (&json!(14), &json!(10))
     );
 }
 

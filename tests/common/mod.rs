@@ -331,6 +331,13 @@ async fn stream_fixture(req: &mut Request, depot: &mut Depot, res: &mut Response
     };
     let text = std::fs::read_to_string(path).unwrap();
     if body["stream"] == false {
+        // A whole answer recorded as the server sends it is served as it is.
+        if let Some((model, _)) = model_file(&body, dir, "json")
+            && let Ok(whole) = std::fs::read(fixture(&format!("ollama/{dir}-whole/{model}.json")))
+        {
+            let pieces = text.lines().count();
+            return send_bytes(res, state, pieces, whole, "application/json; charset=utf-8");
+        }
         return ollama_whole_answer(res, state, &text);
     }
     let lines: Vec<String> = text.lines().map(|l| format!("{l}\n")).collect();
@@ -338,7 +345,9 @@ async fn stream_fixture(req: &mut Request, depot: &mut Depot, res: &mut Response
     drip(res, state, lines);
 }
 
-/// What Ollama answers to `stream: false` (server/routes.go, ChatHandler and
+/// What Ollama answers to `stream: false` when no whole answer was recorded
+/// (`fixtures/ollama/chat-whole/MODEL.json` is served as it is when there is one)
+/// (server/routes.go, ChatHandler and
 /// GenerateHandler): the stream's last line with the content, thinking, tool calls and
 /// logprobs of every line folded in; an error line becomes a 500 with that error. It is
 /// sent when the whole stream would have been (the line delay times the lines).
@@ -389,9 +398,14 @@ fn ollama_whole_answer(res: &mut Response, state: Arc<State>, ndjson: &str) {
 /// times the pieces), as a server that generates before it answers, noting whether the
 /// reader hung up.
 fn send_whole(res: &mut Response, state: Arc<State>, pieces: usize, answer: Value) {
+    let bytes = answer.to_string().into_bytes();
+    send_bytes(res, state, pieces, bytes, "application/json; charset=utf-8");
+}
+
+/// `send_whole` for a body given as bytes, sent as they are.
+fn send_bytes(res: &mut Response, state: Arc<State>, pieces: usize, answer: Vec<u8>, content_type: &str) {
     let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst)) * pieces as u32;
-    res.add_header("content-type", "application/json; charset=utf-8", true)
-        .unwrap();
+    res.add_header("content-type", content_type, true).unwrap();
     let paused = state.pause_after.load(Ordering::SeqCst) > 0;
     res.stream(async_stream::stream! {
         let mut guard = CancelGuard { state: state.clone(), finished: false };
@@ -399,7 +413,7 @@ fn send_whole(res: &mut Response, state: Arc<State>, pieces: usize, answer: Valu
         if paused {
             let _ = state.paused.subscribe().wait_for(|paused| !paused).await;
         }
-        yield Ok::<_, std::io::Error>(Bytes::from(answer.to_string()));
+        yield Ok::<_, std::io::Error>(Bytes::from(answer));
         guard.finished = true;
         state.completed_streams.fetch_add(1, Ordering::SeqCst);
     });
@@ -536,13 +550,20 @@ async fn openai_stream(req: &mut Request, depot: &mut Depot, res: &mut Response)
     let text = std::fs::read_to_string(path).unwrap();
     let events: Vec<String> = text.split_inclusive("\n\n").map(str::to_owned).collect();
     if body["stream"] != true {
+        // A whole answer recorded as the server sends it is served as it is.
+        if let Some(whole) = openai_file(&body, &format!("{dir}-whole"), "json") {
+            let bytes = std::fs::read(whole).unwrap();
+            return send_bytes(res, state, events.len(), bytes, "application/json");
+        }
         return whole_answer(res, state, &events, dir == "chat");
     }
     res.add_header("content-type", "text/event-stream", true).unwrap();
     drip(res, state, events);
 }
 
-/// What the server answers to `stream: false`: its stream's content in one body (content,
+/// What the server answers to `stream: false` when no whole answer was recorded
+/// (`fixtures/openai/chat-whole/MODEL.json` is served as it is when there is one): its
+/// stream's content in one body (content,
 /// reasoning, tool calls by index, the last usage and llama-server's `timings`), or the
 /// error it streamed, as a 500.
 fn whole_answer(res: &mut Response, state: Arc<State>, events: &[String], chat: bool) {
