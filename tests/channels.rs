@@ -306,8 +306,9 @@ async fn a_benched_key_comes_back_when_its_bench_ends() {
         }),
     )
     .await;
-    assert_eq!(post(&base, "/v1/chat/completions", chat("oai-text")).await.status, 200);
+    // Before the request: the bench starts during it, so it ends no earlier than 2 s after this.
     let benched = std::time::Instant::now();
+    assert_eq!(post(&base, "/v1/chat/completions", chat("oai-text")).await.status, 200);
     assert_eq!(keys_used(&a), ["Bearer sk-1", "Bearer sk-2"]);
     // The key is good again upstream; diglot only learns it when the bench ends.
     a.reject_key("nobody");
@@ -329,8 +330,8 @@ async fn a_benched_key_comes_back_when_its_bench_ends() {
     )
     .await;
     a.fail_next(1, 429, Some(2));
-    assert_eq!(post(&base, "/v1/chat/completions", chat("oai-text")).await.status, 200);
     let benched = std::time::Instant::now();
+    assert_eq!(post(&base, "/v1/chat/completions", chat("oai-text")).await.status, 200);
     assert_eq!(keys_used(&a), ["Bearer sk-1", "Bearer sk-2"]);
     let back = until_key_is_used(&base, &a, "Bearer sk-1").await;
     assert!(
