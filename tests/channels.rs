@@ -13,18 +13,6 @@ use serde_json::{Value, json};
 const OLLAMA: UpstreamKind = UpstreamKind::Ollama;
 const OPENAI: UpstreamKind = UpstreamKind::Openai;
 
-async fn post(base: &str, path: &str, body: Value) -> (u16, Option<String>, Value) {
-    let res = client().post(format!("{base}{path}")).json(&body).send().await.unwrap();
-    let status = res.status().as_u16();
-    let retry_after = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
-    let text = res.text().await.unwrap();
-    (
-        status,
-        retry_after,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "Why is the sky blue?"}]})
 }
@@ -60,13 +48,6 @@ fn primary_and_backup(a: &FakeUpstream, b: &FakeUpstream) -> Vec<UpstreamConfig>
         },
         channel("b", b, OLLAMA),
     ]
-}
-
-fn dead_url() -> String {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    url
 }
 
 async fn health(base: &str) -> (u16, Value) {
@@ -114,7 +95,7 @@ async fn weights_share_a_tier_and_priority_tiers_fail_over() {
     )
     .await;
     for _ in 0..400 {
-        let (status, _, _) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+        let status = post(&base, "/v1/chat/completions", chat("chat-text")).await.status;
         assert_eq!(status, 200);
     }
     let (na, nb) = (a.calls() as f64, b.calls() as f64);
@@ -126,7 +107,9 @@ async fn weights_share_a_tier_and_priority_tiers_fail_over() {
     // Both top channels fail: the lower tier answers, each failed channel tried once.
     a.fail_next(100, 503, None);
     b.fail_next(100, 500, None);
-    let (status, _, answer) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+    let (status, answer) = post(&base, "/v1/chat/completions", chat("chat-text"))
+        .await
+        .status_json();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["model"], "chat-text");
     assert_eq!((a.calls(), b.calls(), c.calls()), (na as usize + 1, nb as usize + 1, 1));
@@ -146,7 +129,9 @@ async fn a_failed_channel_is_never_tried_twice_and_the_last_error_is_answered() 
         }),
     )
     .await;
-    let (status, _, body) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+    let (status, body) = post(&base, "/v1/chat/completions", chat("chat-text"))
+        .await
+        .status_json();
     assert_eq!(
         (a.calls(), b.calls()),
         (1, 1),
@@ -166,12 +151,13 @@ async fn a_failed_channel_is_never_tried_twice_and_the_last_error_is_answered() 
     };
     a.fail_next(0, 500, None);
     let base = diglot_channels(vec![dead, channel("a", &a, OLLAMA)], quick(RoutingConfig::default())).await;
-    let (status, _, _) = post(
+    let status = post(
         &base,
         "/api/chat",
         json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}], "stream": false}),
     )
-    .await;
+    .await
+    .status;
     assert_eq!(status, 200);
 }
 
@@ -180,7 +166,9 @@ async fn client_errors_are_answered_without_retry() {
     let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
     a.fail_next(1, 400, None);
     let base = diglot_channels(primary_and_backup(&a, &b), quick(RoutingConfig::default())).await;
-    let (status, _, body) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+    let (status, body) = post(&base, "/v1/chat/completions", chat("chat-text"))
+        .await
+        .status_json();
     assert_eq!(
         (status, body["error"]["type"].as_str()),
         (400, Some("invalid_request_error"))
@@ -190,14 +178,202 @@ async fn client_errors_are_answered_without_retry() {
         (1, 0),
         "400 is the request's fault: no other channel tried"
     );
-    let (status, _, body) = post(
+    let (status, body) = post(
         &base,
         "/api/chat",
         json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}], "stream": false}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(status, 200, "{body}");
     assert_eq!(a.calls(), 2, "and the channel stays in service");
+}
+
+/// A model the upstream does not have (404) and a request it cannot process (422) are
+/// the request's fault, through the router too: answered at once, no other channel tried.
+#[tokio::test]
+async fn not_found_and_unprocessable_are_answered_without_retry() {
+    let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    let base = diglot_channels(primary_and_backup(&a, &b), quick(RoutingConfig::default())).await;
+    a.fail_next(1, 404, None);
+    let (status, body) = post(&base, "/v1/chat/completions", chat("chat-text"))
+        .await
+        .status_json();
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(
+        body["error"],
+        json!({"message": "injected failure 404", "type": "invalid_request_error", "param": "model", "code": "model_not_found"})
+    );
+    assert_eq!((a.calls(), b.calls()), (1, 0));
+    a.fail_next(1, 422, None);
+    let (status, body) = post(
+        &base,
+        "/api/chat",
+        json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}], "stream": false}),
+    )
+    .await
+    .status_json();
+    assert_eq!((status, body), (400, json!({"error": "injected failure 422"})));
+    assert_eq!((a.calls(), b.calls()), (2, 0), "no other channel tried");
+    assert_eq!(state(&health(&base).await.1, "a")["state"], "healthy");
+}
+
+/// `max_retries` caps the attempts (1 + retries), however many channels could still
+/// take the request.
+#[tokio::test]
+async fn max_retries_caps_the_attempts() {
+    let fakes = [
+        FakeUpstream::start().await,
+        FakeUpstream::start().await,
+        FakeUpstream::start().await,
+        FakeUpstream::start().await,
+    ];
+    for fake in &fakes {
+        fake.fail_next(100, 503, None);
+    }
+    let channels: Vec<UpstreamConfig> = fakes
+        .iter()
+        .enumerate()
+        .map(|(i, fake)| channel(&format!("c{i}"), fake, OLLAMA))
+        .collect();
+    let calls = |fakes: &[FakeUpstream; 4]| fakes.iter().map(FakeUpstream::calls).sum::<usize>();
+    for (retries, attempts) in [(0, 1), (1, 2), (2, 3)] {
+        let before = calls(&fakes);
+        let base = diglot_channels(
+            channels.clone(),
+            quick(RoutingConfig {
+                max_retries: retries,
+                min_requests: 100,
+                ..Default::default()
+            }),
+        )
+        .await;
+        let (status, body) = post(&base, "/v1/chat/completions", chat("chat-text"))
+            .await
+            .status_json();
+        assert_eq!(status, 502, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("injected failure 503"),
+            "{body}"
+        );
+        assert_eq!(calls(&fakes) - before, attempts, "max_retries {retries}");
+        assert!(
+            fakes.iter().all(|f| f.calls() <= 3),
+            "no channel tried twice for one request"
+        );
+    }
+}
+
+/// The authorization header of each call `fake` received, in order.
+fn keys_used(fake: &FakeUpstream) -> Vec<String> {
+    fake.requests("/v1/chat/completions")
+        .iter()
+        .map(|r| r.header("authorization").unwrap().to_owned())
+        .collect()
+}
+
+/// Sends whole chats until one uses `key`, and returns when that was.
+async fn until_key_is_used(base: &str, fake: &FakeUpstream, key: &str) -> std::time::Instant {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let before = keys_used(fake).len();
+        assert_eq!(post(base, "/v1/chat/completions", chat("oai-text")).await.status, 200);
+        if keys_used(fake)[before..].iter().any(|k| k == key) {
+            return std::time::Instant::now();
+        }
+        assert!(std::time::Instant::now() < deadline, "{key} was never used again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A refused key is left out for `bad_key_secs`, a throttled one for its `Retry-After`;
+/// then it is used again.
+#[tokio::test]
+async fn a_benched_key_comes_back_when_its_bench_ends() {
+    let a = FakeUpstream::start().await;
+    a.reject_key("sk-1");
+    let base = diglot_channels(
+        vec![UpstreamConfig {
+            keys: vec!["sk-1".into(), "sk-2".into()],
+            ..channel("a", &a, OPENAI)
+        }],
+        quick(RoutingConfig {
+            bad_key_secs: 2.0,
+            ..Default::default()
+        }),
+    )
+    .await;
+    // Before the request: the bench starts during it, so it ends no earlier than 2 s after this.
+    let benched = std::time::Instant::now();
+    assert_eq!(post(&base, "/v1/chat/completions", chat("oai-text")).await.status, 200);
+    assert_eq!(keys_used(&a), ["Bearer sk-1", "Bearer sk-2"]);
+    // The key is good again upstream; diglot only learns it when the bench ends.
+    a.reject_key("nobody");
+    let back = until_key_is_used(&base, &a, "Bearer sk-1").await;
+    assert!(
+        back - benched >= Duration::from_secs(2),
+        "sk-1 came back after {:?}, before its 2 s bench ended",
+        back - benched
+    );
+
+    // Throttled with Retry-After: 2, then used again once that has passed.
+    let a = FakeUpstream::start().await;
+    let base = diglot_channels(
+        vec![UpstreamConfig {
+            keys: vec!["sk-1".into(), "sk-2".into()],
+            ..channel("a", &a, OPENAI)
+        }],
+        quick(RoutingConfig::default()),
+    )
+    .await;
+    a.fail_next(1, 429, Some(2));
+    let benched = std::time::Instant::now();
+    assert_eq!(post(&base, "/v1/chat/completions", chat("oai-text")).await.status, 200);
+    assert_eq!(keys_used(&a), ["Bearer sk-1", "Bearer sk-2"]);
+    let back = until_key_is_used(&base, &a, "Bearer sk-1").await;
+    assert!(
+        back - benched >= Duration::from_secs(2),
+        "sk-1 came back after {:?}, before its Retry-After",
+        back - benched
+    );
+}
+
+/// A name missing from the catalog makes one fresh look at the upstreams' lists, at most
+/// once a second however many requests ask for unknown names.
+#[tokio::test]
+async fn an_unknown_name_refreshes_the_catalog_at_most_once_a_second() {
+    let a = FakeUpstream::start().await;
+    let base = diglot_channels(
+        vec![UpstreamConfig {
+            models: vec!["*".into()],
+            ..channel("a", &a, OLLAMA)
+        }],
+        quick(RoutingConfig::default()),
+    )
+    .await;
+    let listings = || a.requests("/api/tags").len();
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let (status, _) = post(&base, "/v1/chat/completions", chat("ghost")).await.status_json();
+        assert_eq!(status, 404);
+    }
+    let took = started.elapsed();
+    // The first list, then one fresh look per second begun (the first miss makes one).
+    let allowed = 2 + took.as_secs() as usize;
+    assert!(
+        (2..=allowed).contains(&listings()),
+        "{} lists for 10 misses in {took:?}",
+        listings()
+    );
+    assert_eq!(a.calls(), 0, "unknown names never reach the upstream");
+    // A second later, a miss looks again.
+    let before = listings();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(post(&base, "/v1/chat/completions", chat("ghost")).await.status, 404);
+    assert_eq!(listings(), before + 1);
 }
 
 #[tokio::test]
@@ -213,12 +389,13 @@ async fn a_refused_key_is_benched_and_the_next_key_used() {
     )
     .await;
     for _ in 0..3 {
-        let (status, _, body) = post(
+        let (status, body) = post(
             &base,
             "/api/chat",
             json!({"model": "oai-text", "messages": [{"role": "user", "content": "Why?"}], "stream": false}),
         )
-        .await;
+        .await
+        .status_json();
         assert_eq!(status, 200, "{body}");
     }
     let keys: Vec<String> = a
@@ -250,13 +427,14 @@ async fn rate_limited_keys_rotate_and_retry_after_reaches_the_client() {
     )
     .await;
     a.fail_next(1, 429, Some(30));
-    let (status, _, _) = post(&base, "/v1/chat/completions", chat("oai-text")).await;
+    let status = post(&base, "/v1/chat/completions", chat("oai-text")).await.status;
     assert_eq!(status, 200, "the other key answered");
     // Both keys throttled: the client gets 429 and the upstream's Retry-After.
     a.fail_next(2, 429, Some(7));
-    let (status, retry_after, body) = post(&base, "/v1/chat/completions", chat("oai-text")).await;
+    let answer = post(&base, "/v1/chat/completions", chat("oai-text")).await;
+    let (status, retry_after, body) = (answer.status, answer.header("retry-after"), answer.json());
     assert_eq!(
-        (status, retry_after.as_deref(), body["error"]["type"].as_str()),
+        (status, retry_after, body["error"]["type"].as_str()),
         (429, Some("7"), Some("rate_limit_error")),
         "{body}"
     );
@@ -309,7 +487,7 @@ async fn streams_fail_over_before_the_first_byte_and_never_after() {
 
     // An upstream silent past the idle timeout before its first line: failover.
     let slow = FakeUpstream::start().await;
-    slow.set_line_delay(Duration::from_millis(600));
+    slow.pause_streams_after(0);
     let base = diglot_channels(
         vec![
             UpstreamConfig {
@@ -333,22 +511,32 @@ async fn streams_fail_over_before_the_first_byte_and_never_after() {
     assert_eq!((slow.calls(), b.calls()), (1, 2));
 }
 
+/// Waits until channel `name`'s circuit is in `wanted` state.
+async fn circuit(base: &str, name: &str, wanted: &str) {
+    eventually_async(&format!("{name} to be {wanted}"), || async move {
+        state(&health(base).await.1, name)["state"] == wanted
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn the_circuit_opens_half_opens_and_closes() {
     let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    // A cooldown long enough for every check that must fall inside it, however slow
+    // the machine; its end is waited for by polling /health.
     let base = diglot_channels(
         primary_and_backup(&a, &b),
         quick(RoutingConfig {
             min_requests: 2,
             failure_ratio: 0.8,
-            cooldown_secs: 0.4,
+            cooldown_secs: 3.0,
             ..Default::default()
         }),
     )
     .await;
     a.fail_next(1000, 500, None);
     for _ in 0..2 {
-        assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+        assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
     }
     assert_eq!(a.calls(), 2);
     let (status, report) = health(&base).await;
@@ -361,25 +549,24 @@ async fn the_circuit_opens_half_opens_and_closes() {
     );
     assert_eq!(state(&report, "b")["state"], "healthy");
     for _ in 0..3 {
-        assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+        assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
     }
     assert_eq!(a.calls(), 2, "an open circuit takes no requests");
 
     // After the cooldown one probe goes through; it fails, so the circuit opens again.
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(state(&health(&base).await.1, "a")["state"], "half_open");
-    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    circuit(&base, "a", "half_open").await;
+    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
     assert_eq!(a.calls(), 3, "one probe");
     assert_eq!(state(&health(&base).await.1, "a")["state"], "open");
 
     // The upstream recovers: the next probe closes the circuit.
     a.fail_next(0, 500, None);
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    circuit(&base, "a", "half_open").await;
+    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
     assert_eq!(a.calls(), 4);
     assert_eq!(state(&health(&base).await.1, "a")["state"], "healthy");
     let b_before = b.calls();
-    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
     assert_eq!(
         (a.calls(), b.calls()),
         (5, b_before),
@@ -398,7 +585,10 @@ async fn health_reports_states_and_503_when_nothing_is_usable() {
         }),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    eventually_async("a first check", || async {
+        state(&health(&base).await.1, "a")["last_check"]["took_ms"].is_number()
+    })
+    .await;
     let (status, report) = health(&base).await;
     assert_eq!(status, 200);
     assert_eq!(report["status"], "ok");
@@ -412,19 +602,20 @@ async fn health_reports_states_and_503_when_nothing_is_usable() {
 
     // The first channel's check fails: it is down, the other serves.
     a.fail_listing(Some(500));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    circuit(&base, "a", "down").await;
     let (status, report) = health(&base).await;
     assert_eq!((status, &state(&report, "a")["state"]), (200, &json!("down")));
     let ask = json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}]});
-    assert_eq!(post(&base, "/api/chat", ask.clone()).await.0, 200);
+    assert_eq!(post(&base, "/api/chat", ask.clone()).await.status, 200);
     assert_eq!((a.calls(), b.calls()), (0, 1));
 
     // Both down: /health says 503 and so do requests, with a Retry-After.
     b.fail_listing(Some(503));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    circuit(&base, "b", "down").await;
     let (status, report) = health(&base).await;
     assert_eq!((status, &report["status"]), (503, &json!("unavailable")));
-    let (status, retry_after, body) = post(&base, "/api/chat", ask).await;
+    let answer = post(&base, "/api/chat", ask).await;
+    let (status, retry_after, body) = (answer.status, answer.header("retry-after"), answer.json());
     assert_eq!(status, 503);
     assert!(retry_after.is_some());
     assert!(
@@ -434,8 +625,9 @@ async fn health_reports_states_and_503_when_nothing_is_usable() {
     assert_eq!((a.calls(), b.calls()), (0, 1), "never a completion as a health check");
 
     a.fail_listing(None);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(health(&base).await.0, 200, "back once a check succeeds");
+    // Back once a check succeeds.
+    eventually_async("/health to answer 200", || async { health(&base).await.0 == 200 }).await;
+    assert_eq!(state(&health(&base).await.1, "a")["state"], "healthy");
 
     // One channel: nothing to fail over to, so no checks run.
     let lone = FakeUpstream::start().await;
@@ -447,19 +639,30 @@ async fn health_reports_states_and_503_when_nothing_is_usable() {
         }),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Twenty intervals, in which a check would have run twenty times.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(lone.requests("/api/tags").is_empty());
+}
+
+/// Starts a chat at `base` in the background, and waits until `fake` holds it.
+async fn held_chat(base: &str, fake: &FakeUpstream) -> tokio::task::JoinHandle<u16> {
+    let calls = fake.calls();
+    let base = base.to_owned();
+    let first = tokio::spawn(async move { post(&base, "/v1/chat/completions", chat("chat-text")).await.status });
+    fake.wait_for_calls(calls + 1).await;
+    first
 }
 
 #[tokio::test]
 async fn concurrency_limits_overflow_queue_and_free_on_hang_up() {
     let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
-    a.set_line_delay(Duration::from_millis(100));
     let limited = UpstreamConfig {
         priority: 1,
         max_concurrency: 1,
         ..channel("a", &a, OLLAMA)
     };
+    // Each time, the first request is held at the upstream (its slot taken) until the
+    // second has been answered.
     // No queue, no other channel: the second concurrent request gets 429 at once.
     let base = diglot_channels(
         vec![limited.clone()],
@@ -469,23 +672,23 @@ async fn concurrency_limits_overflow_queue_and_free_on_hang_up() {
         }),
     )
     .await;
-    let first = tokio::spawn({
-        let base = base.clone();
-        async move { post(&base, "/v1/chat/completions", chat("chat-text")).await.0 }
-    });
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    let (status, retry_after, body) = post(
+    a.hold();
+    let first = held_chat(&base, &a).await;
+    let answer = post(
         &base,
         "/api/chat",
         json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}]}),
     )
     .await;
-    assert_eq!((status, retry_after.as_deref()), (429, Some("1")), "{body}");
+    let (status, retry_after, body) = (answer.status, answer.header("retry-after"), answer.json());
+    assert_eq!((status, retry_after), (429, Some("1")), "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("concurrency limit"),
         "Ollama's shape: {body}"
     );
+    a.release();
     assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(a.calls(), 1);
 
     // With a lower tier, the overflow goes there instead.
     let base = diglot_channels(
@@ -493,29 +696,29 @@ async fn concurrency_limits_overflow_queue_and_free_on_hang_up() {
         quick(RoutingConfig::default()),
     )
     .await;
-    let first = tokio::spawn({
-        let base = base.clone();
-        async move { post(&base, "/v1/chat/completions", chat("chat-text")).await.0 }
-    });
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    a.hold();
+    let first = held_chat(&base, &a).await;
+    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
     assert_eq!(b.calls(), 1, "overflow");
+    a.release();
     assert_eq!(first.await.unwrap(), 200);
 
     // With a queue, the second waits for the first and then runs on the same channel.
     let base = diglot_channels(vec![limited.clone()], quick(RoutingConfig::default())).await;
     let calls = a.calls();
-    let first = tokio::spawn({
+    a.hold();
+    let first = held_chat(&base, &a).await;
+    let second = tokio::spawn({
         let base = base.clone();
-        async move { post(&base, "/v1/chat/completions", chat("chat-text")).await.0 }
+        async move { post(&base, "/v1/chat/completions", chat("chat-text")).await.status }
     });
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.0, 200);
+    a.release();
+    assert_eq!(second.await.unwrap(), 200);
     assert_eq!((first.await.unwrap(), a.calls()), (200, calls + 2));
 
     // A client that hangs up mid-stream cancels the upstream call and frees the slot.
     let slow = FakeUpstream::start().await;
-    slow.set_line_delay(Duration::from_millis(300));
+    slow.pause_streams_after(1);
     let base = diglot_channels(
         vec![UpstreamConfig {
             max_concurrency: 1,
@@ -535,17 +738,82 @@ async fn concurrency_limits_overflow_queue_and_free_on_hang_up() {
         .unwrap();
     assert!(res.chunk().await.unwrap().is_some(), "the stream began");
     drop(res);
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(slow.cancelled(), "the upstream saw the connection close");
+    // The upstream saw the connection close.
+    slow.wait_for_cancel().await;
     assert_eq!(slow.completed_streams(), 0);
-    slow.set_line_delay(Duration::ZERO);
-    let (status, _, body) = post(
+    slow.resume_streams();
+    let (status, body) = post(
         &base,
         "/api/chat",
         json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why?"}], "stream": false}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(status, 200, "the slot was freed: {body}");
+}
+
+/// `max_queue` bounds the waiting line: past it, 429 at once; within it, a request
+/// waits `queue_timeout_secs` and then gets 429 if no slot came free.
+#[tokio::test]
+async fn a_full_queue_and_a_queue_timeout_answer_429() {
+    let a = FakeUpstream::start().await;
+    let limited = UpstreamConfig {
+        max_concurrency: 1,
+        ..channel("a", &a, OLLAMA)
+    };
+    // A queue of none, with a long wait: nobody may wait, so the answer comes at once.
+    let base = diglot_channels(
+        vec![limited.clone()],
+        quick(RoutingConfig {
+            queue_timeout_secs: 3600.0,
+            max_queue: 0,
+            ..Default::default()
+        }),
+    )
+    .await;
+    a.hold();
+    let first = held_chat(&base, &a).await;
+    let answer = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+    assert_eq!(
+        (answer.status, answer.header("retry-after")),
+        (429, Some("1")),
+        "{}",
+        answer.text
+    );
+    assert_eq!(answer.json()["error"]["type"], "rate_limit_error");
+    a.release();
+    assert_eq!(first.await.unwrap(), 200);
+
+    // A queue of one with a short wait: the waiting request gives up after it.
+    let base = diglot_channels(
+        vec![limited],
+        quick(RoutingConfig {
+            queue_timeout_secs: 0.3,
+            max_queue: 1,
+            ..Default::default()
+        }),
+    )
+    .await;
+    a.hold();
+    let first = held_chat(&base, &a).await;
+    let answer = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+    assert_eq!(
+        (answer.status, answer.header("retry-after")),
+        (429, Some("1")),
+        "{}",
+        answer.text
+    );
+    assert!(
+        answer.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("concurrency limit"),
+        "{}",
+        answer.text
+    );
+    assert_eq!(a.calls(), 2, "the one that waited never reached the upstream");
+    a.release();
+    assert_eq!(first.await.unwrap(), 200);
 }
 
 #[tokio::test]
@@ -568,9 +836,16 @@ async fn aliases_route_to_each_channels_model_and_answers_keep_the_clients_name(
         quick(RoutingConfig::default()),
     )
     .await;
-    let (status, _, answer) = post(&base, "/v1/chat/completions", chat("gpt-4o")).await;
+    let (status, answer) = post(&base, "/v1/chat/completions", chat("gpt-4o")).await.status_json();
     assert_eq!((status, answer["model"].as_str()), (200, Some("gpt-4o")));
-    assert_eq!(ollama.bodies("/api/chat")[0]["model"], "chat-text");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "The sky is blue because of Rayleigh scattering."
+    );
+    assert_eq!(
+        ollama.bodies("/api/chat")[0],
+        json!({"model": "chat-text", "messages": [{"role": "user", "content": "Why is the sky blue?"}], "stream": false})
+    );
 
     // The same alias on the other channel when the first fails, streamed, Ollama side.
     ollama.fail_next(1, 500, None);
@@ -588,7 +863,16 @@ async fn aliases_route_to_each_channels_model_and_answers_keep_the_clients_name(
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(lines.iter().all(|l| l["model"] == "gpt-4o"), "{lines:?}");
-    assert_eq!(openai.bodies("/v1/chat/completions")[0]["model"], "oai-text");
+    let text: String = lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+    assert_eq!(text, "The sky is blue because of Rayleigh scattering.");
+    assert_eq!(lines.last().unwrap()["done"], true, "{lines:?}");
+    assert_eq!(
+        openai.bodies("/v1/chat/completions"),
+        vec![
+            json!({"model": "oai-text", "messages": [{"role": "user", "content": "Why?"}],
+                    "stream": true, "stream_options": {"include_usage": true}})
+        ]
+    );
 
     // The catalog: the alias once, the glob's matches from the OpenAI list, nothing else.
     let models: Value = get_json(&format!("{base}/v1/models")).await;
@@ -613,7 +897,7 @@ async fn aliases_route_to_each_channels_model_and_answers_keep_the_clients_name(
         "{tags}"
     );
     // chat-text is only reachable through its alias.
-    let (status, _, _) = post(&base, "/v1/chat/completions", chat("chat-text")).await;
+    let status = post(&base, "/v1/chat/completions", chat("chat-text")).await.status;
     assert_eq!(status, 404);
 }
 
@@ -622,12 +906,13 @@ async fn embeddings_fail_over_too() {
     let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
     a.fail_next(1, 503, None);
     let base = diglot_channels(primary_and_backup(&a, &b), quick(RoutingConfig::default())).await;
-    let (status, _, body) = post(
+    let (status, body) = post(
         &base,
         "/v1/embeddings",
         json!({"model": "embed-minilm", "input": ["a", "b"]}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"].as_array().unwrap().len(), 2);
     assert_eq!((a.calls(), b.calls()), (1, 1));
@@ -636,7 +921,6 @@ async fn embeddings_fail_over_too() {
 #[tokio::test]
 async fn per_key_limits_spread_requests_over_keys() {
     let a = FakeUpstream::start().await;
-    a.set_line_delay(Duration::from_millis(100));
     let base = diglot_channels(
         vec![UpstreamConfig {
             keys: vec!["sk-1".into(), "sk-2".into()],
@@ -649,18 +933,23 @@ async fn per_key_limits_spread_requests_over_keys() {
         }),
     )
     .await;
+    // Two requests held at the upstream, one per key, until the third is answered.
+    a.hold();
     let running: Vec<_> = (0..2)
         .map(|_| {
             let base = base.clone();
-            tokio::spawn(async move { post(&base, "/v1/chat/completions", streamed("oai-text")).await.0 })
+            tokio::spawn(async move { post(&base, "/v1/chat/completions", streamed("oai-text")).await.status })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    let (status, _, body) = post(&base, "/v1/chat/completions", chat("oai-text")).await;
+    a.wait_for_calls(2).await;
+    let (status, body) = post(&base, "/v1/chat/completions", chat("oai-text"))
+        .await
+        .status_json();
     assert_eq!(
         (status, body["error"]["type"].as_str()),
         (429, Some("rate_limit_error"))
     );
+    a.release();
     for r in running {
         assert_eq!(r.await.unwrap(), 200);
     }

@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -13,54 +12,38 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread")]
 async fn seed_quick_start_with_debug_logging() {
     let fake = FakeUpstream::start().await;
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_diglot"))
-        .args([
-            "--listen",
-            &format!(":{port}"),
-            "--target",
-            &fake.url(),
-            "--api-key",
-            "sk-secret-4242",
-            "--debug",
-        ])
-        .env("RUST_LOG", "")
-        .env("DIGLOT_STORE__DATA_DIR", temp_dir())
-        .env_remove("DIGLOT_PROFILE")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..100 {
-        if client().get(format!("{base}/")).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "diglot did not start");
+    let dir = temp_dir();
+    let mut command = diglot_command();
+    command
+        .args(["--target", &fake.url(), "--api-key", "sk-secret-4242", "--debug"])
+        .env("DIGLOT_STORE__DATA_DIR", dir.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let diglot = Binary::start(command).await;
     let res = client()
-        .post(format!("{base}/api/chat"))
+        .post(format!("{}/api/chat", diglot.base))
         .json(&json!({"model": "oai-text", "messages": [{"role": "user", "content": "hi"}]}))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    res.text().await.unwrap();
+    let text: String = res
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["message"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(text, "The sky is blue because of Rayleigh scattering.");
     assert_eq!(
         fake.requests("/v1/chat/completions")[0].header("authorization"),
         Some("Bearer sk-secret-4242")
     );
 
-    child.kill().unwrap();
-    let mut log = String::new();
-    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-        log.push_str(&line.unwrap());
-        log.push('\n');
-    }
-    child.wait().unwrap();
+    let log = diglot.kill();
     assert!(
         log.contains("upstream request") && log.contains("stream_options"),
         "outgoing payload logged:\n{log}"
@@ -134,39 +117,34 @@ fn diglot_cli(dir: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// A running diglot, killed when the test ends however it ends.
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the real binary on a free port with `env`, and waits until it answers.
-async fn serve(dir: &std::path::Path, upstream: &str, env: &[(&str, &str)]) -> (Running, String) {
-    let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_diglot"));
+/// The real binary on a free port in front of `upstream`, with the store in `dir`.
+async fn serve(dir: &std::path::Path, upstream: &str, env: &[(&str, &str)]) -> Binary {
+    let mut command = diglot_command();
     command
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--upstream", upstream])
+        .args(["--upstream", upstream])
         .env("DIGLOT_STORE__DATA_DIR", dir)
-        .env("DIGLOT_ROUTING__CHECK_INTERVAL_SECS", "0")
-        .env_remove("DIGLOT_PROFILE")
-        .env_remove("API_TOKEN")
-        .stderr(Stdio::null());
+        .env("DIGLOT_ROUTING__CHECK_INTERVAL_SECS", "0");
     for (k, v) in env {
         command.env(k, v);
     }
-    let child = Running(command.spawn().unwrap());
-    let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if client().get(format!("{base}/")).send().await.is_ok() {
-            return (child, base);
+    Binary::start(command).await
+}
+
+/// Waits until a chat with `token` gets `wanted` (the server rereads tokens every
+/// 2 s). Asks every 250 ms: alice may make 100 requests a minute.
+async fn until_status(base: &str, token: &str, wanted: u16) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let status = chat_status(base, token).await;
+        if status == wanted {
+            return;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{token} still gets {status}, not {wanted}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    panic!("diglot did not start");
 }
 
 async fn chat_status(base: &str, token: &str) -> u16 {
@@ -185,8 +163,9 @@ async fn chat_status(base: &str, token: &str) -> u16 {
 async fn token_lifecycle_through_the_cli() {
     let fake = FakeUpstream::start().await;
     let dir = temp_dir();
+    let dir = dir.path();
     let created = diglot_cli(
-        &dir,
+        dir,
         &[
             "token", "create", "--name", "alice", "--models", "chat-*", "--rpm", "100",
         ],
@@ -194,7 +173,7 @@ async fn token_lifecycle_through_the_cli() {
     let secret = created.lines().next().unwrap().to_owned();
     assert!(secret.starts_with("dg-") && secret.len() == 43, "{created}");
     assert!(created.contains("only time it is shown"));
-    let listed = diglot_cli(&dir, &["token", "list"]);
+    let listed = diglot_cli(dir, &["token", "list"]);
     assert!(
         listed.contains("alice") && listed.contains(&secret[..7]) && listed.contains("100 rpm"),
         "{listed}"
@@ -212,30 +191,24 @@ async fn token_lifecycle_through_the_cli() {
         "its digest is"
     );
 
-    let (server, base) = serve(&dir, &fake.url(), &[]).await;
+    let server = serve(dir, &fake.url(), &[]).await;
+    let base = server.base.clone();
     assert_eq!(chat_status(&base, &secret).await, 200);
     assert_eq!(chat_status(&base, "dg-wrong").await, 401);
-    // A token made while the server runs works at once.
-    let bob = diglot_cli(&dir, &["token", "create", "--name", "bob", "--role", "admin"]);
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert_eq!(chat_status(&base, bob.lines().next().unwrap()).await, 200);
+    // A token made while the server runs works once the server has looked again.
+    let bob = diglot_cli(dir, &["token", "create", "--name", "bob", "--role", "admin"]);
+    until_status(&base, bob.lines().next().unwrap(), 200).await;
 
-    diglot_cli(&dir, &["token", "update", "alice", "--disable"]);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        chat_status(&base, &secret).await,
-        401,
-        "disabled within the reload interval"
-    );
-    diglot_cli(&dir, &["token", "update", "alice", "--enable"]);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(chat_status(&base, &secret).await, 200);
-    diglot_cli(&dir, &["token", "revoke", "alice"]);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(chat_status(&base, &secret).await, 401, "revoked");
+    // Disabled, enabled and revoked within the reload interval.
+    diglot_cli(dir, &["token", "update", "alice", "--disable"]);
+    until_status(&base, &secret, 401).await;
+    diglot_cli(dir, &["token", "update", "alice", "--enable"]);
+    until_status(&base, &secret, 200).await;
+    diglot_cli(dir, &["token", "revoke", "alice"]);
+    until_status(&base, &secret, 401).await;
     drop(server);
 
-    let usage = diglot_cli(&dir, &["usage", "--json"]);
+    let usage = diglot_cli(dir, &["usage", "--json"]);
     let days: serde_json::Value = serde_json::from_str(&usage).unwrap();
     let requests: u64 = days
         .as_array()
@@ -250,7 +223,8 @@ async fn token_lifecycle_through_the_cli() {
 async fn a_legacy_api_token_from_the_environment() {
     let fake = FakeUpstream::start().await;
     let dir = temp_dir();
-    let (_server, base) = serve(&dir, &fake.url(), &[("API_TOKEN", "legacy-secret")]).await;
+    let server = serve(dir.path(), &fake.url(), &[("API_TOKEN", "legacy-secret")]).await;
+    let base = server.base.clone();
     assert_eq!(chat_status(&base, "legacy-secret").await, 200);
     assert_eq!(chat_status(&base, "other").await, 401);
     let res = client()
@@ -268,8 +242,8 @@ async fn no_usage_record_is_lost_when_the_server_stops_under_load() {
     let fake = FakeUpstream::start().await;
     fake.set_line_delay(Duration::from_millis(20));
     let dir = temp_dir();
-    let (mut server, base) = serve(&dir, &fake.url(), &[]).await;
-    let pid = server.0.id();
+    let server = serve(dir.path(), &fake.url(), &[]).await;
+    let base = server.base.clone();
     let load: Vec<_> = (0..40)
         .map(|i| {
             let base = base.clone();
@@ -287,17 +261,18 @@ async fn no_usage_record_is_lost_when_the_server_stops_under_load() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    // Stopped once some requests are in flight.
+    fake.wait_for_calls(5).await;
+    let stopping = std::thread::spawn(move || server.stop().0);
     let mut answered = 0;
     for task in load {
         if task.await.unwrap().is_some_and(|body| body.contains("\"done\":true")) {
             answered += 1;
         }
     }
-    assert!(server.0.wait().unwrap().success());
+    assert!(stopping.join().unwrap().success());
     assert!(answered > 0);
-    let store = diglot::store::open(&dir).unwrap();
+    let store = diglot::store::open(dir.path()).unwrap();
     let written = store.recent_usage(100).await.unwrap();
     let ok = written.iter().filter(|r| r.status == 200).count();
     assert_eq!(ok, answered, "every answered request has its record");

@@ -56,7 +56,7 @@ fn run(program: &str, script: &str, base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn openai_python_sdk_against_ollama_backend() {
-    let (fake, base) = setup().await;
+    let (fake, base) = setup_ollama().await;
     let output = tokio::task::spawn_blocking(move || run("python", "openai_sdk.py", &format!("{base}/v1")))
         .await
         .unwrap();

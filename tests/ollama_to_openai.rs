@@ -11,25 +11,6 @@ use base64::engine::general_purpose::STANDARD;
 use common::*;
 use serde_json::{Value, json};
 
-async fn post(base: &str, path: &str, body: Value) -> (u16, String, String) {
-    let res = client().post(format!("{base}{path}")).json(&body).send().await.unwrap();
-    let status = res.status().as_u16();
-    let content_type = res
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (status, content_type, res.text().await.unwrap())
-}
-
-async fn post_json(base: &str, path: &str, body: Value) -> (u16, Value) {
-    let (status, _, text) = post(base, path, body).await;
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
-    )
-}
-
 /// NDJSON lines, checking the framing the strictest clients need: one object per
 /// line, every line ended by `\n`, no blank lines.
 fn ndjson(body: &str) -> Vec<Value> {
@@ -40,10 +21,6 @@ fn ndjson(body: &str) -> Vec<Value> {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
         })
         .collect()
-}
-
-fn user(text: &str) -> Value {
-    json!([{"role": "user", "content": text}])
 }
 
 /// Every chunk carries what Zed, OllamaKit and ollama-python require.
@@ -119,7 +96,9 @@ async fn tags_and_show_for_every_listed_model() {
         assert!(entry["size"].is_u64());
         assert!(entry["name"].as_str().unwrap().contains(':'), "Open WebUI needs a tag");
         // Zed gives up on the whole provider if one listed model fails /api/show.
-        let (status, show) = post_json(&base, "/api/show", json!({"model": entry["name"]})).await;
+        let (status, show) = post(&base, "/api/show", json!({"model": entry["name"]}))
+            .await
+            .status_json();
         assert_eq!(status, 200, "{entry}");
         for key in ["license", "modelfile", "parameters", "template", "modified_at"] {
             assert!(show[key].is_string(), "{key}: {show}");
@@ -127,7 +106,9 @@ async fn tags_and_show_for_every_listed_model() {
         let arch = show["model_info"]["general.architecture"].as_str().unwrap();
         assert!(show["model_info"][format!("{arch}.context_length")].is_u64());
     }
-    let (_, show) = post_json(&base, "/api/show", json!({"name": "meta-llama/Llama-3.1-8B-Instruct"})).await;
+    let (_, show) = post(&base, "/api/show", json!({"name": "meta-llama/Llama-3.1-8B-Instruct"}))
+        .await
+        .status_json();
     assert_eq!(
         show["model_info"]["llama.context_length"], 131072,
         "vLLM's max_model_len"
@@ -135,26 +116,28 @@ async fn tags_and_show_for_every_listed_model() {
     assert_eq!(show["capabilities"], json!(["completion", "tools"]));
     assert_eq!(show["parameters"], "num_ctx 131072");
     assert!(show["template"].as_str().unwrap().contains(".Tools"));
-    let (_, show) = post_json(&base, "/api/show", json!({"model": "oai-vision:latest"})).await;
+    let (_, show) = post(&base, "/api/show", json!({"model": "oai-vision:latest"}))
+        .await
+        .status_json();
     assert_eq!(
         show["capabilities"],
         json!(["completion", "vision"]),
         "the profile's card wins"
     );
-    let (status, body) = post_json(&base, "/api/show", json!({"model": "ghost"})).await;
+    let (status, body) = post(&base, "/api/show", json!({"model": "ghost"})).await.status_json();
     assert_eq!((status, body), (404, json!({"error": "model 'ghost' not found"})));
 }
 
 #[tokio::test]
 async fn tags_survive_a_dead_upstream() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let dead = dead_url();
     let base = diglot(&dead, |c| c.upstream.kind = diglot::config::UpstreamKind::Openai).await;
     let res = client().get(format!("{base}/api/tags")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap(), json!({"models": []}));
-    let (status, body) = post_json(&base, "/api/chat", json!({"model": "m", "messages": user("x")})).await;
+    let (status, body) = post(&base, "/api/chat", json!({"model": "m", "messages": user("x")}))
+        .await
+        .status_json();
     assert_eq!(status, 503, "no upstream can take it: {body}");
     assert!(
         body["error"].as_str().unwrap().contains(&dead),
@@ -165,10 +148,10 @@ async fn tags_survive_a_dead_upstream() {
 #[tokio::test]
 async fn streamed_chat_both_sides() {
     let (fake, base) = setup_openai().await;
-    let (status, content_type, body) = post(&base, "/api/chat", json!({"model": "oai-text:latest", "messages": user("Why?"),
+    let Answer { status, headers, text: body } = post(&base, "/api/chat", json!({"model": "oai-text:latest", "messages": user("Why?"),
         "options": {"temperature": 0.3, "num_predict": 64, "top_k": 10, "num_ctx": 8192, "seed": 1, "stop": ["\n\n"]}, "keep_alive": "5m"})).await;
     assert_eq!(
-        (status, content_type.as_str()),
+        (status, headers["content-type"].to_str().unwrap()),
         (200, "application/x-ndjson"),
         "streams when stream is absent"
     );
@@ -206,15 +189,19 @@ async fn streamed_chat_both_sides() {
 
 #[tokio::test]
 async fn whole_chat_when_stream_is_false() {
-    let (_fake, base) = setup_openai().await;
-    let (status, content_type, body) = post(
+    let (fake, base) = setup_openai().await;
+    let Answer {
+        status,
+        headers,
+        text: body,
+    } = post(
         &base,
         "/api/chat",
         json!({"model": "oai-text", "messages": user("x"), "stream": false}),
     )
     .await;
     assert_eq!(
-        (status, content_type.as_str()),
+        (status, headers["content-type"].to_str().unwrap()),
         (200, "application/json; charset=utf-8")
     );
     let answer: Value = serde_json::from_str(&body).unwrap();
@@ -224,6 +211,15 @@ async fn whole_chat_when_stream_is_false() {
         answer["message"],
         json!({"role": "assistant", "content": "The sky is blue because of Rayleigh scattering."})
     );
+    // The upstream was asked whole and answered with OpenAI's own pretty-printed body,
+    // served as it is.
+    assert_eq!(fake.bodies("/v1/chat/completions")[0]["stream"], false);
+    let raw = std::fs::read_to_string(fixture("openai/chat-whole/oai-text.json")).unwrap();
+    assert!(raw.starts_with("{\n  \"id\": ") && raw.ends_with("}\n"), "{raw}");
+    assert_eq!(
+        (&answer["prompt_eval_count"], &answer["eval_count"]),
+        (&json!(14), &json!(10))
+    );
 }
 
 #[tokio::test]
@@ -231,12 +227,13 @@ async fn tool_call_fragments_become_whole_calls_one_per_line() {
     let (fake, base) = setup_openai().await;
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
                        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]);
-    let (_, _, body) = post(
+    let body = post(
         &base,
         "/api/chat",
         json!({"model": "vllm-tools", "messages": user("weather and time?"), "tools": tools}),
     )
-    .await;
+    .await
+    .text;
     assert_eq!(fake.bodies("/v1/chat/completions")[0]["tools"], tools);
     assert_eq!(
         fake.bodies("/v1/chat/completions")[0]["tool_choice"],
@@ -289,41 +286,54 @@ async fn tool_call_fragments_become_whole_calls_one_per_line() {
 async fn reasoning_fields_become_thinking() {
     let (fake, base) = setup_openai().await;
     for model in ["vllm-reasoning", "vllm-reasoning-legacy", "openrouter-reasoning"] {
-        let (_, answer) = post_json(
+        let (_, answer) = post(
             &base,
             "/api/chat",
             json!({"model": model, "messages": user("hello"), "stream": false, "think": "high"}),
         )
-        .await;
-        assert!(
-            !answer["message"]["thinking"].as_str().unwrap_or_default().is_empty(),
+        .await
+        .status_json();
+        let thinking = sse_text(&format!("chat/{model}.sse"), &["reasoning", "reasoning_content"]);
+        assert!(!thinking.is_empty(), "{model}");
+        assert_eq!(answer["message"]["thinking"], thinking, "{model}: {answer}");
+        assert_eq!(
+            answer["message"]["content"],
+            sse_text(&format!("chat/{model}.sse"), &["content"]),
             "{model}: {answer}"
         );
-        assert!(!answer["message"]["content"].as_str().unwrap().is_empty(), "{model}");
     }
     assert!(
         fake.bodies("/v1/chat/completions")
             .iter()
             .all(|b| b["reasoning_effort"] == "high")
     );
-    post(
+    let body = post(
         &base,
         "/api/chat",
         json!({"model": "oai-text", "messages": user("x"), "think": true}),
     )
-    .await;
+    .await
+    .text;
+    let text: String = ndjson(&body)
+        .iter()
+        .map(|l| l["message"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "The sky is blue because of Rayleigh scattering.");
     assert!(
         fake.bodies("/v1/chat/completions")[3].get("reasoning_effort").is_none(),
         "a bare true is left to the model"
     );
-    let (_, _, body) = post(
+    let body = post(
         &base,
         "/api/chat",
         json!({"model": "vllm-reasoning", "messages": user("hello")}),
     )
-    .await;
+    .await
+    .text;
     let lines = ndjson(&body);
     assert!(lines[0]["message"]["thinking"].is_string() && lines[0]["message"]["content"] == "");
+    let streamed: String = lines.iter().filter_map(|l| l["message"]["thinking"].as_str()).collect();
+    assert_eq!(streamed, sse_text("chat/vllm-reasoning.sse", &["reasoning"]));
 }
 
 #[tokio::test]
@@ -334,14 +344,80 @@ async fn think_tags_are_split_out_when_configured() {
         c.upstream.think_tags = true;
     })
     .await;
-    let (_, answer) = post_json(
+    let (status, answer) = post(
         &base,
         "/api/chat",
         json!({"model": "think-tags", "messages": user("2+2"), "stream": false}),
     )
-    .await;
+    .await
+    .status_json();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        fake.bodies("/v1/chat/completions"),
+        vec![json!({"model": "think-tags", "messages": [{"role": "user", "content": "2+2"}], "stream": false})]
+    );
     assert_eq!(answer["message"]["thinking"], "Let me think");
     assert_eq!(answer["message"]["content"], "The answer is 4.");
+    assert_eq!(
+        (&answer["prompt_eval_count"], &answer["eval_count"]),
+        (&json!(15), &json!(12))
+    );
+}
+
+/// The tags arrive split across chunks (`<thi` + `nk>`, `</thi` + `nk>Th`): streamed
+/// through the Ollama frontend, no piece of a tag leaks into either field.
+#[tokio::test]
+async fn think_tags_split_across_streamed_chunks() {
+    let fake = FakeUpstream::start().await;
+    let base = diglot(&fake.url(), |c| {
+        c.upstream.kind = diglot::config::UpstreamKind::Openai;
+        c.upstream.think_tags = true;
+    })
+    .await;
+    let answer = post(
+        &base,
+        "/api/chat",
+        json!({"model": "think-tags", "messages": user("2+2")}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(
+        fake.bodies("/v1/chat/completions"),
+        vec![
+            json!({"model": "think-tags", "messages": [{"role": "user", "content": "2+2"}],
+                    "stream": true, "stream_options": {"include_usage": true}})
+        ]
+    );
+    let lines = ndjson(&answer.text);
+    let field = |name: &str| -> String { lines.iter().filter_map(|l| l["message"][name].as_str()).collect() };
+    assert_eq!(field("thinking"), "Let me think");
+    assert_eq!(field("content"), "The answer is 4.");
+    assert!(
+        !answer.text.contains("<thi") && !answer.text.contains("nk>"),
+        "no piece of a tag: {}",
+        answer.text
+    );
+    // The thinking comes before the content, each piece as soon as it is known.
+    let first_content = lines
+        .iter()
+        .position(|l| !l["message"]["content"].as_str().unwrap_or_default().is_empty())
+        .unwrap();
+    let thinking_first: String = lines[..first_content]
+        .iter()
+        .filter_map(|l| l["message"]["thinking"].as_str())
+        .collect();
+    assert_eq!(thinking_first, "Let me think");
+    assert!(
+        lines[first_content..]
+            .iter()
+            .all(|l| l["message"].get("thinking").is_none())
+    );
+    let last = lines.last().unwrap();
+    check_final(last);
+    assert_eq!(
+        (&last["prompt_eval_count"], &last["eval_count"]),
+        (&json!(15), &json!(12))
+    );
 }
 
 #[tokio::test]
@@ -354,14 +430,15 @@ async fn images_formats_and_token_field() {
     })
     .await;
     let png = STANDARD.encode(RED_PNG);
-    post(&base, "/api/chat", json!({"model": "oai-vision", "messages": [{"role": "user", "content": "What is this?", "images": [png]}],
-        "options": {"num_predict": 5, "top_k": 3}, "format": {"type": "object", "properties": {"a": {"type": "string"}}}})).await;
-    post(
+    let vision = post(&base, "/api/chat", json!({"model": "oai-vision", "messages": [{"role": "user", "content": "What is this?", "images": [png]}],
+        "options": {"num_predict": 5, "top_k": 3}, "format": {"type": "object", "properties": {"a": {"type": "string"}}}})).await.text;
+    let json_answer = post(
         &base,
         "/api/chat",
         json!({"model": "oai-json", "messages": user("x"), "format": "json", "options": {"num_predict": -1}}),
     )
-    .await;
+    .await
+    .text;
     let bodies = fake.bodies("/v1/chat/completions");
     assert_eq!(
         bodies[0]["messages"][0]["content"],
@@ -375,17 +452,28 @@ async fn images_formats_and_token_field() {
     assert!(bodies[0].get("top_k").is_none(), "not in pass_options");
     assert_eq!(bodies[1]["response_format"], json!({"type": "json_object"}));
     assert!(bodies[1].get("max_completion_tokens").is_none(), "-1 means no limit");
+    // The answers, streamed (no `stream` means a stream), are the fixtures' texts.
+    let text = |body: &str| -> String {
+        ndjson(body)
+            .iter()
+            .map(|l| l["message"]["content"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(text(&vision), sse_text("chat/oai-vision.sse", &["content"]));
+    assert_eq!(text(&json_answer), sse_text("chat/oai-json.sse", &["content"]));
+    assert!(!text(&vision).is_empty() && !text(&json_answer).is_empty());
 }
 
 #[tokio::test]
 async fn the_last_usage_counts_and_length_is_kept() {
     let (_fake, base) = setup_openai().await;
-    let (_, answer) = post_json(
+    let (_, answer) = post(
         &base,
         "/api/chat",
         json!({"model": "vllm-usage-every-chunk", "messages": user("x"), "stream": false}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(
         (&answer["prompt_eval_count"], &answer["eval_count"]),
         (&json!(12), &json!(4)),
@@ -394,12 +482,13 @@ async fn the_last_usage_counts_and_length_is_kept() {
     assert_eq!(answer["message"]["content"], "Hello there!");
 
     // Captured from llama-server: usage only on the last chunk, and a length finish.
-    let (_, _, body) = post(
+    let body = post(
         &base,
         "/api/chat",
         json!({"model": "llamacpp-text", "messages": user("x")}),
     )
-    .await;
+    .await
+    .text;
     let lines = ndjson(&body);
     let text: String = lines
         .iter()
@@ -416,12 +505,13 @@ async fn the_last_usage_counts_and_length_is_kept() {
         (&last["prompt_eval_duration"], &last["eval_duration"]),
         (&json!(259_825_000), &json!(152_751_000))
     );
-    let (_, answer) = post_json(
+    let (_, answer) = post(
         &base,
         "/api/generate",
         json!({"model": "llamacpp-length", "prompt": "x", "stream": false}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(
         (&answer["response"], &answer["done_reason"], &answer["eval_count"]),
         (&json!("Once upon a"), &json!("length"), &json!(3))
@@ -431,29 +521,35 @@ async fn the_last_usage_counts_and_length_is_kept() {
 #[tokio::test]
 async fn errors_in_ollama_shape() {
     let (_fake, base) = setup_openai().await;
-    let (_, _, body) = post(&base, "/api/chat", json!({"model": "oai-error", "messages": user("x")})).await;
+    let body = post(&base, "/api/chat", json!({"model": "oai-error", "messages": user("x")}))
+        .await
+        .text;
     let lines = ndjson(&body);
     assert_eq!(
         lines.last().unwrap(),
         &json!({"error": "The server had an error while processing your request."})
     );
     assert!(lines.iter().all(|l| l["done"] != true), "no done after an error");
-    let (status, body) = post_json(&base, "/api/chat", json!({"model": "ghost", "messages": user("x")})).await;
+    let (status, body) = post(&base, "/api/chat", json!({"model": "ghost", "messages": user("x")}))
+        .await
+        .status_json();
     assert_eq!((status, body), (404, json!({"error": "model 'ghost' not found"})));
-    let (status, body) = post_json(
+    let (status, body) = post(
         &base,
         "/api/chat",
         json!({"model": "oai-text", "messages": [{"role": "wizard", "content": "x"}]}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("wizard"));
-    let (status, body) = post_json(
+    let (status, body) = post(
         &base,
         "/api/chat",
         json!({"model": "oai-text", "messages": user("x"), "options": {"temperature": "hot"}}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(status, 400);
     assert!(
         body["error"].as_str().unwrap().contains("options.temperature"),
@@ -472,12 +568,13 @@ async fn errors_in_ollama_shape() {
 #[tokio::test]
 async fn generate_uses_chat_or_completions() {
     let (fake, base) = setup_openai().await;
-    let (_, _, body) = post(
+    let body = post(
         &base,
         "/api/generate",
         json!({"model": "oai-text", "prompt": "Why?", "system": "Be brief."}),
     )
-    .await;
+    .await
+    .text;
     assert_eq!(
         fake.bodies("/v1/chat/completions")[0]["messages"],
         json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Why?"}])
@@ -488,29 +585,37 @@ async fn generate_uses_chat_or_completions() {
     check_final(lines.last().unwrap());
     assert!(lines.iter().all(|l| l.get("message").is_none()));
 
-    let (status, answer) = post_json(
+    let (status, answer) = post(
         &base,
         "/api/generate",
         json!({"model": "llamacpp-fim", "prompt": "def add(a, b):", "suffix": "\n", "stream": false}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(fake.bodies("/v1/completions")[0]["suffix"], "\n");
-    assert!(!answer["response"].as_str().unwrap().is_empty());
+    assert_eq!(answer["response"], "\n    return a + b", "the captured FIM text");
+    assert_eq!(answer["response"], sse_text("completions/llamacpp-fim.sse", &["text"]));
+    assert_eq!(
+        (&answer["prompt_eval_count"], &answer["eval_count"]),
+        (&json!(8), &json!(7))
+    );
 
-    let (_, load) = post_json(
+    let (_, load) = post(
         &base,
         "/api/generate",
         json!({"model": "oai-text", "prompt": "", "stream": false, "keep_alive": 0}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!((&load["done"], &load["done_reason"]), (&json!(true), &json!("unload")));
-    let (_, load) = post_json(
+    let (_, load) = post(
         &base,
         "/api/chat",
         json!({"model": "oai-text", "messages": [], "stream": false}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(load["done_reason"], "load");
     assert_eq!(
         fake.bodies("/v1/chat/completions").len(),
@@ -522,12 +627,13 @@ async fn generate_uses_chat_or_completions() {
 #[tokio::test]
 async fn embeddings_are_normalised() {
     let (fake, base) = setup_openai().await;
-    let (_, answer) = post_json(
+    let (_, answer) = post(
         &base,
         "/api/embed",
         json!({"model": "oai-embed", "input": ["a", "b"], "dimensions": 8}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(
         fake.bodies("/v1/embeddings")[0],
         json!({"model": "oai-embed", "input": ["a", "b"], "encoding_format": "float", "dimensions": 8})
@@ -550,8 +656,18 @@ async fn embeddings_are_normalised() {
             .sqrt();
     assert!((vectors[0][0] - expected).abs() < 1e-6);
     assert_eq!(answer["prompt_eval_count"], 7);
-    let (_, legacy) = post_json(&base, "/api/embeddings", json!({"model": "oai-embed", "prompt": "a"})).await;
-    assert!(legacy["embedding"].is_array());
+    let (_, legacy) = post(&base, "/api/embeddings", json!({"model": "oai-embed", "prompt": "a"}))
+        .await
+        .status_json();
+    assert_eq!(
+        fake.bodies("/v1/embeddings")[1],
+        json!({"model": "oai-embed", "input": ["a"], "encoding_format": "float"})
+    );
+    assert_eq!(
+        legacy,
+        json!({"embedding": [0.5, -0.25, 0.125, 0.75, -0.375, 0.0625, 1.5, -0.875]}),
+        "the fixture's first vector, not normalised, as Ollama's legacy endpoint answers"
+    );
 }
 
 #[tokio::test]
@@ -576,9 +692,11 @@ async fn ps_lists_models_in_use() {
 #[tokio::test]
 async fn pull_and_model_management() {
     let (fake, base) = setup_openai().await;
-    let (_, _, body) = post(&base, "/api/pull", json!({"model": "oai-text:latest"})).await;
+    let body = post(&base, "/api/pull", json!({"model": "oai-text:latest"})).await.text;
     assert_eq!(ndjson(&body).last().unwrap(), &json!({"status": "success"}));
-    let (status, body) = post_json(&base, "/api/pull", json!({"model": "unknown-model"})).await;
+    let (status, body) = post(&base, "/api/pull", json!({"model": "unknown-model"}))
+        .await
+        .status_json();
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("fallback_url"));
     let res = client()
@@ -596,7 +714,7 @@ async fn pull_and_model_management() {
         c.ollama.fallback_url = Some(fallback.url());
     })
     .await;
-    let (status, _, body) = post(&base, "/api/pull", json!({"model": "unknown-model"})).await;
+    let Answer { status, text: body, .. } = post(&base, "/api/pull", json!({"model": "unknown-model"})).await;
     assert_eq!(status, 200);
     assert!(body.contains("pulling unknown-model"));
     let res = client()
@@ -659,8 +777,8 @@ async fn openai_to_openai_passes_fragments_through() {
 
 #[tokio::test]
 async fn ollama_to_ollama_keeps_tool_calls_and_show() {
-    let (fake, base) = setup().await;
-    let (_, _, body) = post(&base, "/api/chat", json!({"model": "chat-tools", "messages": user("weather?"), "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]})).await;
+    let (fake, base) = setup_ollama().await;
+    let body = post(&base, "/api/chat", json!({"model": "chat-tools", "messages": user("weather?"), "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]})).await.text;
     let lines = ndjson(&body);
     let calls: Vec<&Value> = lines.iter().filter_map(|l| l["message"].get("tool_calls")).collect();
     assert_eq!(calls.len(), 2);
@@ -672,14 +790,16 @@ async fn ollama_to_ollama_keeps_tool_calls_and_show() {
     assert_eq!(last["total_duration"], 1127097607, "the upstream's own timings");
     assert_eq!(fake.bodies("/api/chat")[0]["messages"], user("weather?"));
 
-    let (_, show) = post_json(&base, "/api/show", json!({"name": "chat-thinking"})).await;
+    let (_, show) = post(&base, "/api/show", json!({"name": "chat-thinking"}))
+        .await
+        .status_json();
     let fixture: Value =
         serde_json::from_slice(&std::fs::read(fixture("ollama/show/chat-thinking.json")).unwrap()).unwrap();
     assert_eq!(show, fixture, "an Ollama upstream's /api/show passes through whole");
     assert_eq!(fake.bodies("/api/show"), vec![json!({"model": "chat-thinking"})]);
 
     // Model management goes to the upstream Ollama itself.
-    let (_, _, body) = post(&base, "/api/pull", json!({"model": "brand-new"})).await;
+    let body = post(&base, "/api/pull", json!({"model": "brand-new"})).await.text;
     assert!(body.contains("pulling brand-new"), "{body}");
 }
 
@@ -688,12 +808,13 @@ async fn whole_answers_are_asked_whole_and_keep_their_durations_plausible() {
     let fake = FakeUpstream::start().await;
     fake.set_line_delay(Duration::from_millis(100));
     let base = diglot(&fake.url(), |c| c.upstream.kind = diglot::config::UpstreamKind::Openai).await;
-    let (status, answer) = post_json(
+    let (status, answer) = post(
         &base,
         "/api/chat",
         json!({"model": "oai-text", "messages": user("x"), "stream": false}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(status, 200, "{answer}");
     // An Ollama client's whole request goes upstream whole (wire-formats §4.3) ...
     let sent = &fake.bodies("/v1/chat/completions")[0];
@@ -715,12 +836,13 @@ async fn whole_answers_are_asked_whole_and_keep_their_durations_plausible() {
     assert!(duration("total_duration") >= duration("eval_duration"), "{answer}");
 
     // llama-server's own timings, when it sends them, give the real split.
-    let (_, answer) = post_json(
+    let (_, answer) = post(
         &base,
         "/api/chat",
         json!({"model": "llamacpp-text", "messages": user("x"), "stream": false}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(fake.bodies("/v1/chat/completions")[1]["stream"], false);
     assert_eq!(
         (
@@ -734,12 +856,13 @@ async fn whole_answers_are_asked_whole_and_keep_their_durations_plausible() {
     );
 
     // An OpenAI client's whole request goes upstream whole.
-    let (status, answer) = post_json(
+    let (status, answer) = post(
         &base,
         "/v1/chat/completions",
         json!({"model": "oai-text", "messages": user("x")}),
     )
-    .await;
+    .await
+    .status_json();
     assert_eq!(status, 200, "{answer}");
     let sent = &fake.bodies("/v1/chat/completions")[2];
     assert_eq!((&sent["stream"], sent.get("stream_options")), (&json!(false), None));
@@ -763,31 +886,35 @@ async fn client_hang_up_cancels_a_whole_answer() {
 }
 
 #[tokio::test]
-async fn slow_ndjson_streams_line_by_line() {
+async fn ndjson_lines_go_out_as_the_upstream_sends_them() {
+    // The upstream sends its role chunk and first piece, then waits: the client must
+    // have that piece's line before the upstream sends anything more.
     let fake = FakeUpstream::start().await;
-    fake.set_line_delay(Duration::from_millis(200));
+    fake.pause_streams_after(2);
     let base = diglot(&fake.url(), |c| c.upstream.kind = diglot::config::UpstreamKind::Openai).await;
-    let started = std::time::Instant::now();
     let mut res = client()
         .post(format!("{base}/api/chat"))
         .json(&json!({"model": "oai-text", "messages": user("x")}))
         .send()
         .await
         .unwrap();
-    let mut first_text = None;
     let mut body = String::new();
-    while let Some(chunk) = res.chunk().await.unwrap() {
-        let piece = std::str::from_utf8(&chunk).unwrap();
-        if first_text.is_none() && piece.contains("The sky") {
-            first_text = Some(started.elapsed());
-        }
-        body.push_str(piece);
+    while !body.contains("The sky") {
+        let chunk = tokio::time::timeout(DEADLINE, res.chunk())
+            .await
+            .expect("the first line arrives while the upstream waits")
+            .unwrap()
+            .expect("the stream goes on");
+        body.push_str(std::str::from_utf8(&chunk).unwrap());
     }
-    let total = started.elapsed();
-    let first = first_text.unwrap();
-    assert!(
-        total - first > Duration::from_millis(800),
-        "first line at {first:?}, all at {total:?}"
-    );
-    ndjson(&body);
+    assert_eq!(fake.lines_sent(), 2, "written before the upstream sent its third event");
+    fake.resume_streams();
+    while let Some(chunk) = res.chunk().await.unwrap() {
+        body.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let text: String = ndjson(&body)
+        .iter()
+        .map(|l| l["message"]["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, "The sky is blue because of Rayleigh scattering.");
 }

@@ -17,25 +17,24 @@ fn settings(value: Value) -> ModelSettings {
     serde_json::from_value(value).unwrap()
 }
 
-struct Answer {
+/// What the tests here read of an answer: its status, its cache header and its body.
+struct Cached {
     status: u16,
     cache: Option<String>,
     body: String,
 }
 
-async fn post(url: String, body: Value, headers: &[(&str, &str)]) -> Answer {
+/// `POST url` with `headers` (the shared `send`, read for the cache header).
+async fn post_to(url: String, body: Value, headers: &[(&str, &str)]) -> Cached {
     let mut request = client().post(url).json(&body);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let res = request.send().await.unwrap();
-    Answer {
-        status: res.status().as_u16(),
-        cache: res
-            .headers()
-            .get("x-diglot-cache")
-            .map(|v| v.to_str().unwrap().to_owned()),
-        body: res.text().await.unwrap(),
+    let answer = send(request).await;
+    Cached {
+        status: answer.status,
+        cache: answer.header("x-diglot-cache").map(str::to_owned),
+        body: answer.text,
     }
 }
 
@@ -58,14 +57,14 @@ async fn overrides_reach_both_kinds_of_upstream() {
     })
     .await;
     let messages = json!([{"role": "user", "content": "hi"}]);
-    let answer = post(
+    let answer = post_to(
         format!("{base}/v1/chat/completions"),
         json!({"model": "fast", "messages": messages, "temperature": 0.2, "top_k": 5, "max_tokens": 9}),
         &[],
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
-    let answer = post(
+    let answer = post_to(
         format!("{base}/v1/chat/completions"),
         json!({"model": "fast", "messages": messages}),
         &[],
@@ -98,7 +97,7 @@ async fn overrides_reach_both_kinds_of_upstream() {
         .into();
     })
     .await;
-    let answer = post(
+    let answer = post_to(
         format!("{base}/api/chat"),
         json!({"model": "oai-text", "stream": false, "messages": messages,
                "options": {"temperature": 0.2, "top_p": 0.9, "seed": 1}}),
@@ -115,7 +114,7 @@ async fn overrides_reach_both_kinds_of_upstream() {
     assert_eq!(sent["top_p"], 0.5);
 
     // A policy for another model leaves this one alone.
-    let answer = post(
+    let answer = post_to(
         format!("{base}/api/chat"),
         json!({"model": "llamacpp-text", "stream": false, "messages": messages}),
         &[],
@@ -130,7 +129,8 @@ async fn overrides_reach_both_kinds_of_upstream() {
 /// A profile with an unknown option name does not load.
 #[test]
 fn unknown_override_options_are_configuration_errors() {
-    let path = temp_dir().join("bad.toml");
+    let dir = temp_dir();
+    let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[models.\"qwen*\".defaults]\ntemprature = 0.7\n").unwrap();
     let error = Config::load(path.to_str(), &Default::default())
         .unwrap_err()
@@ -193,7 +193,7 @@ async fn display_names_in_every_model_list() {
     assert_eq!(entry["description"], "A small model for quick answers");
 
     let show: Value = serde_json::from_str(
-        &post(format!("{base}/api/show"), json!({"model": "chat-text"}), &[])
+        &post_to(format!("{base}/api/show"), json!({"model": "chat-text"}), &[])
             .await
             .body,
     )
@@ -214,7 +214,7 @@ async fn display_names_in_every_model_list() {
     })
     .await;
     let show: Value = serde_json::from_str(
-        &post(format!("{base}/api/show"), json!({"model": "oai-text"}), &[])
+        &post_to(format!("{base}/api/show"), json!({"model": "oai-text"}), &[])
             .await
             .body,
     )
@@ -232,14 +232,14 @@ fn embed_body(inputs: &[&str]) -> Value {
 async fn an_embeddings_batch_is_served_from_the_cache() {
     let fake = FakeUpstream::start().await;
     let base = diglot(&fake.url(), |_| {}).await;
-    let first = post(format!("{base}/v1/embeddings"), embed_body(&["a", "b"]), &[]).await;
+    let first = post_to(format!("{base}/v1/embeddings"), embed_body(&["a", "b"]), &[]).await;
     assert_eq!(
         (first.status, first.cache.as_deref()),
         (200, Some("miss")),
         "{}",
         first.body
     );
-    let second = post(format!("{base}/v1/embeddings"), embed_body(&["a", "b"]), &[]).await;
+    let second = post_to(format!("{base}/v1/embeddings"), embed_body(&["a", "b"]), &[]).await;
     assert_eq!((second.status, second.cache.as_deref()), (200, Some("hit")));
     let (first, second): (Value, Value) = (
         serde_json::from_str(&first.body).unwrap(),
@@ -249,7 +249,7 @@ async fn an_embeddings_batch_is_served_from_the_cache() {
     assert_eq!(first["usage"], second["usage"]);
     assert_eq!(fake.calls(), 1, "the hit made no upstream call");
     // Another batch is another entry.
-    let other = post(format!("{base}/v1/embeddings"), embed_body(&["a"]), &[]).await;
+    let other = post_to(format!("{base}/v1/embeddings"), embed_body(&["a"]), &[]).await;
     assert_eq!(other.cache.as_deref(), Some("miss"));
     assert_eq!(fake.calls(), 2);
 
@@ -286,7 +286,7 @@ async fn tokens_never_share_cached_answers() {
         "dg-bob-0000000000000000000000000000000000000",
     );
     let dir = temp_dir();
-    let store_dir = dir.clone();
+    let store_dir = dir.path().to_owned();
     let base = diglot(&fake.url(), move |c| {
         chat_cache(c);
         c.store.data_dir = store_dir;
@@ -299,7 +299,7 @@ async fn tokens_never_share_cached_answers() {
     let ask = |token: &'static str| {
         let url = format!("{base}/v1/chat/completions");
         async move {
-            post(
+            post_to(
                 url,
                 deterministic_chat(false),
                 &[("authorization", &format!("Bearer {token}"))],
@@ -319,7 +319,7 @@ async fn tokens_never_share_cached_answers() {
     assert_eq!(ask(bob).await.cache.as_deref(), Some("hit"));
 
     // Random sampling is not cached (no header: the cache was not involved).
-    let random = post(
+    let random = post_to(
         format!("{base}/v1/chat/completions"),
         json!({"model": "chat-text", "messages": [{"role": "user", "content": "hi"}]}),
         &[("authorization", &format!("Bearer {alice}"))],
@@ -327,8 +327,7 @@ async fn tokens_never_share_cached_answers() {
     .await;
     assert_eq!((random.status, random.cache), (200, None));
 
-    tokio::time::sleep(Duration::from_millis(400)).await; // the usage writer's linger
-    let store = diglot::store::open(&dir).unwrap();
+    let store = usage_records(dir.path(), 5).await;
     let mut rows = store.recent_usage(10).await.unwrap();
     rows.reverse();
     let hits: Vec<bool> = rows.iter().map(|r| r.cache_hit).collect();
@@ -348,10 +347,10 @@ async fn tokens_never_share_cached_answers() {
 async fn a_cached_chat_replays_as_a_stream() {
     let fake = FakeUpstream::start().await;
     let base = diglot(&fake.url(), chat_cache).await;
-    let whole = post(format!("{base}/v1/chat/completions"), deterministic_chat(false), &[]).await;
+    let whole = post_to(format!("{base}/v1/chat/completions"), deterministic_chat(false), &[]).await;
     assert_eq!(whole.cache.as_deref(), Some("miss"));
     let whole: Value = serde_json::from_str(&whole.body).unwrap();
-    let streamed = post(format!("{base}/v1/chat/completions"), deterministic_chat(true), &[]).await;
+    let streamed = post_to(format!("{base}/v1/chat/completions"), deterministic_chat(true), &[]).await;
     assert_eq!((streamed.status, streamed.cache.as_deref()), (200, Some("hit")));
     let chunks = sse_chunks(&streamed.body);
     assert!(chunks.len() > 2, "a stream of chunks: {chunks:?}");
@@ -365,7 +364,7 @@ async fn a_cached_chat_replays_as_a_stream() {
 
     // The same question through Ollama's API is the same request once decoded: it is
     // answered from the same entry, as an NDJSON stream.
-    let ollama = post(
+    let ollama = post_to(
         format!("{base}/api/chat"),
         json!({"model": "chat-text", "options": {"temperature": 0},
                "messages": [{"role": "user", "content": "Why is the sky blue?"}]}),
@@ -389,7 +388,8 @@ async fn cache_control_is_honoured() {
     let fake = FakeUpstream::start().await;
     let base = diglot(&fake.url(), chat_cache).await;
     let url = format!("{base}/v1/chat/completions");
-    let ask = |headers: &'static [(&'static str, &'static str)]| post(url.clone(), deterministic_chat(false), headers);
+    let ask =
+        |headers: &'static [(&'static str, &'static str)]| post_to(url.clone(), deterministic_chat(false), headers);
     assert_eq!(
         ask(&[("cache-control", "no-store")]).await.cache.as_deref(),
         Some("bypass")
@@ -410,21 +410,27 @@ async fn cache_control_is_honoured() {
 #[tokio::test]
 async fn entries_expire_and_the_size_bound_holds() {
     let fake = FakeUpstream::start().await;
-    let base = diglot(&fake.url(), |c| c.cache.ttl_secs = 1).await;
+    // A lifetime long enough that the hit surely falls inside it; its end is polled for.
+    let base = diglot(&fake.url(), |c| c.cache.ttl_secs = 3).await;
     let url = format!("{base}/api/embed");
+    let stored = std::time::Instant::now();
     assert_eq!(
-        post(url.clone(), embed_body(&["a"]), &[]).await.cache.as_deref(),
+        post_to(url.clone(), embed_body(&["a"]), &[]).await.cache.as_deref(),
         Some("miss")
     );
     assert_eq!(
-        post(url.clone(), embed_body(&["a"]), &[]).await.cache.as_deref(),
+        post_to(url.clone(), embed_body(&["a"]), &[]).await.cache.as_deref(),
         Some("hit")
     );
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert_eq!(
-        post(url.clone(), embed_body(&["a"]), &[]).await.cache.as_deref(),
-        Some("miss"),
-        "expired"
+    eventually_async("the entry to expire", || {
+        let url = url.clone();
+        async move { post_to(url, embed_body(&["a"]), &[]).await.cache.as_deref() == Some("miss") }
+    })
+    .await;
+    assert!(
+        stored.elapsed() >= Duration::from_secs(3),
+        "expired after {:?}",
+        stored.elapsed()
     );
 
     // One answer of one 8-dimension vector weighs 64 + 24 + 4 × 8 = 120 bytes: one fits
@@ -433,7 +439,7 @@ async fn entries_expire_and_the_size_bound_holds() {
     let url = format!("{base}/api/embed");
     let status = |inputs: &'static [&'static str]| {
         let url = url.clone();
-        async move { post(url, embed_body(inputs), &[]).await.cache.unwrap() }
+        async move { post_to(url, embed_body(inputs), &[]).await.cache.unwrap() }
     };
     assert_eq!(status(&["a"]).await, "miss");
     assert_eq!(status(&["a"]).await, "hit");
@@ -450,16 +456,26 @@ async fn entries_expire_and_the_size_bound_holds() {
 #[tokio::test]
 async fn model_lists_and_show_answers_are_cached_briefly() {
     let fake = FakeUpstream::start().await;
-    let base = diglot(&fake.url(), |c| c.upstream.models_cache_secs = 1).await;
+    // Cached long enough that the rounds below surely fall inside; the end is polled for.
+    let base = diglot(&fake.url(), |c| c.upstream.models_cache_secs = 3).await;
+    let listed = std::time::Instant::now();
     for _ in 0..3 {
         get_json(&format!("{base}/api/tags")).await;
         get_json(&format!("{base}/v1/models")).await;
-        let show = post(format!("{base}/api/show"), json!({"model": "chat-text"}), &[]).await;
+        let show = post_to(format!("{base}/api/show"), json!({"model": "chat-text"}), &[]).await;
         assert_eq!(show.status, 200);
     }
     assert_eq!(fake.requests("/api/tags").len(), 1);
     assert_eq!(fake.requests("/api/show").len(), 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    get_json(&format!("{base}/api/tags")).await;
-    assert_eq!(fake.requests("/api/tags").len(), 2, "fetched again once stale");
+    // Fetched again once stale.
+    eventually_async("the list to be fetched again", || async {
+        get_json(&format!("{base}/api/tags")).await;
+        fake.requests("/api/tags").len() == 2
+    })
+    .await;
+    assert!(
+        listed.elapsed() >= Duration::from_secs(3),
+        "stale after {:?}",
+        listed.elapsed()
+    );
 }

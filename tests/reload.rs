@@ -14,15 +14,18 @@ use diglot::http::App;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-/// A profile in a directory of its own, written whole on each edit.
+/// A profile in a directory of its own (removed with it), written whole on each edit.
 struct Profile {
     path: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Profile {
     fn new(text: &str) -> Self {
+        let dir = temp_dir();
         let profile = Self {
-            path: temp_dir().join("live.toml"),
+            path: dir.path().join("live.toml"),
+            _dir: dir,
         };
         profile.write(text);
         profile
@@ -371,16 +374,13 @@ async fn sighup_reloads_the_profile_and_check_config_checks_an_edit() {
     );
     let two = format!("{one}{}", channel_toml("b", &second, &["chat-json"], ""));
     let profile = Profile::new(&one);
-    let diglot = |args: &[&str]| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_diglot"));
-        command.args(args).env_remove("DIGLOT_PROFILE").env_remove("API_TOKEN");
-        command
-    };
-
     let edited = Profile::new(&format!("{two}[models.\"chat-*\".forced]\nnum_ctx = \"big\"\n"));
-    let checked = diglot(&["check-config", "--profile", edited.path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let check = || {
+        let mut command = diglot_command();
+        command.args(["check-config", "--profile", edited.path.to_str().unwrap()]);
+        command.output().unwrap()
+    };
+    let checked = check();
     let stderr = String::from_utf8_lossy(&checked.stderr);
     assert_eq!(checked.status.code(), Some(2), "{stderr}");
     assert!(
@@ -388,52 +388,27 @@ async fn sighup_reloads_the_profile_and_check_config_checks_an_edit() {
         "{stderr}"
     );
     edited.write(&two);
-    let checked = diglot(&["check-config", "--profile", edited.path.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let checked = check();
     assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
 
-    let port = free_port();
-    let child = diglot(&[
-        "--profile",
-        profile.path.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut child = Kill(child);
-    let base = format!("http://127.0.0.1:{port}");
-    let started = Instant::now();
-    while client().get(format!("{base}/")).send().await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "diglot did not start");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let mut command = diglot_command();
+    command.args(["--profile", profile.path.to_str().unwrap()]);
+    let mut diglot = Binary::start(command).await;
+    let base = diglot.base.clone();
     assert_eq!(model_ids(&base).await, ["chat-text"]);
 
     profile.write(&two);
     let hangup = std::process::Command::new("kill")
-        .args(["-HUP", &child.0.id().to_string()])
+        .args(["-HUP", &diglot.pid().to_string()])
         .status()
         .unwrap();
     assert!(hangup.success());
-    let signalled = Instant::now();
-    while model_ids(&base).await != ["chat-text", "chat-json"] {
-        assert!(
-            signalled.elapsed() < Duration::from_secs(5),
-            "SIGHUP did not reload the profile"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(child.0.try_wait().unwrap().is_none(), "SIGHUP must not end diglot");
+    eventually_async("the reload SIGHUP asks for", || async {
+        model_ids(&base).await == ["chat-text", "chat-json"]
+    })
+    .await;
+    assert!(diglot.is_running(), "SIGHUP must not end diglot");
+    assert!(diglot.log().contains("configuration reloaded"), "{}", diglot.log());
     assert_eq!(chat(&base, "chat-json", None, json!({})).await.0, 200);
     assert_eq!(second.bodies("/api/chat").len(), 1);
 }

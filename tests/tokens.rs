@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use diglot::config::{AuthConfig, Config, LimitsConfig};
 use diglot::store::secrets::digest;
@@ -13,27 +11,6 @@ use serde_json::{Value, json};
 /// A token declared in the profile, as `[[tokens]]` would.
 fn declared(name: &str, secret: &str) -> TokenRecord {
     TokenRecord::for_secret(name, secret, Role::User)
-}
-
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Value,
-}
-
-async fn call(base: &str, path: &str, token: Option<&str>, body: Value) -> Answer {
-    let mut request = client().post(format!("{base}{path}")).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let res = request.send().await.unwrap();
-    let status = res.status().as_u16();
-    let headers = res.headers().clone();
-    let text = res.text().await.unwrap();
-    let body = serde_json::from_str(&text)
-        .or_else(|_| serde_json::from_str(text.lines().last().unwrap_or("null")))
-        .unwrap_or(Value::String(text));
-    Answer { status, headers, body }
 }
 
 fn openai(model: &str) -> Value {
@@ -78,18 +55,18 @@ async fn missing_bad_disabled_and_expired_tokens_get_401_in_each_protocol() {
     ] {
         let a = call(&base, "/v1/chat/completions", token, openai("chat-text")).await;
         assert_eq!(a.status, 401, "{token:?}");
-        assert_eq!(a.body["error"]["type"], "authentication_error");
+        assert_eq!(a.last_json()["error"]["type"], "authentication_error");
         assert!(
-            a.body["error"]["message"].as_str().unwrap().contains(wanted),
+            a.last_json()["error"]["message"].as_str().unwrap().contains(wanted),
             "{}",
-            a.body
+            a.last_json()
         );
         let a = call(&base, "/api/chat", token, ollama("chat-text")).await;
         assert_eq!(a.status, 401);
         assert!(
-            a.body["error"].as_str().unwrap().contains(wanted),
+            a.last_json()["error"].as_str().unwrap().contains(wanted),
             "Ollama's shape: {}",
-            a.body
+            a.last_json()
         );
     }
     assert_eq!(fake.calls(), 0, "nothing reached the upstream");
@@ -142,18 +119,18 @@ async fn model_globs_and_ip_rules_get_403_and_lists_are_filtered() {
     );
     let a = call(&base, "/v1/chat/completions", Some(secret), openai("chat-json")).await;
     assert_eq!(
-        (a.status, a.body["error"]["type"].as_str()),
+        (a.status, a.last_json()["error"]["type"].as_str()),
         (403, Some("permission_error"))
     );
     assert!(
-        a.body["error"]["message"]
+        a.last_json()["error"]["message"]
             .as_str()
             .unwrap()
             .contains("may not use model 'chat-json'")
     );
     let a = call(&base, "/api/chat", Some(secret), ollama("chat-json")).await;
     assert_eq!(a.status, 403);
-    assert!(a.body["error"].as_str().unwrap().contains("may not use"));
+    assert!(a.last_json()["error"].as_str().unwrap().contains("may not use"));
     let a = call(
         &base,
         "/v1/embeddings",
@@ -209,7 +186,7 @@ async fn model_globs_and_ip_rules_get_403_and_lists_are_filtered() {
     let a = call(&base, "/v1/chat/completions", Some(office), openai("chat-text")).await;
     assert_eq!(a.status, 403);
     assert!(
-        a.body["error"]["message"]
+        a.last_json()["error"]["message"]
             .as_str()
             .unwrap()
             .contains("may not be used from 127.0.0.1")
@@ -229,9 +206,12 @@ async fn model_globs_and_ip_rules_get_403_and_lists_are_filtered() {
     let a = call(&denied, "/api/chat", Some(secret), ollama("chat-text")).await;
     assert_eq!(a.status, 403);
     assert!(
-        a.body["error"].as_str().unwrap().contains("127.0.0.1 are not allowed"),
+        a.last_json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1 are not allowed"),
         "{}",
-        a.body
+        a.last_json()
     );
 }
 
@@ -258,7 +238,7 @@ async fn request_rate_limits_answer_429_with_retry_after_and_ratelimit_headers()
     }
     let a = call(&base, "/v1/chat/completions", Some(secret), openai("chat-text")).await;
     assert_eq!(
-        (a.status, a.body["error"]["type"].as_str()),
+        (a.status, a.last_json()["error"]["type"].as_str()),
         (429, Some("rate_limit_error"))
     );
     let retry: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -268,7 +248,7 @@ async fn request_rate_limits_answer_429_with_retry_after_and_ratelimit_headers()
     let a = call(&base, "/api/chat", Some(secret), ollama("chat-text")).await;
     assert_eq!(a.status, 429);
     assert!(
-        a.body["error"]
+        a.last_json()["error"]
             .as_str()
             .unwrap()
             .contains("2 requests per minute for your API token")
@@ -286,13 +266,12 @@ async fn request_rate_limits_answer_429_with_retry_after_and_ratelimit_headers()
     assert_eq!(call(&open, "/api/chat", None, ollama("chat-text")).await.status, 200);
     let a = call(&open, "/api/chat", None, ollama("chat-text")).await;
     assert_eq!(a.status, 429);
-    assert!(a.body["error"].as_str().unwrap().contains("for your address"));
+    assert!(a.last_json()["error"].as_str().unwrap().contains("for your address"));
 }
 
 #[tokio::test]
 async fn token_limits_reserve_an_estimate_and_settle_with_real_usage() {
     let fake = FakeUpstream::start().await;
-    fake.set_line_delay(Duration::from_millis(60));
     let secret = "dg-tpm-000000000000000000000000000000000000000";
     // Each request reserves its prompt (~10 tokens) + max_tokens 100; the fixture's real
     // usage is 31 + 7 = 38.
@@ -306,19 +285,28 @@ async fn token_limits_reserve_an_estimate_and_settle_with_real_usage() {
     )
     .await;
     let body = json!({"model": "chat-text", "max_tokens": 100, "messages": [{"role": "user", "content": "Why is the sky blue?"}]});
+    // The first request is held at the upstream (its reservation made) until the second
+    // has been answered.
+    fake.hold();
     let first = tokio::spawn({
         let (base, body) = (base.clone(), body.clone());
         async move { call(&base, "/v1/chat/completions", Some(secret), body).await.status }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    fake.wait_for_calls(1).await;
     let a = call(&base, "/v1/chat/completions", Some(secret), body.clone()).await;
-    assert_eq!(a.status, 429, "the first one's reservation leaves no room: {}", a.body);
+    assert_eq!(
+        a.status,
+        429,
+        "the first one's reservation leaves no room: {}",
+        a.last_json()
+    );
     assert!(
-        a.body["error"]["message"]
+        a.last_json()["error"]["message"]
             .as_str()
             .unwrap()
             .contains("150 tokens per minute")
     );
+    fake.release();
     assert_eq!(first.await.unwrap(), 200);
     // Settled at 38: the next fits (38 + ~110 <= 150).
     assert_eq!(
@@ -337,7 +325,6 @@ async fn token_limits_reserve_an_estimate_and_settle_with_real_usage() {
 #[tokio::test]
 async fn monthly_quota_holds_under_concurrent_requests() {
     let fake = FakeUpstream::start().await;
-    fake.set_line_delay(Duration::from_millis(40));
     let secret = "dg-quota-00000000000000000000000000000000000000";
     let dir = temp_dir();
     let base = gateway(
@@ -346,31 +333,52 @@ async fn monthly_quota_holds_under_concurrent_requests() {
             monthly_quota: Some(200),
             ..declared("quota", secret)
         }],
-        |c| c.store.data_dir = dir.clone(),
+        |c| c.store.data_dir = dir.path().to_owned(),
     )
     .await;
     let body = json!({"model": "chat-text", "max_tokens": 50, "messages": [{"role": "user", "content": "Why is the sky blue?"}]});
-    let answers: Vec<Answer> =
-        futures::future::join_all((0..10).map(|_| call(&base, "/v1/chat/completions", Some(secret), body.clone())))
-            .await;
+    // All ten at once: the admitted ones are held at the upstream until the others have
+    // been answered, so none settles early and frees room.
+    fake.hold();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (base, body) = (base.clone(), body.clone());
+            tokio::spawn(async move { call(&base, "/v1/chat/completions", Some(secret), body).await })
+        })
+        .collect();
+    fake.wait_for_calls(3).await;
+    eventually("seven refusals", || {
+        tasks.iter().filter(|t| t.is_finished()).count() == 7
+    })
+    .await;
+    assert_eq!(fake.calls(), 3);
+    fake.release();
+    let answers: Vec<Answer> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let ok = answers.iter().filter(|a| a.status == 200).count();
     assert_eq!(ok, 3, "each reserves ~60 of 200: three fit at once");
     for a in answers.iter().filter(|a| a.status != 200) {
         assert_eq!(a.status, 429);
         assert_eq!(
-            (a.body["error"]["type"].as_str(), a.body["error"]["code"].as_str()),
+            (
+                a.last_json()["error"]["type"].as_str(),
+                a.last_json()["error"]["code"].as_str()
+            ),
             (Some("insufficient_quota"), Some("insufficient_quota"))
         );
     }
     // 3 x 38 = 114 used, 86 left: a request without max_tokens is capped to what is
     // left (86 minus the prompt's ~10), so it cannot overrun either.
     let a = call(&base, "/api/chat", Some(secret), ollama("chat-text")).await;
-    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.status, 200, "{}", a.last_json());
     let sent = fake.bodies("/api/chat").last().unwrap().clone();
     let cap = sent["options"]["num_predict"].as_i64().unwrap();
     assert!((70..=80).contains(&cap), "max_tokens capped to the quota left: {sent}");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let store = diglot::store::open(&dir).unwrap();
+    // A record per request: four answered, seven refused.
+    let store = usage_records(dir.path(), 11).await;
     let used: u64 = store
         .tokens_used_since(0)
         .await
@@ -380,12 +388,16 @@ async fn monthly_quota_holds_under_concurrent_requests() {
         .unwrap()
         .1;
     assert_eq!(used, 4 * 38);
-    assert!(used <= 200);
-}
-
-/// Usage records are written in batches at most 200 ms apart.
-async fn written() {
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // 48 left: a request that reserves ~60 does not fit, and never reaches the upstream.
+    let calls = fake.calls();
+    let a = call(&base, "/v1/chat/completions", Some(secret), body).await;
+    assert_eq!(
+        (a.status, a.last_json()["error"]["code"].as_str()),
+        (429, Some("insufficient_quota")),
+        "{}",
+        a.text
+    );
+    assert_eq!(fake.calls(), calls);
 }
 
 #[tokio::test]
@@ -394,7 +406,7 @@ async fn usage_records_count_tokens_for_whole_and_streamed_answers() {
     let secret = "dg-usage-000000000000000000000000000000000000000";
     let dir = temp_dir();
     let base = gateway(&fake, vec![declared("usage", secret)], |c| {
-        c.store.data_dir = dir.clone()
+        c.store.data_dir = dir.path().to_owned()
     })
     .await;
     assert_eq!(
@@ -415,9 +427,7 @@ async fn usage_records_count_tokens_for_whole_and_streamed_answers() {
         call(&base, "/api/chat", Some(secret), ollama("ghost")).await.status,
         404
     );
-    written().await;
-    let store = diglot::store::open(&dir).unwrap();
-    assert_eq!(store.usage_count().await.unwrap(), 4);
+    let store = usage_records(dir.path(), 4).await;
     let days = store.daily_usage(0).await.unwrap();
     assert_eq!(days.len(), 1, "{days:?}");
     let day = &days[0];
@@ -452,7 +462,7 @@ async fn usage_records_count_tokens_for_whole_and_streamed_answers() {
 async fn a_keys_file_is_reread_when_it_changes() {
     let fake = FakeUpstream::start().await;
     let dir = temp_dir();
-    let file = dir.join("keys");
+    let file = dir.path().join("keys");
     std::fs::write(&file, "# team keys\nkey-one\n").unwrap();
     let base = diglot(&fake.url(), |c| {
         c.auth = AuthConfig {
@@ -474,13 +484,13 @@ async fn a_keys_file_is_reread_when_it_changes() {
         401
     );
     std::fs::write(&file, "key-two\n").unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
+    eventually_async("the new keys file to be read", || async {
         call(&base, "/api/chat", Some("key-two"), ollama("chat-text"))
             .await
-            .status,
-        200
-    );
+            .status
+            == 200
+    })
+    .await;
     assert_eq!(
         call(&base, "/api/chat", Some("key-one"), ollama("chat-text"))
             .await
@@ -492,7 +502,6 @@ async fn a_keys_file_is_reread_when_it_changes() {
 #[tokio::test]
 async fn a_token_may_hold_only_so_many_requests_at_once() {
     let fake = FakeUpstream::start().await;
-    fake.set_line_delay(Duration::from_millis(50));
     let secret = "dg-one-at-a-time-0000000000000000000000000000";
     let base = gateway(
         &fake,
@@ -503,18 +512,24 @@ async fn a_token_may_hold_only_so_many_requests_at_once() {
         |_| {},
     )
     .await;
+    // The first request is held at the upstream until the second has been answered.
+    fake.hold();
     let first = tokio::spawn({
         let base = base.clone();
         async move { call(&base, "/api/chat", Some(secret), ollama("chat-text")).await.status }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    fake.wait_for_calls(1).await;
     let a = call(&base, "/api/chat", Some(secret), ollama("chat-text")).await;
     assert_eq!(a.status, 429);
     assert!(
-        a.body["error"].as_str().unwrap().contains("1 requests at a time"),
+        a.last_json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("1 requests at a time"),
         "{}",
-        a.body
+        a.last_json()
     );
+    fake.release();
     assert_eq!(first.await.unwrap(), 200);
     assert_eq!(
         call(&base, "/api/chat", Some(secret), ollama("chat-text")).await.status,
@@ -556,7 +571,7 @@ async fn only_admins_manage_models() {
         json!({"model": "chat-text", "stream": false}),
     )
     .await;
-    assert_eq!((pull.status, &pull.body), (200, &json!({"status": "success"})));
+    assert_eq!((pull.status, &pull.last_json()), (200, &json!({"status": "success"})));
     let pull = call(
         &base,
         "/api/pull",

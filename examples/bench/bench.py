@@ -213,6 +213,44 @@ def post(port, path, body, headers=None, timeout=10):
         conn.close()
 
 
+def stream_end_error(path, body):
+    """Why a streamed answer did not end cleanly, or None. A 200 stream can still fail: an
+    upstream error mid-stream is a final error event (SSE) or error line (NDJSON), and a cut
+    stream lacks its end. SSE must end with `data: [DONE]` and carry no error event; NDJSON
+    must end with a `"done": true` line and carry no error line."""
+    text = body.decode(errors="replace")
+    if path.startswith("/api/"):
+        lines = [line for line in text.split("\n") if line.strip()]
+        data = lines
+    else:
+        data = [line[len("data: "):] for line in text.split("\n") if line.startswith("data: ")]
+    last = None
+    for item in data:
+        if item == "[DONE]":
+            last = item
+            continue
+        try:
+            last = json.loads(item)
+        except ValueError:
+            return f"not JSON: {item[:200]!r}"
+        if isinstance(last, dict) and "error" in last:
+            return f"error in the stream: {item[:300]}"
+    if path.startswith("/api/"):
+        if not isinstance(last, dict) or last.get("done") is not True:
+            return f"no final done line: {text[-300:]!r}"
+    elif last != "[DONE]":
+        return f"no data: [DONE] at the end: {text[-300:]!r}"
+    return None
+
+
+def check_stream(port, path, body, headers=None):
+    """None when a streamed request through `port` answers 200 and ends cleanly; else why."""
+    status, answer = post(port, path, body, headers)
+    if status != 200:
+        return f"HTTP {status}: {answer[:300]!r}"
+    return stream_end_error(path, answer)
+
+
 # ---------------------------------------------------------------------------------------
 # /proc readings.
 
@@ -570,9 +608,12 @@ def first_token_ms(conn, path, body, headers):
             raise RuntimeError(f"stream ended before the first token (HTTP {resp.status})")
         seen += data
     t = time.perf_counter() - t0
-    resp.read()  # drain, so the keep-alive connection is reused for the next request
+    seen += resp.read()  # drain, so the keep-alive connection is reused for the next request
     if resp.status != 200:
         raise RuntimeError(f"HTTP {resp.status}")
+    why = stream_end_error(path, seen)
+    if why:
+        raise RuntimeError(f"{path}: the stream did not end cleanly: {why}")
     return t * 1000
 
 
@@ -857,6 +898,10 @@ def main():
             status, answer = post(port, path, body)
             if status != 200 or CHUNK_TEXT.encode() not in answer:
                 raise RuntimeError(f"diglot {path} answered HTTP {status}: {answer[:300]!r}")
+            # The same request streamed: a 200 whose stream ends in an error fails too.
+            why = check_stream(port, path, body.replace('"stream": false', '"stream": true'))
+            if why:
+                raise RuntimeError(f"diglot {path}, streamed: {why}")
 
         nginx_pids = [nginx.pid] + children(nginx.pid) if nginx else []
         nginx_t = [("nginx", nginx_port, nginx_pids)] if nginx else []
@@ -937,6 +982,12 @@ def main():
                 r["cpu_per_m_chunks"] = r["cpu_s"] / (r["ok"] * n) * 1e6 if pids and r["ok"] else None
                 r["direction"] = label
                 srows.append(r)
+                if tl == "diglot":
+                    # oha sees only the status: check that a stream through this path
+                    # still ends cleanly after the load.
+                    why = check_stream(port, path, body, burst)
+                    if why:
+                        failures.append(f"D diglot {label}: a streamed answer failed: {why}")
             direct = srows[0]
             for r in srows:
                 body_rows.append([label, mark(r, r["target"]), f_int(r["ok_rps"]), f_int(r["chunks_per_s"]),

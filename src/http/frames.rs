@@ -167,19 +167,17 @@ mod tests {
 
     #[tokio::test]
     async fn frames_at_a_models_pace_are_written_as_they_come() {
-        let paced = futures::stream::iter(["one", "two"])
-            .then(|word| async move {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                frame(word)
-            })
-            .boxed();
-        let mut joined = Coalesce::new(paced);
-        let started = std::time::Instant::now();
-        assert_eq!(text(joined.next().await).as_deref(), Some("one"));
-        assert!(
-            started.elapsed() < Duration::from_millis(35),
-            "the first frame waited for the second"
-        );
+        // The first frame must be handed on before the upstream sends the second: here
+        // the second is sent only after the first came out.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut joined = Coalesce::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        tx.send(frame("one")).await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(30), joined.next())
+            .await
+            .expect("the first frame waited for the second");
+        assert_eq!(text(first).as_deref(), Some("one"));
+        tx.send(frame("two")).await.unwrap();
+        drop(tx);
         assert_eq!(text(joined.next().await).as_deref(), Some("two"));
         assert_eq!(text(joined.next().await), None);
     }

@@ -246,4 +246,98 @@ mod tests {
         assert!(parse_image_ref("data:text/plain;base64,aGk=").is_err());
         assert!(parse_image_ref("ftp://x/y.png").is_err());
     }
+
+    /// A server on loopback answering every request with `response` (raw HTTP/1.1, one
+    /// byte per char).
+    async fn serve_raw(response: String) -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let response = response.clone();
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request).await;
+                    // Latin-1: each char one byte, so a body may hold any byte below 0x100.
+                    let bytes: Vec<u8> = response.chars().map(|c| c as u8).collect();
+                    let _ = stream.write_all(&bytes).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn png_response() -> String {
+        // Only the magic number, which is what is sniffed; it is ASCII but for its first
+        // byte, so the body is sent as Latin-1 below.
+        "HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: 8\r\nconnection: close\r\n\r\n\u{89}PNG\r\n\u{1a}\n"
+            .to_owned()
+    }
+
+    /// A redirect from a URL that passed the check to an internal one is refused: by
+    /// address (the redirect policy), or by name (the resolver the connection uses).
+    /// The first hop goes through the fetcher's client directly, as it would for a
+    /// public host that passed `refuse_internal`.
+    #[tokio::test]
+    async fn a_redirect_to_an_internal_address_is_refused() {
+        let fetcher = ImageFetcher::new(&ImageConfig::default());
+        let target = serve_raw(png_response()).await;
+        for location in [
+            format!("http://127.0.0.1:{}/red.png", target.port()),
+            format!("http://localhost:{}/red.png", target.port()),
+            "http://169.254.169.254/latest/meta-data".to_owned(),
+        ] {
+            let origin = serve_raw(format!(
+                "HTTP/1.1 302 Found\r\nlocation: {location}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            ))
+            .await;
+            let error = fetcher
+                .http
+                .get(format!("http://{origin}/image"))
+                .send()
+                .await
+                .expect_err(&location);
+            let why = format!("{error:?}");
+            assert!(
+                why.contains("redirect to an internal address") || why.contains("resolves only to internal addresses"),
+                "{location}: {why}"
+            );
+        }
+        // The same redirect is followed when private addresses are allowed.
+        let open = ImageFetcher::new(&ImageConfig {
+            allow_private: true,
+            ..Default::default()
+        });
+        let origin = serve_raw(format!(
+            "HTTP/1.1 302 Found\r\nlocation: http://localhost:{}/red.png\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            target.port()
+        ))
+        .await;
+        let (_, mime) = open.fetch(&format!("http://{origin}/image")).await.unwrap();
+        assert_eq!(mime, "image/png");
+    }
+
+    /// The check before a fetch and the connection resolve a name separately, so a name
+    /// that answers a public address to the first and an internal one to the second (DNS
+    /// rebinding) must still not be connected to: the connection checks the addresses it
+    /// connects to itself. Here a server listens on loopback, and the fetcher's client
+    /// (without the check before) still refuses to reach it by name.
+    #[tokio::test]
+    async fn the_connection_checks_the_addresses_it_connects_to() {
+        let server = serve_raw(png_response()).await;
+        let url = format!("http://localhost:{}/red.png", server.port());
+        let fetcher = ImageFetcher::new(&ImageConfig::default());
+        let error = fetcher.http.get(&url).send().await.expect_err("refused");
+        assert!(
+            format!("{error:?}").contains("'localhost' resolves only to internal addresses"),
+            "{error:?}"
+        );
+        // The server was there: with private addresses allowed, the same URL is fetched.
+        let open = ImageFetcher::new(&ImageConfig {
+            allow_private: true,
+            ..Default::default()
+        });
+        assert_eq!(open.http.get(&url).send().await.unwrap().status(), 200);
+    }
 }

@@ -1,12 +1,16 @@
-//! Test support: a fake Ollama that serves the recorded fixtures and records what it
-//! receives, and a diglot started in-process in front of it.
+//! Test support, one set for every suite: a fake upstream that serves the recorded
+//! fixtures and records what it receives; diglot started in-process in front of it, or as
+//! the real binary; request helpers; and waits that poll for a condition with a generous
+//! deadline instead of sleeping for a guessed time.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use diglot::config::Config;
@@ -16,6 +20,27 @@ use serde_json::Value;
 
 pub fn fixture(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(path)
+}
+
+/// The text of `fixtures/openai/PATH`'s stream: every chunk's first choice's delta
+/// (or, for legacy completions, the choice itself), concatenating the first of `fields`
+/// each has.
+pub fn sse_text(path: &str, fields: &[&str]) -> String {
+    let text = std::fs::read_to_string(fixture(&format!("openai/{path}"))).unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|chunk| {
+            let choice = chunk["choices"].get(0)?.clone();
+            let delta = if choice["delta"].is_object() {
+                choice["delta"].clone()
+            } else {
+                choice
+            };
+            fields.iter().find_map(|f| delta[*f].as_str().map(str::to_owned))
+        })
+        .collect()
 }
 
 /// A request the fake upstream received.
@@ -33,7 +58,6 @@ impl Received {
     }
 }
 
-#[derive(Default)]
 struct State {
     received: Mutex<Vec<Received>>,
     line_delay_ms: AtomicU64,
@@ -43,6 +67,30 @@ struct State {
     /// Which `fixtures/openai/models/*.json` answers `/v1/models`.
     models: Mutex<String>,
     faults: Mutex<Faults>,
+    /// While true, completion and embedding calls wait (recorded, unanswered).
+    held: tokio::sync::watch::Sender<bool>,
+    /// Streams stop after this many lines, minus one (0: never), until `paused` is false.
+    pause_after: AtomicU64,
+    paused: tokio::sync::watch::Sender<bool>,
+    /// Stream lines (or events) sent, over all streams.
+    lines_sent: AtomicU64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            received: Mutex::default(),
+            line_delay_ms: AtomicU64::default(),
+            cancelled: AtomicBool::default(),
+            completed_streams: AtomicU64::default(),
+            models: Mutex::default(),
+            faults: Mutex::default(),
+            held: tokio::sync::watch::Sender::new(false),
+            pause_after: AtomicU64::default(),
+            paused: tokio::sync::watch::Sender::new(false),
+            lines_sent: AtomicU64::default(),
+        }
+    }
 }
 
 /// Failures the fake answers with instead of its fixtures.
@@ -69,7 +117,9 @@ struct Faults {
 ///   `fixtures/openai/{chat,completions}/MODEL.sse` event by event, `/v1/embeddings`
 ///   answers `embeddings/MODEL.json`, `/v1/models` a `models/*.json` list plus one entry
 ///   per fixture model; an unknown model gets OpenAI's 404.
-/// - `GET /red.png` serves a tiny PNG for image-URL tests.
+/// - `GET /red.png` serves a tiny PNG for image-URL tests, `GET /big.png` a PNG of
+///   `?bytes=N` bytes, `GET /slow.png` the tiny PNG after `?ms=N` milliseconds, and
+///   `GET /redirect?to=URL` a 302 to `URL`.
 #[derive(Clone)]
 pub struct FakeUpstream {
     pub addr: SocketAddr,
@@ -94,7 +144,10 @@ impl FakeUpstream {
             .push(Router::with_path("v1/completions").post(openai_stream))
             .push(Router::with_path("v1/embeddings").post(openai_json))
             .push(Router::with_path("v1/models").get(openai_models))
-            .push(Router::with_path("red.png").get(red_png));
+            .push(Router::with_path("red.png").get(red_png))
+            .push(Router::with_path("big.png").get(big_png))
+            .push(Router::with_path("slow.png").get(slow_png))
+            .push(Router::with_path("redirect").get(redirect));
         // With TCP_NODELAY, as real servers set it: else each small write waits for an ACK.
         let acceptor = diglot::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = acceptor.holdings()[0].local_addr.clone().into_std().unwrap();
@@ -164,6 +217,45 @@ impl FakeUpstream {
         self.state.cancelled.load(Ordering::SeqCst)
     }
 
+    /// Holds every completion and embedding call that arrives from now on: it is recorded
+    /// (so `calls` and `wait_for_calls` see it) and gets no answer until `release`. A test
+    /// orders two requests with it: the first holds its slot while the second is answered.
+    pub fn hold(&self) {
+        self.state.held.send_replace(true);
+    }
+
+    /// Lets held calls (and later ones) be answered.
+    pub fn release(&self) {
+        self.state.held.send_replace(false);
+    }
+
+    /// Streams started from now on stop after their first `lines` lines (or SSE events)
+    /// until `resume_streams`: what the client saw by then was written before the
+    /// upstream sent the rest. Whole answers wait with their headers sent and no body.
+    pub fn pause_streams_after(&self, lines: u64) {
+        self.state.paused.send_replace(true);
+        self.state.pause_after.store(lines + 1, Ordering::SeqCst);
+    }
+
+    pub fn resume_streams(&self) {
+        self.state.paused.send_replace(false);
+    }
+
+    /// Stream lines (or SSE events) sent so far, over all streams.
+    pub fn lines_sent(&self) -> u64 {
+        self.state.lines_sent.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` completion and embedding calls have arrived.
+    pub async fn wait_for_calls(&self, n: usize) {
+        eventually(&format!("{n} upstream calls"), || self.calls() >= n).await;
+    }
+
+    /// Waits until a streamed answer was dropped before its end (its reader hung up).
+    pub async fn wait_for_cancel(&self) {
+        eventually("the upstream call to be dropped", || self.cancelled()).await;
+    }
+
     pub fn completed_streams(&self) -> u64 {
         self.state.completed_streams.load(Ordering::SeqCst)
     }
@@ -178,11 +270,8 @@ impl FakeUpstream {
             .unwrap();
         let result = impatient.post(url).json(&body).send().await;
         assert!(result.is_err(), "the client gave up");
-        tokio::time::sleep(Duration::from_millis(1500)).await;
-        assert!(
-            self.cancelled(),
-            "the upstream call must stop when nobody waits for the answer"
-        );
+        // The upstream call must stop when nobody waits for the answer.
+        self.wait_for_cancel().await;
         assert_eq!(self.completed_streams(), 0);
     }
 }
@@ -206,6 +295,10 @@ async fn record(req: &mut Request, depot: &Depot) -> (Arc<State>, Value) {
         body: body.clone(),
         headers,
     });
+    if is_call(req.uri().path()) {
+        let mut held = state.held.subscribe();
+        let _ = held.wait_for(|held| !held).await;
+    }
     (state, body)
 }
 
@@ -238,6 +331,13 @@ async fn stream_fixture(req: &mut Request, depot: &mut Depot, res: &mut Response
     };
     let text = std::fs::read_to_string(path).unwrap();
     if body["stream"] == false {
+        // A whole answer recorded as the server sends it is served as it is.
+        if let Some((model, _)) = model_file(&body, dir, "json")
+            && let Ok(whole) = std::fs::read(fixture(&format!("ollama/{dir}-whole/{model}.json")))
+        {
+            let pieces = text.lines().count();
+            return send_bytes(res, state, pieces, whole, "application/json; charset=utf-8");
+        }
         return ollama_whole_answer(res, state, &text);
     }
     let lines: Vec<String> = text.lines().map(|l| format!("{l}\n")).collect();
@@ -245,7 +345,9 @@ async fn stream_fixture(req: &mut Request, depot: &mut Depot, res: &mut Response
     drip(res, state, lines);
 }
 
-/// What Ollama answers to `stream: false` (server/routes.go, ChatHandler and
+/// What Ollama answers to `stream: false` when no whole answer was recorded
+/// (`fixtures/ollama/chat-whole/MODEL.json` is served as it is when there is one)
+/// (server/routes.go, ChatHandler and
 /// GenerateHandler): the stream's last line with the content, thinking, tool calls and
 /// logprobs of every line folded in; an error line becomes a 500 with that error. It is
 /// sent when the whole stream would have been (the line delay times the lines).
@@ -296,13 +398,22 @@ fn ollama_whole_answer(res: &mut Response, state: Arc<State>, ndjson: &str) {
 /// times the pieces), as a server that generates before it answers, noting whether the
 /// reader hung up.
 fn send_whole(res: &mut Response, state: Arc<State>, pieces: usize, answer: Value) {
+    let bytes = answer.to_string().into_bytes();
+    send_bytes(res, state, pieces, bytes, "application/json; charset=utf-8");
+}
+
+/// `send_whole` for a body given as bytes, sent as they are.
+fn send_bytes(res: &mut Response, state: Arc<State>, pieces: usize, answer: Vec<u8>, content_type: &str) {
     let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst)) * pieces as u32;
-    res.add_header("content-type", "application/json; charset=utf-8", true)
-        .unwrap();
+    res.add_header("content-type", content_type, true).unwrap();
+    let paused = state.pause_after.load(Ordering::SeqCst) > 0;
     res.stream(async_stream::stream! {
         let mut guard = CancelGuard { state: state.clone(), finished: false };
         tokio::time::sleep(delay).await;
-        yield Ok::<_, std::io::Error>(Bytes::from(answer.to_string()));
+        if paused {
+            let _ = state.paused.subscribe().wait_for(|paused| !paused).await;
+        }
+        yield Ok::<_, std::io::Error>(Bytes::from(answer));
         guard.finished = true;
         state.completed_streams.fetch_add(1, Ordering::SeqCst);
     });
@@ -311,13 +422,19 @@ fn send_whole(res: &mut Response, state: Arc<State>, pieces: usize, answer: Valu
 /// Sends `pieces` one by one, `line_delay` apart, noting whether the reader hung up.
 fn drip(res: &mut Response, state: Arc<State>, pieces: Vec<String>) {
     let delay = Duration::from_millis(state.line_delay_ms.load(Ordering::SeqCst));
+    let pause_after = (state.pause_after.load(Ordering::SeqCst) as usize).checked_sub(1);
     let lines = pieces;
     res.stream(async_stream::stream! {
         let mut guard = CancelGuard { state: state.clone(), finished: false };
-        for line in lines {
+        for (i, line) in lines.into_iter().enumerate() {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            if pause_after == Some(i) {
+                let mut paused = state.paused.subscribe();
+                let _ = paused.wait_for(|paused| !paused).await;
+            }
+            state.lines_sent.fetch_add(1, Ordering::SeqCst);
             yield Ok::<_, std::io::Error>(Bytes::from(line));
         }
         guard.finished = true;
@@ -433,13 +550,20 @@ async fn openai_stream(req: &mut Request, depot: &mut Depot, res: &mut Response)
     let text = std::fs::read_to_string(path).unwrap();
     let events: Vec<String> = text.split_inclusive("\n\n").map(str::to_owned).collect();
     if body["stream"] != true {
+        // A whole answer recorded as the server sends it is served as it is.
+        if let Some(whole) = openai_file(&body, &format!("{dir}-whole"), "json") {
+            let bytes = std::fs::read(whole).unwrap();
+            return send_bytes(res, state, events.len(), bytes, "application/json");
+        }
         return whole_answer(res, state, &events, dir == "chat");
     }
     res.add_header("content-type", "text/event-stream", true).unwrap();
     drip(res, state, events);
 }
 
-/// What the server answers to `stream: false`: its stream's content in one body (content,
+/// What the server answers to `stream: false` when no whole answer was recorded
+/// (`fixtures/openai/chat-whole/MODEL.json` is served as it is when there is one): its
+/// stream's content in one body (content,
 /// reasoning, tool calls by index, the last usage and llama-server's `timings`), or the
 /// error it streamed, as a 500.
 fn whole_answer(res: &mut Response, state: Arc<State>, events: &[String], chat: bool) {
@@ -655,8 +779,38 @@ async fn red_png(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     res.body(RED_PNG);
 }
 
+/// A "PNG" of `?bytes=N` bytes: the red PNG's bytes, then zeros.
+#[handler]
+async fn big_png(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    record(req, depot).await;
+    let size: usize = req.query("bytes").unwrap_or(1 << 20);
+    let mut bytes = RED_PNG.to_vec();
+    bytes.resize(size.max(RED_PNG.len()), 0);
+    res.add_header("content-type", "image/png", true).unwrap();
+    res.body(bytes);
+}
+
+/// The red PNG after `?ms=N` milliseconds.
+#[handler]
+async fn slow_png(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    record(req, depot).await;
+    let ms: u64 = req.query("ms").unwrap_or(5000);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    res.add_header("content-type", "image/png", true).unwrap();
+    res.body(RED_PNG);
+}
+
+/// A 302 to `?to=URL`.
+#[handler]
+async fn redirect(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    record(req, depot).await;
+    let to: String = req.query("to").unwrap_or_default();
+    res.status_code(StatusCode::FOUND);
+    res.add_header("location", to, true).unwrap();
+}
+
 /// The defaults, on an ephemeral port, with no store (tests that need one set
-/// `store.data_dir` to a `temp_dir()`).
+/// `store.data_dir` to a `temp_dir()`'s path).
 pub fn test_config() -> Config {
     Config {
         listen: "127.0.0.1:0".into(),
@@ -676,16 +830,51 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A fresh directory for a test's store.
-pub fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("diglot-test-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, uniquely named directory, removed when the returned guard is dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("diglot-test-").tempdir().unwrap()
 }
 
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
+/// A URL where nothing listens (a port that was free a moment ago).
+pub fn dead_url() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    url
+}
+
+/// One user message, as both APIs spell it.
+pub fn user(text: &str) -> Value {
+    serde_json::json!([{"role": "user", "content": text}])
+}
+
+/// How long a wait for something that must happen may take, on a loaded machine.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Waits until `done` holds, checking every 10 ms; fails the test after `DEADLINE`.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    eventually_async(what, || std::future::ready(done())).await
+}
+
+/// Waits until the future `done` makes says so; fails the test after `DEADLINE`.
+pub async fn eventually_async<F: Future<Output = bool>>(what: &str, mut done: impl FnMut() -> F) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done().await {
+        assert!(Instant::now() < deadline, "waited {DEADLINE:?} for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the store in `dir` holds `n` usage records (they are written in batches,
+/// after the answer), and opens it.
+pub async fn usage_records(dir: &Path, n: u64) -> Arc<dyn diglot::store::Store> {
+    let store = diglot::store::open(dir).unwrap();
+    eventually_async(&format!("{n} usage records"), || async {
+        store.usage_count().await.is_ok_and(|count| count >= n)
+    })
+    .await;
+    assert_eq!(store.usage_count().await.unwrap(), n, "no more records than requests");
+    store
 }
 
 /// diglot on an ephemeral port in front of `upstream`, with `tweak` applied to the config.
@@ -725,8 +914,8 @@ pub async fn setup_openai() -> (FakeUpstream, String) {
     (fake, base)
 }
 
-/// A fake Ollama and a diglot in front of it.
-pub async fn setup() -> (FakeUpstream, String) {
+/// A fake upstream and a diglot in front of it, speaking Ollama to it.
+pub async fn setup_ollama() -> (FakeUpstream, String) {
     let fake = FakeUpstream::start().await;
     let base = diglot(&fake.url(), |_| {}).await;
     (fake, base)
@@ -739,6 +928,63 @@ pub fn client() -> reqwest::Client {
     CLIENT
         .get_or_init(|| reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap())
         .clone()
+}
+
+/// An answer as a test reads it: status, headers and the whole body.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+}
+
+impl Answer {
+    /// The body as JSON (failing the test with the body when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("{e}: {}", self.text))
+    }
+
+    /// The status and the body as JSON.
+    pub fn status_json(&self) -> (u16, Value) {
+        (self.status, self.json())
+    }
+
+    /// The body as JSON; for a stream, its last line; else the text as a JSON string.
+    pub fn last_json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .or_else(|_| serde_json::from_str(self.text.lines().last().unwrap_or("null")))
+            .unwrap_or(Value::String(self.text.clone()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn content_type(&self) -> &str {
+        self.header("content-type").unwrap_or_default()
+    }
+}
+
+/// Sends `request` and reads its whole answer.
+pub async fn send(request: reqwest::RequestBuilder) -> Answer {
+    let res = request.send().await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    let text = res.text().await.unwrap();
+    Answer { status, headers, text }
+}
+
+/// `POST base+path` with a JSON body.
+pub async fn post(base: &str, path: &str, body: Value) -> Answer {
+    send(client().post(format!("{base}{path}")).json(&body)).await
+}
+
+/// `POST base+path` with a JSON body and, if given, a bearer token.
+pub async fn call(base: &str, path: &str, token: Option<&str>, body: Value) -> Answer {
+    let mut request = client().post(format!("{base}{path}")).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    send(request).await
 }
 
 /// `GET url` as text.
@@ -773,4 +1019,117 @@ pub fn sse_chunks(body: &str) -> Vec<Value> {
         "stream must end with [DONE]: {body}"
     );
     data.iter().map(|d| serde_json::from_str(d).unwrap()).collect()
+}
+
+/// The real diglot binary, started by `Binary::start` and killed when dropped however
+/// the test ends. Its stderr (the log) is read as it comes, so the pipe never fills.
+pub struct Binary {
+    child: Option<Child>,
+    pub base: String,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A `diglot` command that ignores the environment's profile, tokens and telemetry.
+pub fn diglot_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_diglot"));
+    command
+        .env("RUST_LOG", "")
+        .env_remove("DIGLOT_PROFILE")
+        .env_remove("API_TOKEN")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_SERVICE_NAME");
+    command
+}
+
+impl Binary {
+    /// Starts `command` (from `diglot_command`, without `--listen`) on a free port and
+    /// waits until it answers.
+    pub async fn start(mut command: Command) -> Self {
+        let port = free_port();
+        command
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let binary = Self {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            reader: Some(reader),
+        };
+        let root = format!("{}/", binary.base);
+        let deadline = Instant::now() + DEADLINE;
+        let mut binary = binary;
+        loop {
+            if client().get(&root).send().await.is_ok() {
+                return binary;
+            }
+            if let Some(status) = binary.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("diglot exited ({status}) before answering:\n{}", binary.finish_log());
+            }
+            assert!(Instant::now() < deadline, "diglot did not start:\n{}", binary.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Whether it is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM (a graceful stop), waits for the exit and returns it with the log.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let status = child.wait().unwrap();
+        (status, self.finish_log())
+    }
+
+    /// Kills it and returns the log.
+    pub fn kill(mut self) -> String {
+        let mut child = self.child.take().expect("running");
+        let _ = child.kill();
+        let _ = child.wait();
+        self.finish_log()
+    }
+
+    fn finish_log(&mut self) -> String {
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        self.log()
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
