@@ -9,7 +9,7 @@ use super::stream::{self, SseDecoder};
 use super::wire;
 use crate::config::UpstreamConfig;
 use crate::ir::{
-    ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, Image, Input, Message, ModelCard, Reasoning,
+    ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, Image, Input, Message, ModelCard, Prompt, Reasoning,
     ResponseFormat, Role, Sampling, ToolChoice, new_call_id,
 };
 use crate::protocol::images::sniff_base64_mime;
@@ -54,7 +54,7 @@ impl OpenAiClient {
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
         let response = match &request.input {
             Input::Prompt(p) if p.raw != Some(false) || p.suffix.is_some() => {
-                let body = self.completion_body(request);
+                let body = self.completion_body(request, p);
                 self.upstream.post(&self.path("/completions"), &body).await?
             }
             Input::Prompt(p) => {
@@ -180,10 +180,7 @@ impl OpenAiClient {
         }
     }
 
-    fn completion_body(&self, request: &ChatRequest) -> wire::CompletionRequest {
-        let Input::Prompt(prompt) = &request.input else {
-            unreachable!("completion_body is only called for prompts")
-        };
+    fn completion_body(&self, request: &ChatRequest, prompt: &Prompt) -> wire::CompletionRequest {
         let (max_tokens, max_completion_tokens) = self.max_tokens(&request.sampling);
         wire::CompletionRequest {
             model: request.model.clone(),
