@@ -23,7 +23,9 @@ struct Counters {
     metrics: Arc<Metrics>,
     windows: Mutex<HashMap<String, Window>>,
     quotas: Mutex<HashMap<String, Quota>>,
-    concurrency: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Per token digest: its `max_concurrent` and the slots for it (new ones when the
+    /// token's limit changes, in the store or by a reload).
+    concurrency: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
     /// Tokens each token digest used this month before the process started.
     used_before: Mutex<Option<(i64, HashMap<String, u64>)>>,
 }
@@ -163,13 +165,15 @@ impl Counters {
     fn reserve(self: &Arc<Self>, config: &LimitsConfig, caller: &Caller, estimate: u64) -> Result<Ticket, Error> {
         let slot = match caller.token.as_ref().and_then(|t| Some((t, t.max_concurrent?))) {
             Some((token, max)) => {
-                let semaphore = self
-                    .concurrency
-                    .lock()
-                    .expect("limits lock")
-                    .entry(token.digest.clone())
-                    .or_insert_with(|| Arc::new(Semaphore::new(max as usize)))
-                    .clone();
+                let semaphore = {
+                    let mut slots = self.concurrency.lock().expect("limits lock");
+                    let fresh = || (max, Arc::new(Semaphore::new(max as usize)));
+                    let entry = slots.entry(token.digest.clone()).or_insert_with(fresh);
+                    if entry.0 != max {
+                        *entry = fresh();
+                    }
+                    entry.1.clone()
+                };
                 Some(semaphore.try_acquire_owned().map_err(|_| {
                     self.refused("concurrency");
                     limited(
@@ -351,4 +355,37 @@ fn until_next_month() -> Duration {
         .map_or(Duration::from_secs(3600), |next| {
             (next - now).to_std().unwrap_or(Duration::from_secs(3600))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Role, TokenRecord};
+    use crate::protocol::Frontend;
+
+    fn caller(max_concurrent: u32) -> Caller {
+        let token = TokenRecord {
+            max_concurrent: Some(max_concurrent),
+            ..TokenRecord::for_secret("t", "dg-limits-test-token-000000000000", Role::User)
+        };
+        Caller {
+            token: Some(Arc::new(token)),
+            ..Caller::anonymous(Frontend::OpenAi)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tokens_new_concurrency_limit_applies_at_once() {
+        let limiter = MemoryLimiter::new(Arc::new(Metrics::new(false)));
+        let config = LimitsConfig::default();
+        let first = limiter.admit(&config, &caller(1), 1).await.unwrap();
+        let Err(refused) = limiter.admit(&config, &caller(1), 1).await else {
+            panic!("a second request at a limit of one gets in");
+        };
+        assert_eq!(refused.kind, ErrorKind::RateLimited, "{refused:?}");
+        // The limit is raised (by a reload or in the store): the next request gets in,
+        // while the first still holds its slot.
+        let _second = limiter.admit(&config, &caller(2), 1).await.unwrap();
+        drop(first);
+    }
 }
