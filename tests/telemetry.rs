@@ -427,7 +427,9 @@ async fn a_hanging_collector_adds_no_latency() {
     use tokio::io::AsyncReadExt;
     let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hanging_url = format!("http://{}", hanging.local_addr().unwrap());
-    // When the first bytes of each export arrived; nothing is ever answered.
+    // When bytes of an export arrived, each time some did; nothing is ever answered.
+    // (Every read counts, not only a connection's first: gRPC sends every export over one
+    // HTTP/2 connection, which the probe of `/` may already have opened.)
     let exports: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let seen = exports.clone();
     tokio::spawn(async move {
@@ -435,16 +437,12 @@ async fn a_hanging_collector_adds_no_latency() {
             let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buffer = [0u8; 4096];
-                let mut first = true;
                 while let Ok(n) = stream.read(&mut buffer).await {
                     if n == 0 {
                         // Held until the exporter gives up: nothing is answered.
                         std::future::pending::<()>().await;
                     }
-                    if first {
-                        seen.lock().unwrap().push(Instant::now());
-                        first = false;
-                    }
+                    seen.lock().unwrap().push(Instant::now());
                 }
             });
         }
