@@ -1,5 +1,5 @@
 //! Serde types of Ollama's native JSON (`api/types.go`), shared by the frontend
-//! (`server.rs`) and the backend (`client.rs`). Fields Go marks `omitempty` are skipped
+//! (`decode.rs`, `encode.rs`) and the backend (`client.rs`). Fields Go marks `omitempty` are skipped
 //! when empty, in the same order Go writes them.
 
 use serde::{Deserialize, Serialize};
