@@ -408,7 +408,11 @@ async fn sighup_reloads_the_profile_and_check_config_checks_an_edit() {
     })
     .await;
     assert!(diglot.is_running(), "SIGHUP must not end diglot");
-    assert!(diglot.log().contains("configuration reloaded"), "{}", diglot.log());
+    // The line follows the swap, and the log is read from its pipe as it comes.
+    eventually("the reload's log line", || {
+        diglot.log().contains("configuration reloaded")
+    })
+    .await;
     assert_eq!(chat(&base, "chat-json", None, json!({})).await.0, 200);
     assert_eq!(second.bodies("/api/chat").len(), 1);
 }
