@@ -416,3 +416,28 @@ async fn sighup_reloads_the_profile_and_check_config_checks_an_edit() {
     assert_eq!(chat(&base, "chat-json", None, json!({})).await.0, 200);
     assert_eq!(second.bodies("/api/chat").len(), 1);
 }
+
+/// What is read once at start (the listener, the base path) keeps its running value and
+/// is named; the rest of the same edit applies (as the admin API will call it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_read_at_start_keep_their_running_values_and_are_named() {
+    let fake = FakeUpstream::start().await;
+    let profile = Profile::new(&format!(
+        "[reload]\nwatch = false\n{}",
+        channel_toml("a", &fake, &["chat-text"], "")
+    ));
+    let (base, app) = profile.start().await;
+    let mut config = app.gateway.snapshot().config.clone();
+    config.listen = "127.0.0.1:1".into();
+    config.base_path = "/elsewhere".into();
+    config.channels[0].aliases.insert("fast".into(), "chat-text".into());
+
+    let kept = app.gateway.apply(config).await.unwrap();
+    assert_eq!(kept, ["listen", "base_path"]);
+    let running = app.gateway.snapshot();
+    assert_eq!(
+        (running.config.listen.as_str(), running.config.base_path.as_str()),
+        ("127.0.0.1:0", "")
+    );
+    assert_eq!(chat(&base, "fast", None, json!({})).await.0, 200, "the alias applied");
+}
