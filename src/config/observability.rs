@@ -81,12 +81,6 @@ impl std::fmt::Debug for MetricsConfig {
 }
 
 impl MetricsConfig {
-    /// Whether `presented` is the configured metrics token (compared in constant time).
-    pub fn is_token(&self, presented: Option<&str>) -> bool {
-        !self.token.is_empty()
-            && presented.is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p.as_bytes(), self.token.as_bytes())))
-    }
-
     pub fn redacted(&self) -> Self {
         Self {
             token: if self.token.is_empty() {

@@ -9,6 +9,7 @@ use tracing_futures::Instrument;
 use super::request::app;
 use super::respond::write_error;
 use super::routes::{Access, frontend_of, route_of};
+use super::service::is_metrics_token;
 use crate::gateway::Snapshot;
 use crate::gateway::auth::{Caller, presented_token};
 use crate::gateway::cache::CacheControl;
@@ -80,7 +81,7 @@ pub async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Respon
     let ip = auth.client_ip(peer, header("x-forwarded-for"));
     let token = presented_token(header("authorization"), header("x-api-key"), header("api-key"));
     // A scraper's metrics token is not an API token: only the address rules apply.
-    let result = if access == Access::Metrics && live.config.metrics.is_token(token.as_deref()) {
+    let result = if access == Access::Metrics && is_metrics_token(&live.config.metrics, token.as_deref()) {
         auth.check_ip(ip)
             .map(|()| Caller::anonymous(frontend).with_ip(ip).not_admin())
     } else {

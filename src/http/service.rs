@@ -4,8 +4,10 @@ use salvo::prelude::*;
 
 use super::request::{Call, app};
 use super::respond::{write_bytes, write_json, write_openai_error};
+use crate::config::MetricsConfig;
 use crate::gateway::auth::presented_token;
 use crate::ir::{Error, ErrorKind};
+use crate::store::secrets;
 
 /// 200 while at least one channel can take requests, else 503. Each channel's state
 /// (names, URLs, errors) only for admins, or for everyone when authentication is off.
@@ -33,7 +35,7 @@ pub async fn prometheus(req: &mut Request, depot: &mut Depot, res: &mut Response
     );
     let metrics = &call.config().metrics;
     let by_admin = call.caller.is_admin() && (metrics.token.is_empty() || call.caller.token.is_some());
-    if !(metrics.is_token(presented.as_deref()) || by_admin) {
+    if !(is_metrics_token(metrics, presented.as_deref()) || by_admin) {
         let error = Error::new(
             ErrorKind::Unauthorized,
             "the metrics need the metrics token or an admin token: send it as `Authorization: Bearer TOKEN`",
@@ -47,6 +49,11 @@ pub async fn prometheus(req: &mut Request, depot: &mut Depot, res: &mut Response
         "application/openmetrics-text; version=1.0.0; charset=utf-8",
         text,
     );
+}
+
+/// Whether `presented` is the configured metrics token (compared in constant time).
+pub fn is_metrics_token(metrics: &MetricsConfig, presented: Option<&str>) -> bool {
+    !metrics.token.is_empty() && presented.is_some_and(|p| secrets::same(p, &metrics.token))
 }
 
 #[handler]
