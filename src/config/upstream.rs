@@ -15,6 +15,8 @@ use super::routing::secs;
 pub enum UpstreamKind {
     Ollama,
     Openai,
+    /// Anthropic's Messages API (Anthropic, or any server that speaks it).
+    Anthropic,
 }
 
 impl UpstreamKind {
@@ -23,6 +25,7 @@ impl UpstreamKind {
         match self {
             UpstreamKind::Ollama => "ollama",
             UpstreamKind::Openai => "openai",
+            UpstreamKind::Anthropic => "anthropic",
         }
     }
 }
@@ -80,6 +83,9 @@ pub struct UpstreamConfig {
     /// OpenAI-compatible upstreams: send earlier assistant reasoning back in this message
     /// field (`reasoning_content` or `reasoning`); unset drops it.
     pub reasoning_history: Option<String>,
+    /// Anthropic-compatible upstreams: `max_tokens` sent when the client set none (the
+    /// Messages API requires one).
+    pub default_max_tokens: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -110,6 +116,7 @@ impl Default for UpstreamConfig {
                 .to_vec(),
             think_tags: false,
             reasoning_history: None,
+            default_max_tokens: 4096,
         }
     }
 }
@@ -177,6 +184,9 @@ impl UpstreamConfig {
             return invalid(format!(
                 "reasoning_history '{field}' is neither \"reasoning_content\" nor \"reasoning\""
             ));
+        }
+        if self.default_max_tokens == 0 {
+            return invalid("default_max_tokens must be at least 1".into());
         }
         if self.models.is_empty() && self.aliases.is_empty() {
             return invalid("serves no model: set models (\"*\" for all the upstream lists) or aliases".into());

@@ -438,6 +438,30 @@ impl Gateway {
         Ok(answer)
     }
 
+    /// A prompt's size in tokens for Anthropic's count_tokens: as the upstream of the
+    /// model's first channel counts it (`true`), or diglot's estimate (`false`) where that
+    /// upstream has no way to count.
+    pub async fn count_tokens(
+        &self,
+        live: &Snapshot,
+        request: &ChatRequest,
+        caller: &Caller,
+    ) -> Result<(u64, bool), Error> {
+        caller.check_model(&request.model)?;
+        let candidates = live.route(&request.model).await?;
+        let estimate = (request.estimated_prompt_tokens(), false);
+        let Some(candidate) = candidates.first() else {
+            return Ok(estimate);
+        };
+        let prepared = live.policies.chat(request, &candidate.model);
+        let sent = prepared.as_ref().unwrap_or(request);
+        let backend = live.router.channels[candidate.channel].any_backend();
+        Ok(backend
+            .count_tokens(sent)
+            .await?
+            .map_or(estimate, |count| (count, true)))
+    }
+
     /// Counts a cache lookup (`hit` or `miss`; a `no-cache` request is a `bypass`, no
     /// lookup) and shows the outcome in the answer's `x-diglot-cache` header.
     fn note_cache(&self, meter: &Meter, kind: &'static str, status: &'static str) {

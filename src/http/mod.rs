@@ -3,6 +3,7 @@
 //! Reloads of the configuration are triggered from here (`SIGHUP`, the profile file
 //! changing) and applied by the gateway.
 
+mod anthropic;
 mod frames;
 mod hoops;
 mod ollama;

@@ -141,9 +141,13 @@ pub async fn embeddings(req: &mut Request, depot: &mut Depot, res: &mut Response
     }
 }
 
+/// OpenAI's model list, or Anthropic's for a request that carries `anthropic-version`.
 #[handler]
-pub async fn list_models(depot: &mut Depot, res: &mut Response) {
+pub async fn list_models(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let call = Call::of(depot);
+    if super::anthropic::is_anthropic(req) {
+        return super::anthropic::list_models(&call, res).await;
+    }
     match call.models().await {
         Ok(models) => write_json(res, 200, &encode::model_list(&models)),
         Err(e) => write_error(res, &e),
@@ -153,6 +157,9 @@ pub async fn list_models(depot: &mut Depot, res: &mut Response) {
 #[handler]
 pub async fn get_model(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let id: String = req.param("id").unwrap_or_default();
+    if super::anthropic::is_anthropic(req) {
+        return super::anthropic::get_model(&Call::of(depot), id, res).await;
+    }
     match Call::of(depot).model(&id).await {
         Ok(card) => write_json(
             res,

@@ -48,6 +48,11 @@ impl Call {
         self.gateway.chat(&self.live, request, &self.caller).await
     }
 
+    /// The prompt's size in tokens, and whether the upstream counted it.
+    pub async fn count_tokens(&self, request: &ChatRequest) -> Result<(u64, bool), Error> {
+        self.gateway.count_tokens(&self.live, request, &self.caller).await
+    }
+
     pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, Error> {
         self.gateway.embed(&self.live, request, &self.caller).await
     }

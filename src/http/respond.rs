@@ -30,7 +30,7 @@ pub fn write_error(res: &mut Response, frontend: Frontend, error: &Error, model:
     error_headers(res, error);
     write_bytes(
         res,
-        error.status(),
+        frontend.status(error),
         "application/json",
         frontend.error_body(error, model),
     );

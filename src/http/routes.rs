@@ -7,7 +7,7 @@ use salvo::http::Method;
 use salvo::prelude::*;
 use salvo::routing::filters::MethodFilter;
 
-use super::{ollama, openai, service};
+use super::{anthropic, ollama, openai, service};
 use crate::protocol::Frontend;
 
 /// Who may call a route before the token is checked.
@@ -68,6 +68,17 @@ macro_rules! openai {
     };
 }
 
+/// An Anthropic route, served under `/v1` and without it: clients append `/v1/messages`
+/// to a base URL that may already end in `/v1`.
+macro_rules! anthropic {
+    ($path:literal, $handler:expr) => {
+        [
+            route(POST, concat!("/v1", $path), Frontend::Anthropic, $handler),
+            route(POST, $path, Frontend::Anthropic, $handler),
+        ]
+    };
+}
+
 /// Every route diglot serves (`/metrics` only while metrics are on: see `router`).
 pub fn table() -> Vec<Route> {
     use Frontend::{Ollama, OpenAi};
@@ -103,6 +114,8 @@ pub fn table() -> Vec<Route> {
     routes.extend(openai!(POST, "/embeddings", "/embeddings", openai::embeddings));
     routes.extend(openai!(GET, "/models", "/models", openai::list_models));
     routes.extend(openai!(GET, "/models/{**id}", "/models/{model}", openai::get_model));
+    routes.extend(anthropic!("/messages", anthropic::messages));
+    routes.extend(anthropic!("/messages/count_tokens", anthropic::count_tokens));
     routes.push(Route {
         access: Access::Health,
         ..route(GET, "/health", OpenAi, service::health)
@@ -188,6 +201,11 @@ mod tests {
         assert_eq!(label("/v1/", ""), "/v1");
         assert_eq!(label("/wp-admin/login.php", ""), "");
         assert_eq!(label("/v1/models/", ""), "/v1/models");
+        assert_eq!(label("/v1/messages", ""), "/v1/messages");
+        assert_eq!(
+            label("/ollama/messages/count_tokens", "/ollama"),
+            "/messages/count_tokens"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `upstream.rs` (the HTTP client), `images.rs` and `options.rs` (Ollama's option fields,
 //! which both frontends take). Nothing here knows of HTTP serving or the gateway.
 
+pub mod anthropic;
 pub mod images;
 pub mod ollama;
 pub mod openai;
@@ -18,6 +19,7 @@ use upstream::{Forward, PassThrough, Upstream};
 pub enum Frontend {
     OpenAi,
     Ollama,
+    Anthropic,
 }
 
 impl Frontend {
@@ -26,6 +28,15 @@ impl Frontend {
         match self {
             Frontend::OpenAi => "openai",
             Frontend::Ollama => "ollama",
+            Frontend::Anthropic => "anthropic",
+        }
+    }
+
+    /// The status this frontend answers `error` with (Anthropic's 529 for "overloaded").
+    pub fn status(self, error: &Error) -> u16 {
+        match self {
+            Frontend::Anthropic => anthropic::encode::error_kind(error).1,
+            Frontend::OpenAi | Frontend::Ollama => error.status(),
         }
     }
 
@@ -35,6 +46,7 @@ impl Frontend {
         let body = match self {
             Frontend::OpenAi => serde_json::to_vec(&openai::encode::error_body(error)),
             Frontend::Ollama => serde_json::to_vec(&ollama::encode::error_body(error, model)),
+            Frontend::Anthropic => serde_json::to_vec(&anthropic::encode::error_body(error)),
         };
         body.unwrap_or_default()
     }
@@ -47,6 +59,7 @@ use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, Mod
 pub enum Backend {
     Ollama(ollama::client::OllamaClient),
     OpenAi(openai::client::OpenAiClient),
+    Anthropic(anthropic::client::AnthropicClient),
 }
 
 impl Backend {
@@ -54,6 +67,7 @@ impl Backend {
         match config.kind {
             UpstreamKind::Ollama => Backend::Ollama(ollama::client::OllamaClient::new(config, upstream, images)),
             UpstreamKind::Openai => Backend::OpenAi(openai::client::OpenAiClient::new(config, upstream)),
+            UpstreamKind::Anthropic => Backend::Anthropic(anthropic::client::AnthropicClient::new(config, upstream)),
         }
     }
 
@@ -62,6 +76,7 @@ impl Backend {
         match self {
             Backend::Ollama(c) => c.upstream().base(),
             Backend::OpenAi(c) => c.upstream().base(),
+            Backend::Anthropic(c) => c.upstream().base(),
         }
     }
 
@@ -69,6 +84,7 @@ impl Backend {
         match self {
             Backend::Ollama(c) => c.chat(request).await,
             Backend::OpenAi(c) => c.chat(request).await,
+            Backend::Anthropic(c) => c.chat(request).await,
         }
     }
 
@@ -76,6 +92,7 @@ impl Backend {
         match self {
             Backend::Ollama(c) => c.embed(request).await,
             Backend::OpenAi(c) => c.embed(request).await,
+            Backend::Anthropic(c) => c.embed(request).await,
         }
     }
 
@@ -83,6 +100,7 @@ impl Backend {
         match self {
             Backend::Ollama(c) => c.models().await,
             Backend::OpenAi(c) => c.models().await,
+            Backend::Anthropic(c) => c.models().await,
         }
     }
 
@@ -91,7 +109,18 @@ impl Backend {
     pub async fn pass_through(&self, call: Forward<'_>) -> Option<Result<PassThrough, Error>> {
         match self {
             Backend::Ollama(c) => Some(c.upstream().pass_through(call).await),
-            Backend::OpenAi(_) => None,
+            Backend::OpenAi(_) | Backend::Anthropic(_) => None,
+        }
+    }
+
+    /// The upstream's own count of `request`'s prompt tokens: Ollama's prompt evaluation,
+    /// llama-server's tokenizer, Anthropic's count_tokens; `None` where the upstream has no
+    /// way to count.
+    pub async fn count_tokens(&self, request: &ChatRequest) -> Result<Option<u64>, Error> {
+        match self {
+            Backend::Ollama(c) => c.count_tokens(request).await.map(Some),
+            Backend::OpenAi(c) => Ok(c.count_tokens(request).await),
+            Backend::Anthropic(c) => c.count_tokens(request).await.map(Some),
         }
     }
 
@@ -100,7 +129,7 @@ impl Backend {
     pub async fn ollama_show(&self, model: &str) -> Option<Result<std::sync::Arc<serde_json::Value>, Error>> {
         match self {
             Backend::Ollama(c) => Some(c.show(model).await),
-            Backend::OpenAi(_) => None,
+            Backend::OpenAi(_) | Backend::Anthropic(_) => None,
         }
     }
 }

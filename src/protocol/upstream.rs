@@ -12,7 +12,10 @@ use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::io::StreamReader;
 use tracing::{Level, debug, enabled};
 
-use crate::config::{Endpoint, UpstreamConfig};
+use crate::config::{Endpoint, UpstreamConfig, UpstreamKind};
+
+/// The API version an Anthropic upstream is asked for, unless the channel's headers set one.
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 use crate::ir::{Error, ErrorKind};
 
 /// The longest line or body accepted from an upstream (Ollama's own client allows 8 MiB
@@ -46,8 +49,9 @@ pub struct Upstream {
     /// Parsed once: parsing the whole URL (host included) per request costs more than
     /// every other step of building the request.
     base_url: reqwest::Url,
-    /// `Bearer KEY`, marked sensitive so it never shows in debug output.
-    auth: Option<HeaderValue>,
+    /// `Authorization: Bearer KEY` (`x-api-key: KEY` for Anthropic), marked sensitive so
+    /// it never shows in debug output.
+    auth: Option<(HeaderName, HeaderValue)>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -56,6 +60,9 @@ impl Upstream {
     /// The pooled client a channel's keys share: its extra headers, timeouts, no Nagle.
     pub fn client(config: &UpstreamConfig) -> reqwest::Client {
         let mut headers = HeaderMap::new();
+        if config.kind == UpstreamKind::Anthropic {
+            headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
+        }
         for (name, value) in &config.headers {
             if let (Ok(name), Ok(value)) = (
                 HeaderName::try_from(name.as_str()),
@@ -78,14 +85,18 @@ impl Upstream {
     }
 
     pub fn new(config: &UpstreamConfig, http: reqwest::Client, endpoint: &Endpoint) -> Self {
+        let (header, scheme) = match config.kind {
+            UpstreamKind::Anthropic => (HeaderName::from_static("x-api-key"), ""),
+            UpstreamKind::Ollama | UpstreamKind::Openai => (AUTHORIZATION, "Bearer "),
+        };
         let auth = endpoint
             .key
             .as_deref()
             .filter(|k| !k.is_empty())
-            .and_then(|key| HeaderValue::try_from(format!("Bearer {key}")).ok())
+            .and_then(|key| HeaderValue::try_from(format!("{scheme}{key}")).ok())
             .map(|mut value| {
                 value.set_sensitive(true);
-                value
+                (header, value)
             });
         let base = endpoint.url.trim_end_matches('/');
         Self {
@@ -122,6 +133,20 @@ impl Upstream {
         self.send(self.http.post(url).json(body)).await
     }
 
+    /// Posts to one of the server's own endpoints, which live beside its `/v1` API
+    /// (llama-server's `/tokenize`) whether or not the configured URL ends with `/v1`.
+    pub async fn post_beside_v1<T: Serialize + ?Sized>(
+        &self,
+        path: &str,
+        body: &T,
+    ) -> Result<reqwest::Response, Error> {
+        let mut url = self.base_url.clone();
+        let root = url.path().trim_end_matches('/');
+        let joined = format!("{}{path}", root.strip_suffix("/v1").unwrap_or(root));
+        url.set_path(&joined);
+        self.send(self.http.post(url).json(body)).await
+    }
+
     pub async fn get(&self, path: &str) -> Result<reqwest::Response, Error> {
         self.send(self.http.get(self.url(path))).await
     }
@@ -140,8 +165,8 @@ impl Upstream {
         if let Some(content_type) = call.content_type {
             request = request.header(reqwest::header::CONTENT_TYPE, content_type);
         }
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
+        if let Some((name, value)) = &self.auth {
+            request = request.header(name.clone(), value.clone());
         }
         let response = request.send().await.map_err(|e| self.transport_error(&e))?;
         let content_type = response
@@ -166,8 +191,8 @@ impl Upstream {
 
     /// Sends and waits for the response headers; a non-2xx answer becomes an error.
     async fn send(&self, mut request: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
-        if let Some(auth) = &self.auth {
-            request = request.header(AUTHORIZATION, auth.clone());
+        if let Some((name, value)) = &self.auth {
+            request = request.header(name.clone(), value.clone());
         }
         if crate::telemetry::tracing_on() {
             // The attempt's span continues upstream (`traceparent`).

@@ -91,6 +91,26 @@ impl OllamaClient {
         }))
     }
 
+    /// The prompt's size in tokens as the model's own tokenizer and template count it: a
+    /// chat that generates nothing (`num_predict: 0`), whose `prompt_eval_count` it is.
+    pub async fn count_tokens(&self, request: &ChatRequest) -> Result<u64, Error> {
+        let mut counted = request.clone();
+        counted.stream = false;
+        counted.reasoning = None;
+        counted.sampling.max_tokens = Some(0);
+        let messages = match &counted.input {
+            Input::Messages(messages) => messages.clone(),
+            Input::Prompt(p) => vec![Message::new(Role::User, p.text.clone())],
+        };
+        let body = self.chat_body(&counted, &messages, None).await?;
+        let response = self.upstream.post("/api/chat", &body).await?;
+        let answer: wire::ChatChunk = self.upstream.json(response).await?;
+        answer
+            .end
+            .prompt_eval_count
+            .ok_or_else(|| Error::upstream(502, "the Ollama upstream did not report prompt_eval_count"))
+    }
+
     pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, Error> {
         let body = wire::EmbedRequest {
             model: request.model.clone(),

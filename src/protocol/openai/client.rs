@@ -4,6 +4,7 @@
 //! field, passed Ollama options, reasoning history); `stream.rs` reads the answers.
 
 use serde_json::{Map, Value};
+use tracing::debug;
 
 use super::stream::{self, SseDecoder};
 use super::wire;
@@ -79,6 +80,36 @@ impl OpenAiClient {
             return Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))));
         }
         Ok(stream::events(&self.upstream, response, decoder))
+    }
+
+    /// The prompt's size in tokens from llama-server's own template and tokenizer
+    /// (`/apply-template`, then `/tokenize`); `None` from servers without them.
+    pub async fn count_tokens(&self, request: &ChatRequest) -> Option<u64> {
+        let messages = match &request.input {
+            Input::Messages(messages) => messages.clone(),
+            Input::Prompt(p) => vec![Message::new(Role::User, p.text.clone())],
+        };
+        let mut body = self.chat_body(request, &messages);
+        (body.stream, body.stream_options) = (None, None);
+        let counted = async {
+            let response = self.upstream.post_beside_v1("/apply-template", &body).await?;
+            let templated: wire::AppliedTemplate = self.upstream.json(response).await?;
+            let tokenize = wire::Tokenize {
+                content: templated.prompt,
+                add_special: true,
+                parse_special: true,
+            };
+            let response = self.upstream.post_beside_v1("/tokenize", &tokenize).await?;
+            let tokens: wire::Tokens = self.upstream.json(response).await?;
+            Ok::<_, Error>(tokens.tokens.len() as u64)
+        };
+        match counted.await {
+            Ok(count) => Some(count),
+            Err(e) => {
+                debug!(upstream = %self.upstream.base(), error = %e, "the upstream cannot count tokens");
+                None
+            }
+        }
     }
 
     pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, Error> {

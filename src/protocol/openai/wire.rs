@@ -588,3 +588,25 @@ fn lenient_items<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result
 fn lenient_list<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Vec<T>, D::Error> {
     Ok(lenient_items(d)?.unwrap_or_default())
 }
+
+// ---- llama-server's own endpoints ----
+
+/// `/apply-template`'s answer: the chat rendered by the model's template.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AppliedTemplate {
+    pub prompt: String,
+}
+
+/// A `/tokenize` request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tokenize {
+    pub content: String,
+    pub add_special: bool,
+    pub parse_special: bool,
+}
+
+/// `/tokenize`'s answer (token ids, or pieces with `with_pieces`: only their number counts).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tokens {
+    pub tokens: Vec<Value>,
+}
