@@ -116,7 +116,11 @@ struct Faults {
 /// - OpenAI: `/v1/chat/completions` and `/v1/completions` stream
 ///   `fixtures/openai/{chat,completions}/MODEL.sse` event by event, `/v1/embeddings`
 ///   answers `embeddings/MODEL.json`, `/v1/models` a `models/*.json` list plus one entry
-///   per fixture model; an unknown model gets OpenAI's 404.
+///   per fixture model; an unknown model gets OpenAI's 404. llama-server's own
+///   `/apply-template` and `/tokenize` answer as it does (see `llama_tokenize`).
+/// - Anthropic: `/v1/messages` streams `fixtures/anthropic/messages/MODEL.sse` event by
+///   event (or folds it into one `message`), `/v1/messages/count_tokens` answers the
+///   documentation's `{"input_tokens": 14}`; an unknown model gets Anthropic's 404.
 /// - `GET /red.png` serves a tiny PNG for image-URL tests, `GET /big.png` a PNG of
 ///   `?bytes=N` bytes, `GET /slow.png` the tiny PNG after `?ms=N` milliseconds, and
 ///   `GET /redirect?to=URL` a 302 to `URL`.
@@ -144,6 +148,10 @@ impl FakeUpstream {
             .push(Router::with_path("v1/completions").post(openai_stream))
             .push(Router::with_path("v1/embeddings").post(openai_json))
             .push(Router::with_path("v1/models").get(openai_models))
+            .push(Router::with_path("v1/messages").post(anthropic_stream))
+            .push(Router::with_path("v1/messages/count_tokens").post(anthropic_count))
+            .push(Router::with_path("apply-template").post(llama_apply_template))
+            .push(Router::with_path("tokenize").post(llama_tokenize))
             .push(Router::with_path("red.png").get(red_png))
             .push(Router::with_path("big.png").get(big_png))
             .push(Router::with_path("slow.png").get(slow_png))
@@ -701,6 +709,7 @@ fn is_call(path: &str) -> bool {
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/embeddings",
+        "/v1/messages",
     ]
     .contains(&path)
 }
@@ -712,7 +721,9 @@ async fn inject_faults(req: &mut Request, depot: &mut Depot, res: &mut Response,
     let path = req.uri().path().to_owned();
     let status = {
         let mut faults = state.faults.lock().unwrap();
-        let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let auth = header("authorization").or_else(|| header("x-api-key").map(|k| format!("Bearer {k}")));
+        let auth = auth.as_deref();
         if path == "/api/tags" || path == "/v1/models" {
             faults.listing_status.map(|s| (s, None))
         } else if !is_call(&path) {
@@ -736,7 +747,9 @@ async fn inject_faults(req: &mut Request, depot: &mut Depot, res: &mut Response,
         res.add_header("retry-after", after.to_string(), true).unwrap();
     }
     let message = format!("injected failure {status}");
-    if path.starts_with("/api/") {
+    if path == "/v1/messages" {
+        res.render(Json(anthropic_error(status, &message)));
+    } else if path.starts_with("/api/") {
         // Ollama's shape (server/routes.go: gin.H{"error": ...}).
         res.render(Json(serde_json::json!({"error": message})));
     } else {
@@ -745,6 +758,129 @@ async fn inject_faults(req: &mut Request, depot: &mut Depot, res: &mut Response,
             serde_json::json!({"error": {"message": message, "type": "server_error", "param": null, "code": null}}),
         ));
     }
+}
+
+/// Anthropic's error body for `status` (its docs' "Errors" table).
+fn anthropic_error(status: u16, message: &str) -> Value {
+    let kind = match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    };
+    serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+}
+
+#[handler]
+async fn anthropic_stream(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let (state, body) = record(req, depot).await;
+    let model = body["model"].as_str().unwrap_or_default();
+    let path = fixture(&format!("anthropic/messages/{model}.sse"));
+    if !path.is_file() {
+        res.status_code(StatusCode::NOT_FOUND);
+        return res.render(Json(anthropic_error(404, &format!("model: {model}"))));
+    }
+    let text = std::fs::read_to_string(path).unwrap();
+    let events: Vec<String> = text.split_inclusive("\n\n").map(str::to_owned).collect();
+    if body["stream"] != true {
+        return anthropic_whole(res, state, &events);
+    }
+    res.add_header("content-type", "text/event-stream; charset=utf-8", true)
+        .unwrap();
+    drip(res, state, events);
+}
+
+/// What the API answers to `stream: false`: the stream folded into one `message` (its
+/// blocks with their deltas applied, the stop reason and usage of `message_delta`), or
+/// the error it streamed, with its status.
+fn anthropic_whole(res: &mut Response, state: Arc<State>, events: &[String]) {
+    let payloads: Vec<Value> = events
+        .iter()
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let mut message = Value::Null;
+    for event in &payloads {
+        match event["type"].as_str().unwrap() {
+            "message_start" => message = event["message"].clone(),
+            "content_block_start" => message["content"]
+                .as_array_mut()
+                .unwrap()
+                .push(event["content_block"].clone()),
+            "content_block_delta" => {
+                let block = &mut message["content"][event["index"].as_u64().unwrap() as usize];
+                let delta = &event["delta"];
+                let (field, piece) = match delta["type"].as_str().unwrap() {
+                    "text_delta" => ("text", &delta["text"]),
+                    "thinking_delta" => ("thinking", &delta["thinking"]),
+                    "signature_delta" => ("signature", &delta["signature"]),
+                    _ => ("partial_json", &delta["partial_json"]),
+                };
+                let so_far = block[field].as_str().unwrap_or_default().to_owned();
+                block[field] = Value::String(so_far + piece.as_str().unwrap());
+            }
+            "message_delta" => {
+                message["stop_reason"] = event["delta"]["stop_reason"].clone();
+                message["stop_sequence"] = event["delta"]["stop_sequence"].clone();
+                message["usage"]["output_tokens"] = event["usage"]["output_tokens"].clone();
+            }
+            "error" => {
+                res.status_code(StatusCode::from_u16(529).unwrap());
+                return res.render(Json(event.clone()));
+            }
+            _ => {}
+        }
+    }
+    for block in message["content"].as_array_mut().unwrap() {
+        if let Some(json) = block.as_object_mut().unwrap().remove("partial_json") {
+            block["input"] = serde_json::from_str(json.as_str().unwrap()).unwrap();
+        }
+    }
+    send_whole(res, state, events.len(), message);
+}
+
+#[handler]
+async fn anthropic_count(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    record(req, depot).await;
+    res.render(Json(serde_json::json!({"input_tokens": 14})));
+}
+
+/// llama-server's `/apply-template`: the chat rendered by the model's template, here
+/// a ChatML rendering of each message's text.
+#[handler]
+async fn llama_apply_template(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let (_, body) = record(req, depot).await;
+    // Only llama-server has it: the other OpenAI-compatible fixtures' servers answer 404.
+    if !body["model"].as_str().unwrap_or_default().starts_with("llamacpp") {
+        res.status_code(StatusCode::NOT_FOUND);
+        return res.render(Json(serde_json::json!({"error": {"message": "Not Found", "type": "invalid_request_error", "param": null, "code": null}})));
+    }
+    let prompt: String = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "<|im_start|>{}\n{}<|im_end|>\n",
+                m["role"].as_str().unwrap(),
+                m["content"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    res.render(Json(serde_json::json!({"prompt": prompt + "<|im_start|>assistant\n"})));
+}
+
+/// llama-server's `/tokenize` (`{"tokens": [ids]}`), here one token per
+/// whitespace-separated piece, so a test can count what it expects.
+#[handler]
+async fn llama_tokenize(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let (_, body) = record(req, depot).await;
+    let tokens: Vec<usize> = (0..body["content"].as_str().unwrap().split_whitespace().count()).collect();
+    res.render(Json(serde_json::json!({"tokens": tokens})));
 }
 
 #[handler]
@@ -1132,4 +1268,44 @@ impl Drop for Binary {
             let _ = child.wait();
         }
     }
+}
+
+/// The events of an Anthropic Messages stream as `(event name, data)`, checking each
+/// event's name is its data's `type`, as Anthropic writes them.
+pub fn anthropic_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|frame| !frame.is_empty())
+        .map(|frame| {
+            let (name, data) = frame
+                .split_once('\n')
+                .unwrap_or_else(|| panic!("not an event: {frame:?}"));
+            let name = name.strip_prefix("event: ").expect("an event: line").to_owned();
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").expect("a data: line")).unwrap();
+            assert_eq!(data["type"], name.as_str(), "{frame}");
+            (name, data)
+        })
+        .collect()
+}
+
+/// A fake upstream and a diglot in front of it, speaking Anthropic's Messages to it with
+/// the key `sk-ant-test`, serving the `fixtures/anthropic/messages` models.
+pub async fn setup_anthropic() -> (FakeUpstream, String) {
+    let fake = FakeUpstream::start().await;
+    let base = diglot(&fake.url(), |c| {
+        c.upstream.kind = diglot::config::UpstreamKind::Anthropic;
+        c.upstream.api_key = Some("sk-ant-test".into());
+        c.upstream.models = anthropic_models();
+    })
+    .await;
+    (fake, base)
+}
+
+/// The model names of `fixtures/anthropic/messages`.
+pub fn anthropic_models() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixture("anthropic/messages"))
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.file_name().to_str()?.strip_suffix(".sse")?.to_owned()))
+        .collect();
+    names.sort();
+    names
 }
