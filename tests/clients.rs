@@ -114,3 +114,46 @@ async fn ollama_js_against_openai_backend() {
     println!("{output}");
     assert!(output.contains("ALL OK"), "{output}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_python_sdk_against_ollama_backend() {
+    let (fake, base) = setup_ollama().await;
+    let output = tokio::task::spawn_blocking(move || run("python", "anthropic_sdk.py", &base))
+        .await
+        .unwrap();
+    println!("{output}");
+    assert!(output.contains("ALL OK"), "{output}");
+    let chats = fake.bodies("/api/chat");
+    assert!(chats.iter().any(|b| b["think"] == true), "thinking became think");
+    assert!(
+        chats.iter().any(|b| b["options"]["num_predict"] == 0),
+        "count_tokens evaluated the prompt only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_js_sdk_against_ollama_backend() {
+    let (_fake, base) = setup_ollama().await;
+    let output = tokio::task::spawn_blocking(move || run("node", "anthropic_js.cjs", &base))
+        .await
+        .unwrap();
+    println!("{output}");
+    assert!(output.contains("ALL OK"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_and_ollama_python_against_anthropic_backend() {
+    let (fake, base) = setup_anthropic().await;
+    let output = tokio::task::spawn_blocking(move || run("python", "anthropic_upstream.py", &base))
+        .await
+        .unwrap();
+    println!("{output}");
+    assert!(output.contains("ALL OK"), "{output}");
+    let sent = fake.requests("/v1/messages");
+    assert!(sent.iter().all(|r| r.header("x-api-key") == Some("sk-ant-test")));
+    assert!(sent.iter().any(|r| r.body["system"] == "Be kind."), "system hoisted");
+    assert!(
+        sent.iter().any(|r| r.body["thinking"]["type"] == "enabled"),
+        "think became thinking"
+    );
+}
