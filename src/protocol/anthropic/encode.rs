@@ -53,10 +53,12 @@ fn stop_reason(finish: Option<FinishReason>) -> &'static str {
     }
 }
 
-/// Usage as Anthropic counts it: both numbers always, 0 where the upstream said nothing.
+/// Usage as Anthropic counts it: both numbers always, 0 where the upstream said nothing;
+/// prompt tokens read from the upstream's cache apart, as `input_tokens` leaves them out.
 fn usage(usage: &Usage) -> wire::Usage {
+    let cached = usage.cached_tokens.unwrap_or(0);
     wire::Usage {
-        input_tokens: Some(usage.prompt_tokens.unwrap_or(0)),
+        input_tokens: Some(usage.prompt_tokens.unwrap_or(0).saturating_sub(cached)),
         output_tokens: usage.completion_tokens.unwrap_or(0),
         cache_creation_input_tokens: None,
         cache_read_input_tokens: usage.cached_tokens,
