@@ -1030,11 +1030,14 @@ pub struct Binary {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A `diglot` command that ignores the environment's profile, tokens and telemetry.
+/// A `diglot` command that ignores the environment's profile, tokens and telemetry, and
+/// has no store unless the test gives it one (`DIGLOT_STORE__DATA_DIR`): never the
+/// user's own data directory.
 pub fn diglot_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_diglot"));
     command
         .env("RUST_LOG", "")
+        .env("DIGLOT_STORE__DATA_DIR", "")
         .env_remove("DIGLOT_PROFILE")
         .env_remove("API_TOKEN")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
