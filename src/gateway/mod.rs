@@ -226,8 +226,10 @@ impl Gateway {
         Ok(Box::pin(events.map(move |event| {
             match &event {
                 Err(error) => {
-                    if let Some(lease) = &lease {
-                        lease.channel.health.record(Err(error), false, &config);
+                    if let Some(lease) = &lease
+                        && let Some(change) = lease.channel.health.record(Err(error), false, &config)
+                    {
+                        change.log(&lease.channel.name);
                     }
                     recording = None;
                 }

@@ -119,7 +119,9 @@ pub async fn guard(req: &mut Request, depot: &mut Depot, res: &mut Response, ctr
         let sent = header(header::CONTENT_TYPE).unwrap_or("none");
         let error = Error::new(
             ErrorKind::UnsupportedMediaType,
-            format!("the body must be JSON, sent with `Content-Type: application/json` (the request's content type: {sent})"),
+            format!(
+                "the body must be JSON, sent with `Content-Type: application/json` (the request's content type: {sent})"
+            ),
         );
         refuse(res, error);
     }
@@ -198,7 +200,10 @@ fn host_allowed(host: &str, server: &ServerConfig, listen: SocketAddr) -> bool {
     if let Ok(ip) = name.parse::<IpAddr>() {
         return ip == listen.ip() || is_local(ip);
     }
-    if [".localhost", ".local", ".internal"].iter().any(|tld| name.ends_with(tld)) {
+    if [".localhost", ".local", ".internal"]
+        .iter()
+        .any(|tld| name.ends_with(tld))
+    {
         return true;
     }
     if gethostname::gethostname()
@@ -218,9 +223,7 @@ fn host_allowed(host: &str, server: &ServerConfig, listen: SocketAddr) -> bool {
 fn is_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.is_private() || v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unspecified() || v6.is_unique_local() || v6.is_unicast_link_local()
-        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unspecified() || v6.is_unique_local() || v6.is_unicast_link_local(),
     }
 }
 
@@ -262,7 +265,12 @@ mod tests {
         ] {
             assert!(host_allowed(host, &server, listen), "{host}");
         }
-        for host in ["evil.example:3000", "8.8.8.8", "localhost.evil.example", "lan.example.evil"] {
+        for host in [
+            "evil.example:3000",
+            "8.8.8.8",
+            "localhost.evil.example",
+            "lan.example.evil",
+        ] {
             assert!(!host_allowed(host, &server, listen), "{host}");
         }
         let everywhere: SocketAddr = "0.0.0.0:3000".parse().unwrap();
@@ -272,7 +280,12 @@ mod tests {
     #[test]
     fn default_origins_are_ollamas_and_star_never_echoes() {
         let cors = CorsConfig::default();
-        for origin in ["http://localhost:5173", "https://127.0.0.1", "tauri://localhost", "vscode-webview://abc"] {
+        for origin in [
+            "http://localhost:5173",
+            "https://127.0.0.1",
+            "tauri://localhost",
+            "vscode-webview://abc",
+        ] {
             assert_eq!(allowed_origin(&cors, origin).unwrap(), origin, "{origin}");
         }
         for origin in ["https://evil.example", "null", "http://localhost.evil.example"] {
@@ -293,7 +306,12 @@ mod tests {
         assert!(body_type_ok(Some("application/json"), true));
         assert!(body_type_ok(Some("application/json; charset=utf-8"), true));
         assert!(body_type_ok(Some("application/vnd.api+json"), true));
-        for browser_default in [Some("text/plain;charset=UTF-8"), Some("application/x-www-form-urlencoded"), Some("multipart/form-data; boundary=x"), None] {
+        for browser_default in [
+            Some("text/plain;charset=UTF-8"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            None,
+        ] {
             assert!(!body_type_ok(browser_default, true), "{browser_default:?}");
         }
         assert!(body_type_ok(Some("application/x-www-form-urlencoded"), false));
