@@ -143,6 +143,7 @@ impl Attempts<'_> {
             key = lease.key,
             attempt = self.attempt,
             status = error.status(),
+            url = lease.backend().base(),
             error = %error.message,
             took_ms = took.as_millis() as u64,
             next = ?failure,
