@@ -7,6 +7,8 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked && rm -rf src
 COPY src ./src
+# The shipped profiles are compiled in (`--profile kerlig` works from any directory).
+COPY profiles ./profiles
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin diglot
 
 FROM debian:bookworm-slim
@@ -18,12 +20,17 @@ WORKDIR /app
 COPY --from=build /src/target/release/diglot /usr/local/bin/diglot
 COPY profiles ./profiles
 USER diglot
-# Inside a container, listen on every interface; reach an Ollama on the host by default.
-# Tokens and usage records live in the /data volume.
+# Inside a container, listen on every interface (so API tokens are required: create one
+# with `docker exec CONTAINER diglot token create --name NAME`); reach an Ollama on the
+# host by default. Tokens and usage records live in the /data volume.
 ENV DIGLOT_LISTEN=0.0.0.0:3000 \
     DIGLOT_UPSTREAM__URL=http://host.docker.internal:11434 \
     DIGLOT_STORE__DATA_DIR=/data
 VOLUME /data
 EXPOSE 3000
+# The binary probes its own /health (no curl in the image): unhealthy when diglot does
+# not answer, or answers 503 because no upstream is usable.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["diglot", "health-check", "--timeout", "4"]
 ENTRYPOINT ["diglot"]
 CMD ["serve"]

@@ -3,6 +3,7 @@
 
 use clap::{Args, Subcommand};
 
+use crate::config::{AuthMode, Config};
 use crate::gateway::auth::parse_net;
 use crate::store::secrets::generate_token;
 use crate::store::{Role, Store, TokenRecord};
@@ -11,8 +12,10 @@ use crate::store::{Role, Store, TokenRecord};
 pub enum TokenCommand {
     /// Make a token and print it (once: only its digest is kept).
     Create {
+        /// A name for it, unique among the store's tokens (shown in logs and usage).
         #[arg(long)]
         name: String,
+        /// "user" calls the APIs; "admin" also sees /health details and /metrics.
         #[arg(long, value_parser = parse_role, default_value = "user")]
         role: Role,
         #[command(flatten)]
@@ -20,20 +23,29 @@ pub enum TokenCommand {
     },
     /// List tokens (never the tokens themselves).
     List {
+        /// Print JSON rather than a table.
         #[arg(long)]
         json: bool,
     },
     /// Delete a token (by id, name or prefix); its usage records stay.
-    Revoke { token: String },
+    Revoke {
+        /// The token's id, name or prefix (`diglot token list` shows them).
+        token: String,
+    },
     /// Change a token's rules (by id, name or prefix).
     Update {
+        /// The token's id, name or prefix (`diglot token list` shows them).
         token: String,
+        /// A new name, unique among the store's tokens.
         #[arg(long)]
         name: Option<String>,
+        /// A new role: "user" or "admin".
         #[arg(long, value_parser = parse_role)]
         role: Option<Role>,
+        /// Let it be used again.
         #[arg(long, conflicts_with = "disable")]
         enable: bool,
+        /// Refuse it until enabled again (it is kept, unlike revoke).
         #[arg(long)]
         disable: bool,
         #[command(flatten)]
@@ -117,10 +129,12 @@ impl Rules {
     }
 }
 
-/// Runs a token command; what it prints goes to stdout.
-pub async fn token(store: &dyn Store, command: TokenCommand) -> Result<String, String> {
+/// Runs a token command on `store` (the store of `config`, whose other token sources
+/// and address say what a change means for the server); what it prints goes to stdout.
+pub async fn token(store: &dyn Store, config: &Config, command: TokenCommand) -> Result<String, String> {
     match command {
         TokenCommand::Create { name, role, rules } => {
+            refuse_taken_name(store, &name, None).await?;
             let secret = generate_token();
             let mut token = TokenRecord {
                 created_at: chrono::Utc::now().timestamp(),
@@ -185,7 +199,11 @@ pub async fn token(store: &dyn Store, command: TokenCommand) -> Result<String, S
                 .delete_token(found.id.unwrap_or_default())
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(format!("Token '{}' ({}) revoked.\n", found.name, found.prefix))
+            let mut out = format!("Token '{}' ({}) revoked.\n", found.name, found.prefix);
+            if store.tokens().await.map_err(|e| e.to_string())?.is_empty() {
+                out.push_str(&after_last_token(config));
+            }
+            Ok(out)
         }
         TokenCommand::Update {
             token,
@@ -197,6 +215,7 @@ pub async fn token(store: &dyn Store, command: TokenCommand) -> Result<String, S
         } => {
             let mut found = find(store, &token).await?;
             if let Some(name) = name {
+                refuse_taken_name(store, &name, found.id).await?;
                 found.name = name;
             }
             if let Some(role) = role {
@@ -210,6 +229,56 @@ pub async fn token(store: &dyn Store, command: TokenCommand) -> Result<String, S
             Ok(format!("Token '{}' ({}) updated.\n", found.name, found.prefix))
         }
     }
+}
+
+/// Fails when another token (not `except`) already has `name`: names pick tokens out
+/// in `revoke` and `update`, and two of one name would be one too many.
+async fn refuse_taken_name(store: &dyn Store, name: &str, except: Option<i64>) -> Result<(), String> {
+    let tokens = store.tokens().await.map_err(|e| e.to_string())?;
+    if tokens.iter().any(|t| t.name == name && t.id != except) {
+        return Err(format!(
+            "a token named '{name}' exists already: choose another name, or revoke it first \
+             (`diglot token revoke {name}`)"
+        ));
+    }
+    Ok(())
+}
+
+/// What the store's last token going means for a server using this configuration.
+fn after_last_token(config: &Config) -> String {
+    let mut others = Vec::new();
+    if !config.tokens.is_empty() {
+        others.push("the profile's [[tokens]]");
+    }
+    if std::env::var("API_TOKEN").is_ok_and(|t| !t.trim().is_empty()) {
+        others.push("API_TOKEN");
+    }
+    if config
+        .auth
+        .keys_file
+        .as_ref()
+        .is_some_and(|p| !p.as_os_str().is_empty())
+    {
+        others.push("[auth] keys_file");
+    }
+    let loopback = config.listen_addr().is_ok_and(|a| a.ip().is_loopback());
+    let listen = &config.listen;
+    let effect = match config.auth.mode {
+        AuthMode::None => "authentication is off anyway ([auth] mode = \"none\").".to_owned(),
+        _ if !others.is_empty() => format!("tokens from {} still apply.", others.join(" and ")),
+        AuthMode::Tokens => {
+            "a running diglot refuses every call (401) until a token is created ([auth] mode = \"tokens\").".to_owned()
+        }
+        AuthMode::Auto if loopback => format!(
+            "a running diglot on {listen} (loopback, [auth] mode = \"auto\") now lets every local caller \
+             in WITHOUT a token, within seconds. Create a token to require one again."
+        ),
+        AuthMode::Auto => format!(
+            "a running diglot on {listen} refuses every call (401) until a token is created: it listens \
+             on an address other machines can reach, where tokens are always required."
+        ),
+    };
+    format!("That was the store's last token: {effect}\n")
 }
 
 /// The one token an id, a name or a display prefix names.

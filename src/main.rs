@@ -1,6 +1,6 @@
 //! The `diglot` command: serve (the default) and check-config.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use diglot::config::{Config, Overrides, Source, UpstreamKind, UpstreamOverrides};
 
 #[derive(Parser)]
@@ -10,36 +10,58 @@ use diglot::config::{Config, Overrides, Source, UpstreamKind, UpstreamOverrides}
     about = "A bilingual LLM gateway: OpenAI and Ollama APIs in front, Ollama and OpenAI-compatible servers behind."
 )]
 struct Cli {
-    /// A profile name (profiles/NAME.toml) or a path to a TOML file.
+    /// A profile: a name (profiles/NAME.toml in this directory, else the built-in one:
+    /// default, kerlig, gateway) or a path to a TOML file; also says whose store the
+    /// token and usage commands use.
     #[arg(long, short, env = "DIGLOT_PROFILE", global = true)]
     profile: Option<String>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What the server is run with, given before or after `serve` / `check-config`.
+#[derive(Args, Default, Clone)]
+struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:3000 or :11434 (every interface).
-    #[arg(long, global = true)]
+    #[arg(long)]
     listen: Option<String>,
     /// An Ollama upstream's base URL.
-    #[arg(long, env = "OLLAMA_URL", global = true, conflicts_with = "target")]
+    #[arg(long, env = "OLLAMA_URL", conflicts_with = "target")]
     upstream: Option<String>,
     /// An OpenAI-compatible upstream's base URL, with or without /v1 (vLLM, llama.cpp,
     /// LiteLLM, OpenRouter, OpenAI).
-    #[arg(long, global = true)]
+    #[arg(long)]
     target: Option<String>,
     /// The upstream's API key (sent as a bearer token, never logged).
-    #[arg(long, global = true)]
+    #[arg(long)]
     api_key: Option<String>,
     /// Log requests, upstream payloads and chunks (secrets redacted).
-    #[arg(long, global = true)]
+    #[arg(long)]
     debug: bool,
-    #[command(subcommand)]
-    command: Option<Command>,
+}
+
+impl ServeArgs {
+    /// These flags, each taken from `later` when given there.
+    fn or(self, later: ServeArgs) -> Self {
+        Self {
+            listen: later.listen.or(self.listen),
+            upstream: later.upstream.or(self.upstream),
+            target: later.target.or(self.target),
+            api_key: later.api_key.or(self.api_key),
+            debug: self.debug || later.debug,
+        }
+    }
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default).
-    Serve,
+    Serve(ServeArgs),
     /// Load the configuration (`--profile FILE` to check an edit before saving it in
     /// place), report problems, and print the result (secrets redacted).
-    CheckConfig,
+    CheckConfig(ServeArgs),
     /// Manage API tokens in the store (`store.data_dir` of the profile).
     #[command(subcommand)]
     Token(diglot::cli::TokenCommand),
@@ -48,20 +70,33 @@ enum Command {
         /// How many days back.
         #[arg(long, default_value_t = 30)]
         days: u32,
+        /// Print JSON rather than a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Ask the running server's `/health` (on the profile's `listen` address) and exit 0
+    /// when it answers 200: a container health check that needs no curl.
+    HealthCheck {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
     },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let (serve, command) = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(later) => (cli.serve.or(later), Command::Serve(ServeArgs::default())),
+        Command::CheckConfig(later) => (cli.serve.or(later), Command::CheckConfig(ServeArgs::default())),
+        other => (cli.serve, other),
+    };
     let overrides = Overrides {
-        listen: cli.listen.clone(),
-        debug: cli.debug.then_some(true),
+        listen: serve.listen.clone(),
+        debug: serve.debug.then_some(true),
         upstream: UpstreamOverrides {
-            kind: cli.target.is_some().then_some(UpstreamKind::Openai),
-            url: cli.target.clone().or(cli.upstream.clone()),
-            api_key: cli.api_key.clone(),
+            kind: serve.target.is_some().then_some(UpstreamKind::Openai),
+            url: serve.target.clone().or(serve.upstream.clone()),
+            api_key: serve.api_key.clone(),
         },
     };
     let source = Source {
@@ -75,29 +110,83 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let command = cli.command.unwrap_or(Command::Serve);
     // Serving sets up traces too, inside its runtime.
-    let _logs = (!matches!(command, Command::Serve)).then(|| diglot::telemetry::init_logs(&config.log, config.debug));
+    let _logs =
+        (!matches!(command, Command::Serve(_))).then(|| diglot::telemetry::init_logs(&config.log, config.debug));
+    if !matches!(command, Command::Serve(_)) {
+        warn_unknown_variables();
+    }
     match command {
-        Command::CheckConfig => {
+        Command::CheckConfig(_) => {
             // Everything the gateway would build from it, without starting anything.
             if let Err(e) = diglot::gateway::Snapshot::check(&config) {
                 eprintln!("diglot: configuration error: {e}");
                 return std::process::ExitCode::from(2);
             }
-            let shown = Config {
-                upstream: config.upstream.redacted(),
-                channels: config.channels.iter().map(|c| c.redacted()).collect(),
-                metrics: config.metrics.redacted(),
-                telemetry: config.telemetry.redacted(),
-                ..config
-            };
-            println!("{}", serde_json::to_string_pretty(&shown).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&config.redacted()).unwrap_or_default()
+            );
             std::process::ExitCode::SUCCESS
         }
-        Command::Serve => run(config, source),
-        Command::Token(command) => with_store(&config, async |store| diglot::cli::token(store, command).await),
+        Command::Serve(_) => run(config, source),
+        Command::Token(command) => with_store(&config, async |store| diglot::cli::token(store, &config, command).await),
         Command::Usage { days, json } => with_store(&config, async |store| diglot::cli::usage(store, days, json).await),
+        Command::HealthCheck { timeout } => health_check(&config, timeout),
+    }
+}
+
+/// Each `DIGLOT_*` variable that names no setting, as a warning in the log.
+fn warn_unknown_variables() {
+    for warning in diglot::config::unknown_variables() {
+        tracing::warn!("{warning}");
+    }
+}
+
+/// `diglot health-check`: GET /health on the listen address (the unspecified address
+/// read as loopback), exit 0 on 200.
+fn health_check(config: &Config, timeout: u64) -> std::process::ExitCode {
+    let mut addr = match config.listen_addr() {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("diglot: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let url = format!("http://{addr}/health");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let answer = runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(timeout))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let res = client.get(&url).send().await.map_err(|e| e.to_string())?;
+        let status = res.status();
+        let body = res.text().await.unwrap_or_default();
+        Ok::<_, String>((status, body))
+    });
+    match answer {
+        Ok((status, body)) if status.is_success() => {
+            println!("{url}: {status} {body}");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("diglot: {url} answered {status}: {body}");
+            std::process::ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("diglot: {url} did not answer: {e}");
+            std::process::ExitCode::from(1)
+        }
     }
 }
 
@@ -105,6 +194,15 @@ fn with_store(
     config: &Config,
     run: impl AsyncFnOnce(&dyn diglot::store::Store) -> Result<String, String>,
 ) -> std::process::ExitCode {
+    if config.store.data_dir.as_os_str().is_empty() {
+        eprintln!("diglot: store.data_dir is empty, so there is no store: set it to a directory");
+        return std::process::ExitCode::from(2);
+    }
+    // Said every time, so a store in an unexpected place is noticed at once.
+    eprintln!(
+        "diglot: store {}",
+        diglot::store::file(&config.store.data_dir).display()
+    );
     let store = match diglot::store::open(&config.store.data_dir) {
         Ok(store) => store,
         Err(e) => {
@@ -141,6 +239,13 @@ fn run(config: Config, source: Source) -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         };
+        warn_unknown_variables();
+        tracing::info!(profile = %source.describe(), "configuration read");
+        if config.store.data_dir.as_os_str().is_empty() {
+            tracing::info!("no store (store.data_dir is empty): tokens only from the profile, no usage records");
+        } else {
+            tracing::info!(file = %diglot::store::file(&config.store.data_dir).display(), "store");
+        }
         let addr = match config.listen_addr() {
             Ok(addr) => addr,
             Err(e) => {
@@ -167,14 +272,7 @@ fn run(config: Config, source: Source) -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         };
-        if !app.gateway.snapshot().auth.required() && !addr.ip().is_loopback() {
-            tracing::warn!(
-                %addr,
-                "AUTHENTICATION IS OFF on an address other machines can reach: anyone there can use \
-                 every upstream. Create a token (`diglot token create --name NAME`), set API_TOKEN, or \
-                 set [auth] keys_file; or listen on 127.0.0.1."
-            );
-        }
+        tokio::spawn(app.gateway.clone().check_channels_at_start());
         if diglot::telemetry::tracing_on() {
             let endpoint = diglot::protocol::upstream::shown_url(&config_endpoint(&telemetry_config));
             tracing::info!(%endpoint, "exporting traces over OTLP");

@@ -62,16 +62,27 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The directory of `diglot.db` (SQLite), created if missing.
+    /// The directory of `diglot.db` (SQLite), created if missing; empty: no store.
     pub data_dir: PathBuf,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from("data"),
+            data_dir: default_data_dir(),
         }
     }
+}
+
+/// The user's data directory for diglot, whatever the working directory, so the server
+/// and `diglot token` always find the same store: `$XDG_DATA_HOME/diglot` or
+/// `~/.local/share/diglot` on Linux (the platform's equivalent elsewhere); for a user
+/// without a home directory, `/var/lib/diglot`.
+pub fn default_data_dir() -> PathBuf {
+    directories::ProjectDirs::from("", "", "diglot").map_or_else(
+        || PathBuf::from("/var/lib/diglot"),
+        |dirs| dirs.data_dir().to_path_buf(),
+    )
 }
 
 /// Who may call: kept as a digest, never the token itself. Also the shape of

@@ -10,19 +10,25 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 mod access;
+mod cors;
+mod env;
 mod frontends;
 mod models;
 mod observability;
 mod reload;
 mod routing;
+mod server;
 mod upstream;
 
 pub use access::*;
+pub use cors::*;
+pub use env::unknown_variables;
 pub use frontends::*;
 pub use models::*;
 pub use observability::*;
 pub use reload::*;
 pub use routing::*;
+pub use server::*;
 pub use upstream::*;
 
 /// Everything diglot can be told. `profiles/default.toml` documents each key.
@@ -37,6 +43,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Log every request, upstream payload and chunk (secrets redacted).
     pub debug: bool,
+    pub server: ServerConfig,
+    pub cors: CorsConfig,
     /// The one upstream of a simple set-up: shorthand for a single channel.
     pub upstream: UpstreamConfig,
     /// Several upstreams with priorities, weights and failover; replaces `upstream`.
@@ -67,6 +75,8 @@ impl Default for Config {
             base_path: String::new(),
             max_body_bytes: 32 * 1024 * 1024,
             debug: false,
+            server: ServerConfig::default(),
+            cors: CorsConfig::default(),
             upstream: UpstreamConfig::default(),
             channels: Vec::new(),
             routing: RoutingConfig::default(),
@@ -127,16 +137,51 @@ impl Source {
         Config::load(self.profile.as_deref(), &self.overrides)
     }
 
-    /// The profile file, when there is one (to watch).
+    /// The profile file, when there is one (to watch; a built-in profile never changes).
     pub fn file(&self) -> Option<PathBuf> {
-        profile_path(self.profile.as_deref()).ok().flatten()
+        match locate(self.profile.as_deref()) {
+            Ok(Some(Profile::File(path))) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// Which profile the configuration is read from, for the start-up log.
+    pub fn describe(&self) -> String {
+        match locate(self.profile.as_deref()) {
+            Ok(Some(profile)) => profile.to_string(),
+            _ => "the built-in defaults".into(),
+        }
+    }
+}
+
+/// The profiles shipped with diglot, compiled in so `--profile NAME` works from any
+/// directory; a `profiles/NAME.toml` in the working directory wins over them.
+pub const BUILT_IN_PROFILES: &[(&str, &str)] = &[
+    ("default", include_str!("../../profiles/default.toml")),
+    ("kerlig", include_str!("../../profiles/kerlig.toml")),
+    ("gateway", include_str!("../../profiles/gateway.toml")),
+];
+
+/// Where a profile is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Profile {
+    File(PathBuf),
+    BuiltIn(&'static str),
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Profile::File(path) => write!(f, "the file {}", path.display()),
+            Profile::BuiltIn(name) => write!(f, "the built-in profile '{name}'"),
+        }
     }
 }
 
 /// A configuration that cannot be used, said so the operator can fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("profile '{name}' not found: looked for {path}")]
+    #[error("profile '{name}' not found: looked for {path} (built-in profiles: default, kerlig, gateway)")]
     ProfileNotFound { name: String, path: PathBuf },
     #[error("{0}")]
     Invalid(String),
@@ -146,8 +191,16 @@ impl Config {
     /// Loads the layers for `profile` (a name under `profiles/`, or a path to a TOML file).
     pub fn load(profile: Option<&str>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = profile_path(profile)? {
-            figment = figment.merge(Toml::file_exact(path));
+        match locate(profile)? {
+            Some(Profile::File(path)) => figment = figment.merge(Toml::file_exact(path)),
+            Some(Profile::BuiltIn(name)) => {
+                let text = BUILT_IN_PROFILES
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map_or("", |(_, t)| t);
+                figment = figment.merge(Toml::string(text));
+            }
+            None => {}
         }
         // Only variables naming a setting: DIGLOT_PROFILE and the tooling's own
         // DIGLOT_*_HOME variables are not configuration.
@@ -178,6 +231,20 @@ impl Config {
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration as `check-config` shows it: keys, headers, tokens and URL
+    /// passwords replaced by `<redacted>`.
+    pub fn redacted(&self) -> Config {
+        let mut shown = Config {
+            upstream: self.upstream.redacted(),
+            channels: self.channels.iter().map(|c| c.redacted()).collect(),
+            metrics: self.metrics.redacted(),
+            telemetry: self.telemetry.redacted(),
+            ..self.clone()
+        };
+        shown.ollama.fallback_url = shown.ollama.fallback_url.as_deref().map(redact_password);
+        shown
     }
 
     /// The channels to route over: `channels`, or `upstream` as the only one (named
@@ -244,6 +311,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.cors.validate().map_err(ConfigError::Invalid)?;
         if !self.channels.is_empty() && self.upstream != UpstreamConfig::default() {
             return Err(ConfigError::Invalid(
                 "both [upstream] and [[channels]] are set: move the upstream into [[channels]]".into(),
@@ -342,7 +410,10 @@ impl Config {
     }
 }
 
-fn profile_path(profile: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
+/// The profile `profile` names: a path, `profiles/NAME.toml` under the working
+/// directory, or a built-in profile; none when no profile was asked for and there is no
+/// `profiles/default.toml` (the built-in defaults are the default profile).
+fn locate(profile: Option<&str>) -> Result<Option<Profile>, ConfigError> {
     let name = profile.unwrap_or("default");
     let is_path = name.contains('/') || name.ends_with(".toml");
     let path = if is_path {
@@ -351,15 +422,20 @@ fn profile_path(profile: Option<&str>) -> Result<Option<PathBuf>, ConfigError> {
         Path::new("profiles").join(format!("{name}.toml"))
     };
     if path.is_file() {
-        Ok(Some(path))
-    } else if profile.is_none() {
-        // No profile asked for and none on disk: the built-in defaults are the default profile.
-        Ok(None)
-    } else {
-        Err(ConfigError::ProfileNotFound {
+        return Ok(Some(Profile::File(path)));
+    }
+    if profile.is_none() {
+        return Ok(None);
+    }
+    match BUILT_IN_PROFILES
+        .iter()
+        .find(|(built_in, _)| !is_path && *built_in == name)
+    {
+        Some((built_in, _)) => Ok(Some(Profile::BuiltIn(built_in))),
+        None => Err(ConfigError::ProfileNotFound {
             name: name.to_owned(),
             path,
-        })
+        }),
     }
 }
 

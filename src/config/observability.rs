@@ -144,6 +144,7 @@ impl std::fmt::Debug for TelemetryConfig {
 impl TelemetryConfig {
     pub fn redacted(&self) -> Self {
         Self {
+            otlp_endpoint: super::redact_password(&self.otlp_endpoint),
             otlp_headers: self
                 .otlp_headers
                 .keys()

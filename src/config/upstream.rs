@@ -139,6 +139,7 @@ impl UpstreamConfig {
     /// A copy safe to show: the API key and header values replaced.
     pub fn redacted(&self) -> Self {
         let mut shown = self.clone();
+        shown.url = redact_password(&shown.url);
         if shown.api_key.is_some() {
             shown.api_key = Some("<redacted>".into());
         }
@@ -352,5 +353,38 @@ impl Default for ImageConfig {
 impl ImageConfig {
     pub fn timeout(&self) -> Duration {
         secs(self.timeout_secs)
+    }
+}
+
+/// `url` with the password of its user part, if it has one, shown as `<redacted>`
+/// (`http://user:<redacted>@host/`); anything else exactly as written.
+pub fn redact_password(url: &str) -> String {
+    let has_password = url::Url::parse(url).is_ok_and(|u| u.password().is_some());
+    let Some((scheme, rest)) = url.split_once("://").filter(|_| has_password) else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((user_info, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+    format!("{scheme}://{user}:<redacted>@{host}{tail}")
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_password;
+
+    #[test]
+    fn only_the_password_is_hidden() {
+        assert_eq!(
+            redact_password("https://bob:s3cr%40t@gpu.lan:8443/v1?x=1"),
+            "https://bob:<redacted>@gpu.lan:8443/v1?x=1"
+        );
+        assert_eq!(redact_password("http://:pw@h"), "http://:<redacted>@h");
+        assert_eq!(redact_password("http://bob@h/v1"), "http://bob@h/v1");
+        assert_eq!(redact_password("http://h:11434"), "http://h:11434");
+        assert_eq!(redact_password("not a url"), "not a url");
     }
 }

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use tracing::{info, warn};
 use wildmatch::WildMatch;
 
-use crate::config::{AuthConfig, AuthMode};
+use crate::config::{AuthMode, Config};
 use crate::ir::{Error, ErrorKind};
 use crate::protocol::Frontend;
 use crate::store::secrets::{digest, same};
@@ -130,6 +130,12 @@ pub struct Auth {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     trust_proxy: Vec<IpNet>,
+    /// Where diglot listens: `auto` may let callers in without a token only on loopback.
+    listen: String,
+    loopback: bool,
+    /// Whether tokens were required when last said in the log (none before the first
+    /// read of the store); a change is logged.
+    reported: Mutex<Option<bool>>,
 }
 
 /// Parses `10.0.0.0/8` or a bare address (as a /32 or /128).
@@ -158,17 +164,21 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 impl Auth {
     /// `auto` requires tokens when any source of them exists (profile, store, `API_TOKEN`,
-    /// keys file); with none it lets everyone in (the server warns when that is not on
-    /// loopback). The store's tokens are not read yet: `reload` before use.
-    pub fn new(config: &AuthConfig, declared: &[TokenRecord], store: Option<Arc<dyn Store>>) -> Result<Self, String> {
+    /// keys file) or diglot listens on an address other machines can reach; on loopback
+    /// with none it lets everyone in. `required_before` is what the running gateway
+    /// required (on a reload), so only a change is logged. The store's tokens are not
+    /// read yet: `reload` before use.
+    pub fn new(config: &Config, store: Option<Arc<dyn Store>>, required_before: Option<bool>) -> Result<Self, String> {
+        let auth_config = &config.auth;
+        let declared = &config.tokens;
         let legacy = std::env::var("API_TOKEN")
             .ok()
             .filter(|t| !t.trim().is_empty())
             .map(|t| TokenRecord::for_secret("API_TOKEN", t.trim(), Role::Admin));
-        let keys_file = config.keys_file.clone().filter(|p| !p.as_os_str().is_empty());
+        let keys_file = auth_config.keys_file.clone().filter(|p| !p.as_os_str().is_empty());
         let auth = Self {
-            mode: config.mode,
-            required: std::sync::atomic::AtomicBool::new(config.mode == AuthMode::Tokens),
+            mode: auth_config.mode,
+            required: std::sync::atomic::AtomicBool::new(auth_config.mode == AuthMode::Tokens),
             tokens: RwLock::new(Arc::new(HashMap::new())),
             declared: declared.to_vec(),
             legacy,
@@ -178,9 +188,12 @@ impl Auth {
             last_reload: Mutex::new(None),
             keys_file_seen: Mutex::new(None),
             keys_file_tokens: Mutex::new(Vec::new()),
-            allow: nets(&config.allow_ips).map_err(|e| format!("auth.allow_ips: {e}"))?,
-            deny: nets(&config.deny_ips).map_err(|e| format!("auth.deny_ips: {e}"))?,
-            trust_proxy: nets(&config.trust_proxy).map_err(|e| format!("auth.trust_proxy: {e}"))?,
+            allow: nets(&auth_config.allow_ips).map_err(|e| format!("auth.allow_ips: {e}"))?,
+            deny: nets(&auth_config.deny_ips).map_err(|e| format!("auth.deny_ips: {e}"))?,
+            trust_proxy: nets(&auth_config.trust_proxy).map_err(|e| format!("auth.trust_proxy: {e}"))?,
+            listen: config.listen.clone(),
+            loopback: config.listen_addr().is_ok_and(|a| a.ip().is_loopback()),
+            reported: Mutex::new(required_before),
         };
         for token in declared {
             nets(&token.ips).map_err(|e| format!("tokens '{}': {e}", token.name))?;
@@ -203,6 +216,54 @@ impl Auth {
             }
         }
         self.rebuild();
+        self.report();
+    }
+
+    /// Why tokens are required even though none exists.
+    fn why_required(&self) -> &'static str {
+        if self.mode == AuthMode::Tokens {
+            "[auth] mode = \"tokens\""
+        } else if self.keys_file.is_some() {
+            "[auth] keys_file is set"
+        } else {
+            "diglot listens on an address other machines can reach, where tokens are always required"
+        }
+    }
+
+    /// Says in the log whether tokens are required: once at start, then on every change
+    /// (the last token revoked, the first one created, a reload changing the mode).
+    fn report(&self) {
+        let required = self.required();
+        let known = self.tokens.read().expect("tokens lock").len();
+        let mut reported = self.reported.lock().expect("report lock");
+        let before = reported.replace(required);
+        match (before, required) {
+            (Some(before), now) if before == now => {}
+            (_, true) if known == 0 => warn!(
+                listen = %self.listen,
+                "API tokens are required ({}) but none exists: every call gets 401 until one is created \
+                 with `diglot token create --name NAME`",
+                self.why_required()
+            ),
+            (None, true) => info!(tokens = known, "API tokens are required"),
+            (Some(_), true) => warn!(tokens = known, "authentication changed: API tokens are now required"),
+            (_, false) if !self.loopback => warn!(
+                listen = %self.listen,
+                "AUTHENTICATION IS OFF on an address other machines can reach ([auth] mode = \"none\"): \
+                 anyone there can use every upstream. Set [auth] mode = \"auto\" and create a token \
+                 (`diglot token create --name NAME`), or listen on 127.0.0.1."
+            ),
+            (None, false) => info!(
+                listen = %self.listen,
+                "authentication is off: no API token exists and diglot listens on loopback, so local \
+                 callers need none (`diglot token create --name NAME` turns it on)"
+            ),
+            (Some(_), false) => warn!(
+                listen = %self.listen,
+                "authentication changed: it is now OFF, every local caller may use diglot without a \
+                 token (no API token exists any more, or [auth] mode is \"none\")"
+            ),
+        }
     }
 
     /// The token map from every source, as last read.
@@ -219,7 +280,7 @@ impl Auth {
         let required = match self.mode {
             AuthMode::None => false,
             AuthMode::Tokens => true,
-            AuthMode::Auto => !map.is_empty() || self.keys_file.is_some(),
+            AuthMode::Auto => !self.loopback || !map.is_empty() || self.keys_file.is_some(),
         };
         self.required.store(required, std::sync::atomic::Ordering::Relaxed);
         *self.tokens.write().expect("tokens lock") = Arc::new(map);
@@ -295,6 +356,16 @@ impl Auth {
                 exchange: None,
                 cache: Default::default(),
             });
+        }
+        if self.tokens.read().expect("tokens lock").is_empty() {
+            return Err(Error::new(
+                ErrorKind::Unauthorized,
+                format!(
+                    "an API token is required, and none exists yet ({}). Create one on the server with \
+                     `diglot token create --name NAME` and send it as `Authorization: Bearer TOKEN`",
+                    self.why_required()
+                ),
+            ));
         }
         let Some(presented) = presented.map(str::trim).filter(|t| !t.is_empty()) else {
             return Err(Error::new(
@@ -385,12 +456,11 @@ mod tests {
 
     #[test]
     fn a_token_is_found_only_when_its_digest_matches_byte_for_byte() {
-        let auth = Auth::new(
-            &AuthConfig::default(),
-            &[TokenRecord::for_secret("a", "dg-a", Role::User)],
-            None,
-        )
-        .unwrap();
+        let config = Config {
+            tokens: vec![TokenRecord::for_secret("a", "dg-a", Role::User)],
+            ..Config::default()
+        };
+        let auth = Auth::new(&config, None, None).unwrap();
         assert!(auth.required(), "a declared token turns authentication on");
         assert!(auth.find(&digest("dg-a")).is_some());
         assert!(auth.find(&digest("dg-b")).is_none());
@@ -407,11 +477,9 @@ mod tests {
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let config = AuthConfig {
-            trust_proxy: vec!["10.0.0.0/8".into()],
-            ..Default::default()
-        };
-        let auth = Auth::new(&config, &[], None).unwrap();
+        let mut config = Config::default();
+        config.auth.trust_proxy = vec!["10.0.0.0/8".into()];
+        let auth = Auth::new(&config, None, None).unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
             auth.client_ip(ip("10.1.1.1"), Some("203.0.113.7, 10.2.2.2")),

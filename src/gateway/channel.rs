@@ -209,7 +209,9 @@ impl Channel {
             .get_with((), async {
                 let started = Instant::now();
                 let result = self.keys[self.listing_key()].backend.models().await;
-                self.health.checked(started.elapsed(), result.as_ref().err());
+                if let Some(change) = self.health.checked(started.elapsed(), result.as_ref().err()) {
+                    change.log(&self.name);
+                }
                 result.map(Arc::new)
             })
             .await

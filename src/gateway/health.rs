@@ -57,6 +57,48 @@ impl State {
     }
 }
 
+/// A change of a channel's state worth one line in the log.
+#[derive(Clone, Debug, PartialEq)]
+#[must_use = "a change is logged by the caller, who knows the channel's name"]
+pub enum Change {
+    /// The model-list check could not reach it: it takes no requests until it answers.
+    Down(String),
+    /// The check reaches it again.
+    Up,
+    /// Too many requests failed: out for the cooldown.
+    CircuitOpened {
+        failures: usize,
+        requests: usize,
+        cooldown: Duration,
+    },
+    /// The probe after the cooldown succeeded.
+    Recovered,
+}
+
+impl Change {
+    /// Logs the change for `channel`: going out as WARN, coming back as INFO.
+    pub fn log(&self, channel: &str) {
+        match self {
+            Change::Down(error) => {
+                tracing::warn!(channel, error = %error, "channel is down: its model list cannot be fetched; it takes no requests until it answers")
+            }
+            Change::Up => tracing::info!(channel, "channel is up again: it answers its model-list check"),
+            Change::CircuitOpened {
+                failures,
+                requests,
+                cooldown,
+            } => tracing::warn!(
+                channel,
+                failures,
+                requests,
+                cooldown_secs = cooldown.as_secs_f64(),
+                "channel circuit opened: too many requests failed; it is out until the cooldown ends and a probe succeeds"
+            ),
+            Change::Recovered => tracing::info!(channel, "channel recovered: the probe after the cooldown succeeded"),
+        }
+    }
+}
+
 /// Whether a channel may take a request now.
 #[derive(Clone, Copy, PartialEq, Debug)]
 pub enum Admission {
@@ -104,7 +146,7 @@ impl Health {
 
     /// Notes how a request went. `probe` requests settle a half-open circuit; a closed
     /// one opens when the window holds enough failures.
-    pub fn record(&self, outcome: Result<Duration, &Error>, probe: bool, config: &RoutingConfig) {
+    pub fn record(&self, outcome: Result<Duration, &Error>, probe: bool, config: &RoutingConfig) -> Option<Change> {
         let now = Instant::now();
         let mut state = self.state.lock().expect("health lock");
         let ok = outcome.is_ok();
@@ -126,7 +168,8 @@ impl Health {
                     until: now + config.cooldown(),
                 }
             };
-            return;
+            // A failed probe keeps the circuit open: already said when it opened.
+            return ok.then_some(Change::Recovered);
         }
         let window = config.window();
         let width = window / BUCKETS;
@@ -160,13 +203,22 @@ impl Health {
             state.circuit = Circuit::Open {
                 until: now + config.cooldown(),
             };
+            return Some(Change::CircuitOpened {
+                failures,
+                requests: total,
+                cooldown: config.cooldown(),
+            });
         }
+        None
     }
 
     /// Notes a model-list check. Only an upstream that cannot be reached (or fails with
     /// 5xx) is down: a server without a model list still serves completions.
-    pub fn checked(&self, took: Duration, error: Option<&Error>) {
+    /// The first check's result is not a change (the start-up line says it).
+    pub fn checked(&self, took: Duration, error: Option<&Error>) -> Option<Change> {
         let mut state = self.state.lock().expect("health lock");
+        let first = state.checked.is_none();
+        let was_down = state.down;
         state.checked = Some((SystemTime::now(), took));
         state.down = error.is_some_and(|e| {
             matches!(
@@ -176,6 +228,11 @@ impl Health {
         });
         if let Some(error) = error {
             state.last_error = Some((error.message.clone(), SystemTime::now()));
+        }
+        match (first, was_down, state.down) {
+            (false, false, true) => Some(Change::Down(error.map(|e| e.message.clone()).unwrap_or_default())),
+            (false, true, false) => Some(Change::Up),
+            _ => None,
         }
     }
 
@@ -238,16 +295,23 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..100_000 {
-            health.record(Ok(Duration::from_millis(1)), false, &config);
+            assert_eq!(health.record(Ok(Duration::from_millis(1)), false, &config), None);
         }
         assert!(health.state.lock().unwrap().outcomes.len() <= BUCKETS as usize + 1);
         assert_eq!(health.admission(Instant::now()), Admission::Yes);
         let failure = Error::upstream(500, "boom");
         for _ in 0..99_999 {
-            health.record(Err(&failure), false, &config);
+            assert_eq!(health.record(Err(&failure), false, &config), None);
         }
         assert_eq!(health.admission(Instant::now()), Admission::Yes, "49.99 % failures");
-        health.record(Err(&failure), false, &config);
+        assert!(matches!(
+            health.record(Err(&failure), false, &config),
+            Some(Change::CircuitOpened {
+                failures: 100_000,
+                requests: 200_000,
+                ..
+            })
+        ));
         assert_eq!(health.admission(Instant::now()), Admission::No, "50 %");
         assert_eq!(health.report()["state"], "open");
         assert_eq!(health.last_error().as_deref(), Some("boom"));

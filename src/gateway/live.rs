@@ -56,7 +56,7 @@ impl Snapshot {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let policies = Policies::new(&config.models)?;
-        let auth = Arc::new(Auth::new(&config.auth, &config.tokens, store)?);
+        let auth = Arc::new(Auth::new(&config, store, previous.map(|p| p.auth.required()))?);
         let cache = match previous {
             Some(p) if p.config.cache == config.cache => p.cache.clone(),
             _ => Arc::new(ResponseCache::new(&config.cache)),

@@ -121,6 +121,29 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// Asks every channel for its model list once and says in the log, one line each,
+    /// whether it answered: a wrong URL or key shows at start, not at the first request.
+    pub async fn check_channels_at_start(self: Arc<Self>) {
+        let channels = self.snapshot().router.channels.clone();
+        futures::future::join_all(channels.iter().map(|channel| async move {
+            let started = std::time::Instant::now();
+            match channel.listing().await {
+                Ok(models) => tracing::info!(
+                    channel = %channel.name,
+                    models = models.len(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "channel answered"
+                ),
+                Err(error) => tracing::warn!(
+                    channel = %channel.name,
+                    error = %error.message,
+                    "channel did not answer its model list; requests to it may fail"
+                ),
+            }
+        }))
+        .await;
+    }
+
     /// The configuration in force now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.live.load_full()
@@ -203,8 +226,10 @@ impl Gateway {
         Ok(Box::pin(events.map(move |event| {
             match &event {
                 Err(error) => {
-                    if let Some(lease) = &lease {
-                        lease.channel.health.record(Err(error), false, &config);
+                    if let Some(lease) = &lease
+                        && let Some(change) = lease.channel.health.record(Err(error), false, &config)
+                    {
+                        change.log(&lease.channel.name);
                     }
                     recording = None;
                 }

@@ -106,9 +106,12 @@ impl Attempts<'_> {
     /// The attempt on `lease` answered.
     pub fn succeeded(&self, lease: &Lease) {
         let channel = &lease.channel;
-        channel
+        if let Some(change) = channel
             .health
-            .record(Ok(self.started.elapsed()), lease.probe, &self.router.config);
+            .record(Ok(self.started.elapsed()), lease.probe, &self.router.config)
+        {
+            change.log(&channel.name);
+        }
         if let Some(failed) = self.first_failed.as_ref().filter(|f| !Arc::ptr_eq(f, channel)) {
             self.router.metrics.failover(&failed.name);
         }
@@ -140,6 +143,7 @@ impl Attempts<'_> {
             key = lease.key,
             attempt = self.attempt,
             status = error.status(),
+            url = lease.backend().base(),
             error = %error.message,
             took_ms = took.as_millis() as u64,
             next = ?failure,
@@ -149,7 +153,9 @@ impl Attempts<'_> {
         match failure {
             Failure::Final => {
                 // The upstream did its job: the request was at fault.
-                channel.health.record(Ok(took), lease.probe, config);
+                if let Some(change) = channel.health.record(Ok(took), lease.probe, config) {
+                    change.log(&channel.name);
+                }
                 return Err(error);
             }
             Failure::BadKey => {
@@ -163,7 +169,9 @@ impl Attempts<'_> {
                 self.tried_keys.push((index, lease.key));
             }
             Failure::Channel => {
-                channel.health.record(Err(&error), lease.probe, config);
+                if let Some(change) = channel.health.record(Err(&error), lease.probe, config) {
+                    change.log(&channel.name);
+                }
                 self.tried_channels.push(index);
             }
         }

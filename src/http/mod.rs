@@ -8,6 +8,7 @@ mod frames;
 mod hoops;
 mod ollama;
 mod openai;
+mod origin;
 mod reload;
 pub mod request;
 pub mod respond;
@@ -60,6 +61,7 @@ impl App {
         Router::new()
             .hoop(affix_state::inject(self.clone()))
             .hoop(hoops::observe)
+            .hoop(origin::guard)
             .hoop(hoops::authenticate)
             .push(routes::router(
                 &self.routes,

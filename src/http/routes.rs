@@ -32,6 +32,8 @@ pub struct Route {
     pub label: &'static str,
     pub frontend: Frontend,
     pub access: Access,
+    /// The body is JSON (POSTs but blob uploads): a browser must send it as JSON.
+    pub json_body: bool,
     pub handler: ArcHandler,
 }
 
@@ -48,6 +50,7 @@ fn route(methods: &'static [Method], path: &'static str, frontend: Frontend, han
         label: path,
         frontend,
         access: Access::Api,
+        json_body: methods.contains(&Method::POST),
         handler: handler.arc(),
     }
 }
@@ -101,7 +104,10 @@ pub fn table() -> Vec<Route> {
         route(POST, "/api/create", Ollama, ollama::manage),
         route(POST, "/api/copy", Ollama, ollama::manage),
         route(DELETE, "/api/delete", Ollama, ollama::manage),
-        route(POST_HEAD, "/api/blobs/{digest}", Ollama, ollama::manage),
+        Route {
+            json_body: false,
+            ..route(POST_HEAD, "/api/blobs/{digest}", Ollama, ollama::manage)
+        },
         public(route(GET, "/v1", OpenAi, openai::connection_test)),
     ];
     routes.extend(openai!(

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     NotFound,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
+    /// The body's content type is not one the endpoint reads (JSON).
+    UnsupportedMediaType,
     RateLimited,
     /// The upstream could not be reached at all.
     UpstreamUnavailable,
@@ -94,6 +96,7 @@ impl Error {
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::RateLimited => 429,
             ErrorKind::UpstreamUnavailable => 502,
             // Whatever the upstream said, it is not the client's fault (a bad upstream key included).

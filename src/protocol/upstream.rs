@@ -43,9 +43,12 @@ pub struct PassThrough {
 #[derive(Clone)]
 pub struct Upstream {
     http: reqwest::Client,
-    /// For messages, logs and spans: the URL as configured without credentials, query
-    /// or trailing slash.
+    /// For logs and spans: the URL as configured without credentials, query or
+    /// trailing slash.
     base: String,
+    /// For messages to clients: "the upstream 'NAME'" (its channel's name), never the
+    /// internal URL, which stays in logs and in `/health` for admins.
+    shown: String,
     /// Parsed once: parsing the whole URL (host included) per request costs more than
     /// every other step of building the request.
     base_url: reqwest::Url,
@@ -102,6 +105,7 @@ impl Upstream {
         Self {
             http,
             base: shown_url(base),
+            shown: format!("the upstream '{}'", config.name),
             base_url: reqwest::Url::parse(base).expect("the upstream URL was validated with the configuration"),
             auth,
             first_byte_timeout: config.first_byte_timeout(),
@@ -111,6 +115,11 @@ impl Upstream {
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// How client-facing messages name this upstream: by its channel, not its URL.
+    pub fn shown(&self) -> &str {
+        &self.shown
     }
 
     pub fn idle_timeout(&self) -> Duration {
@@ -174,7 +183,7 @@ impl Upstream {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let base = self.base.clone();
+        let shown = self.shown.clone();
         Ok(PassThrough {
             status: response.status().as_u16(),
             content_type,
@@ -182,7 +191,7 @@ impl Upstream {
                 chunk.map_err(|e| {
                     Error::new(
                         ErrorKind::UpstreamUnavailable,
-                        format!("the upstream at {base} broke off: {}", root_cause(&e)),
+                        format!("{shown} broke off: {}", root_cause(&e)),
                     )
                 })
             })),
@@ -219,7 +228,7 @@ impl Upstream {
         let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
         Err(Error {
             retry_after,
-            ..upstream_status_error(status, &body, &self.base)
+            ..upstream_status_error(status, &body, &self.shown)
         })
     }
 
@@ -237,32 +246,24 @@ impl Upstream {
     /// Reads a whole JSON answer.
     pub async fn json<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
         let body = self.body(response).await?;
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::upstream(
-                502,
-                format!("the upstream at {} sent an answer diglot cannot read: {e}", self.base),
-            )
-        })
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::upstream(502, format!("{} sent an answer diglot cannot read: {e}", self.shown)))
     }
 
     fn timed_out(&self, after: Duration) -> Error {
         Error::new(
             ErrorKind::Timeout,
-            format!(
-                "the upstream at {} did not answer within {} s",
-                self.base,
-                after.as_secs_f64()
-            ),
+            format!("{} did not answer within {} s", self.shown, after.as_secs_f64()),
         )
     }
 
     fn transport_error(&self, e: &reqwest::Error) -> Error {
         if e.is_timeout() {
-            Error::new(ErrorKind::Timeout, format!("the upstream at {} timed out", self.base))
+            Error::new(ErrorKind::Timeout, format!("{} timed out", self.shown))
         } else {
             Error::new(
                 ErrorKind::UpstreamUnavailable,
-                format!("cannot reach the upstream at {}: {}", self.base, root_cause(e)),
+                format!("cannot reach {}: {}", self.shown, root_cause(e)),
             )
         }
     }
@@ -282,7 +283,7 @@ async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes
 }
 
 /// An upstream's non-2xx answer, in either protocol's error shape or plain text.
-pub fn upstream_status_error(status: u16, body: &[u8], base: &str) -> Error {
+pub fn upstream_status_error(status: u16, body: &[u8], shown: &str) -> Error {
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| match &v["error"] {
@@ -292,7 +293,7 @@ pub fn upstream_status_error(status: u16, body: &[u8], base: &str) -> Error {
         })
         .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_owned());
     let message = if message.is_empty() {
-        format!("the upstream at {base} answered HTTP {status}")
+        format!("{shown} answered HTTP {status}")
     } else {
         message
     };
@@ -321,8 +322,11 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// The non-empty lines of a streamed body, each as soon as it is complete. A silence
 /// longer than `idle` ends the stream with a timeout error.
-pub fn ndjson_lines(response: reqwest::Response, idle: Duration) -> impl Stream<Item = Result<String, Error>> + Send {
-    let base = response.url().origin().ascii_serialization();
+pub fn ndjson_lines(
+    response: reqwest::Response,
+    idle: Duration,
+    shown: String,
+) -> impl Stream<Item = Result<String, Error>> + Send {
     let body = response.bytes_stream().map_err(std::io::Error::other);
     let lines = FramedRead::new(StreamReader::new(body), LinesCodec::new_with_max_length(MAX_LINE_BYTES));
     // One timer for the whole stream, pushed back by each line.
@@ -332,17 +336,17 @@ pub fn ndjson_lines(response: reqwest::Response, idle: Duration) -> impl Stream<
         loop {
             match lines.next().await {
                 Some(Err(_)) => {
-                    yield Err(Error::new(ErrorKind::Timeout, format!("the upstream at {base} sent nothing for {} s", idle.as_secs_f64())));
+                    yield Err(Error::new(ErrorKind::Timeout, format!("{shown} sent nothing for {} s", idle.as_secs_f64())));
                     return;
                 }
                 None => return,
                 Some(Ok(Ok(line))) => if !line.trim().is_empty() { yield Ok(line) },
                 Some(Ok(Err(LinesCodecError::MaxLineLengthExceeded))) => {
-                    yield Err(Error::upstream(502, format!("the upstream at {base} sent a line longer than {MAX_LINE_BYTES} bytes")));
+                    yield Err(Error::upstream(502, format!("{shown} sent a line longer than {MAX_LINE_BYTES} bytes")));
                     return;
                 }
                 Some(Ok(Err(LinesCodecError::Io(e)))) => {
-                    yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the connection to the upstream at {base} broke: {}", root_cause(&e))));
+                    yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the connection to {shown} broke: {}", root_cause(&e))));
                     return;
                 }
             }

@@ -4,7 +4,7 @@
 pub mod secrets;
 mod sqlite;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -97,10 +97,43 @@ pub trait Store: Send + Sync + 'static {
     async fn recent_usage(&self, limit: u32) -> StoreResult<Vec<UsageRecord>>;
 }
 
+/// Fails for a store file that exists but cannot be read, or stays empty: another
+/// process creating the store has written its header within a moment.
+fn check_not_empty(path: &Path) -> StoreResult<()> {
+    for attempt in 0..20 {
+        match std::fs::File::open(path).and_then(|f| f.metadata()) {
+            Ok(meta) if meta.len() == 0 => {
+                if attempt == 19 {
+                    return Err(StoreError(format!(
+                        "the store {} exists but is empty (0 bytes): it was truncated or is not \
+                         diglot's; restore it from a backup, or remove it to start a new store \
+                         without tokens",
+                        path.display()
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError(format!("cannot read the store {}: {e}", path.display())));
+            }
+            _ => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// The store's file under `data_dir`.
+pub fn file(data_dir: &Path) -> PathBuf {
+    data_dir.join("diglot.db")
+}
+
 /// Opens (creating and migrating) the SQLite store under `data_dir`. Blocks: call it at
-/// start.
+/// start. A file that exists but is empty or unreadable is an error, never a fresh
+/// store: a fresh one would have no tokens, and authentication would silently be off.
 pub fn open(data_dir: &Path) -> StoreResult<Arc<dyn Store>> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| StoreError(format!("cannot create the data directory {}: {e}", data_dir.display())))?;
-    Ok(Arc::new(SqliteStore::open(&data_dir.join("diglot.db"))?))
+    let path = file(data_dir);
+    check_not_empty(&path)?;
+    Ok(Arc::new(SqliteStore::open(&path)?))
 }

@@ -1166,11 +1166,14 @@ pub struct Binary {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A `diglot` command that ignores the environment's profile, tokens and telemetry.
+/// A `diglot` command that ignores the environment's profile, tokens and telemetry, and
+/// has no store unless the test gives it one (`DIGLOT_STORE__DATA_DIR`): never the
+/// user's own data directory.
 pub fn diglot_command() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_diglot"));
     command
         .env("RUST_LOG", "")
+        .env("DIGLOT_STORE__DATA_DIR", "")
         .env_remove("DIGLOT_PROFILE")
         .env_remove("API_TOKEN")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -1182,10 +1185,16 @@ pub fn diglot_command() -> Command {
 impl Binary {
     /// Starts `command` (from `diglot_command`, without `--listen`) on a free port and
     /// waits until it answers.
-    pub async fn start(mut command: Command) -> Self {
+    pub async fn start(command: Command) -> Self {
+        Self::start_on(command, "127.0.0.1").await
+    }
+
+    /// `start`, listening on `ip` (e.g. "0.0.0.0", every interface) and reached through
+    /// 127.0.0.1.
+    pub async fn start_on(mut command: Command, ip: &str) -> Self {
         let port = free_port();
         command
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &format!("{ip}:{port}")])
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = command.spawn().unwrap();
@@ -1259,6 +1268,27 @@ impl Binary {
         }
         self.log()
     }
+}
+
+/// Runs `command` to its end, which must come within `DEADLINE` (it is killed and the
+/// test fails otherwise): for commands that are expected to exit, a server refusing to
+/// start included.
+pub fn run_to_end(mut command: Command) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{command:?} did not exit within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
 
 impl Drop for Binary {

@@ -69,7 +69,7 @@ impl OllamaClient {
             }
             return Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))));
         }
-        let lines = ndjson_lines(response, self.upstream.idle_timeout());
+        let lines = ndjson_lines(response, self.upstream.idle_timeout(), self.upstream.shown().to_owned());
         Ok(Box::pin(async_stream::stream! {
             let mut decoder = ChunkDecoder::default();
             futures::pin_mut!(lines);

@@ -18,7 +18,7 @@ use crate::protocol::upstream::{Upstream, root_cause};
 /// than its idle timeout ends the stream with an error.
 pub(super) fn events(upstream: &Upstream, response: reqwest::Response, mut decoder: SseDecoder) -> ChatStream {
     let idle = upstream.idle_timeout();
-    let base = upstream.base().to_owned();
+    let shown = upstream.shown().to_owned();
     // One timer for the whole stream, pushed back by each event.
     let events = tokio_stream::StreamExt::timeout(response.bytes_stream().eventsource(), idle);
     Box::pin(async_stream::stream! {
@@ -26,12 +26,12 @@ pub(super) fn events(upstream: &Upstream, response: reqwest::Response, mut decod
         loop {
             let event = match events.next().await {
                 Some(Err(_)) => {
-                    yield Err(Error::new(ErrorKind::Timeout, format!("the upstream at {base} sent nothing for {} s", idle.as_secs_f64())));
+                    yield Err(Error::new(ErrorKind::Timeout, format!("{shown} sent nothing for {} s", idle.as_secs_f64())));
                     return;
                 }
                 None => break,
                 Some(Ok(Err(e))) => {
-                    yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the stream from the upstream at {base} broke: {}", root_cause(&e))));
+                    yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the stream from {shown} broke: {}", root_cause(&e))));
                     return;
                 }
                 Some(Ok(Ok(event))) => event,
