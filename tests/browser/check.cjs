@@ -20,7 +20,7 @@ async function streamedChat(diglot) {
       'x-stainless-os': 'Linux',
       'x-stainless-lang': 'js',
     },
-    body: JSON.stringify({ model: 'gpt-4o', stream: true, messages: [{ role: 'user', content: 'hi' }] }),
+    body: JSON.stringify({ model: 'llama3.2:latest', stream: true, messages: [{ role: 'user', content: 'hi' }] }),
   });
   const reader = res.body.getReader();
   const decoder = new TextDecoder();
@@ -32,12 +32,19 @@ async function streamedChat(diglot) {
     reads += 1;
     text += decoder.decode(value, { stream: true });
   }
-  return {
-    status: res.status,
-    reads,
-    text,
-    rateLimit: res.headers.get('x-ratelimit-limit-requests'),
-  };
+  return { status: res.status, reads, text };
+}
+
+// In the page: an embedding, whose answer says whether the cache served it, in a header
+// the page may read only when diglot exposes it.
+async function embedding(diglot) {
+  const res = await fetch(`${diglot}/v1/embeddings`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: 'Bearer unused' },
+    body: JSON.stringify({ model: 'llama3.2:latest', input: 'hello' }),
+  });
+  const body = await res.json();
+  return { status: res.status, cache: res.headers.get('x-diglot-cache'), dims: body.data?.[0]?.embedding?.length };
 }
 
 // In the page: an NDJSON stream from the Ollama API.
@@ -45,14 +52,14 @@ async function ollamaStream(diglot) {
   const res = await fetch(`${diglot}/api/generate`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ model: 'llama3.2', prompt: 'hi' }),
+    body: JSON.stringify({ model: 'llama3.2:latest', prompt: 'hi' }),
   });
   const lines = (await res.text()).trim().split('\n').map((l) => JSON.parse(l));
   return { status: res.status, lines };
 }
 
 // In the page: a POST no browser preflights (text/plain), readable when the origin is allowed.
-async function textPlain(diglot, path) {
+async function textPlain([diglot, path]) {
   const res = await fetch(`${diglot}${path}`, {
     method: 'POST',
     headers: { 'content-type': 'text/plain' },
@@ -90,8 +97,13 @@ async function tryFetch([diglot, path, init]) {
       .join('');
     assert.ok(content.length > 0, chat.text);
     assert.ok(chat.reads > 1, `the stream arrived in pieces, not whole: ${chat.reads} read(s)`);
-    assert.equal(chat.rateLimit, '1000', 'x-ratelimit-* is exposed to the page');
     console.log(`allowed origin: streamed ${data.length - 1} chunks in ${chat.reads} reads`);
+
+    const embedded = await page.evaluate(embedding, diglot);
+    assert.equal(embedded.status, 200, JSON.stringify(embedded));
+    assert.ok(embedded.dims > 0, JSON.stringify(embedded));
+    assert.equal(embedded.cache, 'miss', 'x-diglot-cache is exposed to the page');
+    console.log('allowed origin: embedding, x-diglot-cache readable');
 
     const ollama = await page.evaluate(ollamaStream, diglot);
     assert.equal(ollama.status, 200);
@@ -99,7 +111,7 @@ async function tryFetch([diglot, path, init]) {
     assert.ok(ollama.lines.length > 2, JSON.stringify(ollama.lines));
     console.log(`allowed origin: Ollama NDJSON stream of ${ollama.lines.length} lines`);
 
-    const plain = await page.evaluate(textPlain, diglot, '/v1/chat/completions');
+    const plain = await page.evaluate(textPlain, [diglot, '/v1/chat/completions']);
     assert.equal(plain.status, 415, JSON.stringify(plain));
     assert.equal(plain.body.error.code, 'unsupported_media_type');
     console.log('allowed origin: text/plain POST refused with 415');

@@ -36,10 +36,9 @@ target/debug/examples/mock_upstream --listen "127.0.0.1:$P_MOCK" --chunks 5 --de
 PIDS+=($!)
 wait_for "http://127.0.0.1:$P_MOCK/api/version"
 
-# No DIGLOT_* from the caller's environment; no store; a rate limit, so x-ratelimit-*
-# headers are sent (and must be readable by the page).
+# No DIGLOT_* from the caller's environment; no store.
 P_DIGLOT="$(free_port)"
-env $(compgen -e | grep '^DIGLOT_' | sed 's/^/-u /') DIGLOT_STORE__DATA_DIR= DIGLOT_LIMITS__RPM=1000 \
+env $(compgen -e | grep '^DIGLOT_' | sed 's/^/-u /') DIGLOT_STORE__DATA_DIR= \
   DIGLOT_LOG__FORMAT=json target/debug/diglot --listen "127.0.0.1:$P_DIGLOT" \
   --target "http://127.0.0.1:$P_MOCK" > "$WORK/diglot.log" 2>&1 &
 PIDS+=($!)
