@@ -270,12 +270,14 @@ fn after_last_token(config: &Config) -> String {
             "a running diglot refuses every call (401) until a token is created ([auth] mode = \"tokens\").".to_owned()
         }
         AuthMode::Auto if loopback => format!(
-            "a running diglot on {listen} (loopback, [auth] mode = \"auto\") now lets every local caller \
-             in WITHOUT a token, within seconds. Create a token to require one again."
+            "a diglot running with this configuration (listen = {listen}: loopback, [auth] mode = \"auto\") \
+             now lets every local caller in WITHOUT a token, within seconds. Create a token to require \
+             one again."
         ),
         AuthMode::Auto => format!(
-            "a running diglot on {listen} refuses every call (401) until a token is created: it listens \
-             on an address other machines can reach, where tokens are always required."
+            "a diglot running with this configuration (listen = {listen}) refuses every call (401) until a \
+             token is created: it listens on an address other machines can reach, where tokens are \
+             always required."
         ),
     };
     format!("That was the store's last token: {effect}\n")

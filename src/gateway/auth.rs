@@ -357,17 +357,20 @@ impl Auth {
                 cache: Default::default(),
             });
         }
-        if self.tokens.read().expect("tokens lock").is_empty() {
-            return Err(Error::new(
+        let none_exists = || {
+            Error::new(
                 ErrorKind::Unauthorized,
                 format!(
                     "an API token is required, and none exists yet ({}). Create one on the server with \
                      `diglot token create --name NAME` and send it as `Authorization: Bearer TOKEN`",
                     self.why_required()
                 ),
-            ));
-        }
+            )
+        };
         let Some(presented) = presented.map(str::trim).filter(|t| !t.is_empty()) else {
+            if self.tokens.read().expect("tokens lock").is_empty() {
+                return Err(none_exists());
+            }
             return Err(Error::new(
                 ErrorKind::Unauthorized,
                 "an API token is required: send it as `Authorization: Bearer TOKEN` (or `X-API-Key`)",
@@ -386,6 +389,9 @@ impl Auth {
                 self.reload().await;
                 token = self.find(&wanted);
             }
+        }
+        if token.is_none() && self.tokens.read().expect("tokens lock").is_empty() {
+            return Err(none_exists());
         }
         let Some(token) = token else {
             return Err(Error::new(ErrorKind::Unauthorized, "the API token is not valid"));

@@ -123,11 +123,12 @@ impl Gateway {
 
     /// Asks every channel for its model list once and says in the log, one line each,
     /// whether it answered: a wrong URL or key shows at start, not at the first request.
+    /// Only said: an upstream still starting is not marked down for it.
     pub async fn check_channels_at_start(self: Arc<Self>) {
         let channels = self.snapshot().router.channels.clone();
         futures::future::join_all(channels.iter().map(|channel| async move {
             let started = std::time::Instant::now();
-            match channel.listing().await {
+            match channel.any_backend().models().await {
                 Ok(models) => tracing::info!(
                     channel = %channel.name,
                     models = models.len(),

@@ -128,6 +128,8 @@ EOF
 # (`env` execs diglot, so the PID recorded is diglot's own.)
 NO_DIGLOT_ENV=()
 for v in $(compgen -e); do case "$v" in DIGLOT_*) NO_DIGLOT_ENV+=(-u "$v") ;; esac; done
+# No store: never the user's own data directory (and its tokens).
+NO_DIGLOT_ENV+=(DIGLOT_STORE__DATA_DIR=)
 
 THREADS=1   # on 2 cores, 2 threads is several times slower (OpenMP busy-waits)
 start llama-chat "$E2E_LLAMA_SERVER_BIN" -m "$E2E_MODEL" --host 127.0.0.1 --port "$P_LLAMA" \
