@@ -14,6 +14,7 @@ mod frontends;
 mod models;
 mod observability;
 mod reload;
+mod responses;
 mod routing;
 mod upstream;
 
@@ -22,6 +23,7 @@ pub use frontends::*;
 pub use models::*;
 pub use observability::*;
 pub use reload::*;
+pub use responses::*;
 pub use routing::*;
 pub use upstream::*;
 
@@ -58,6 +60,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub telemetry: TelemetryConfig,
     pub reload: ReloadConfig,
+    pub responses: ResponsesConfig,
 }
 
 impl Default for Config {
@@ -83,6 +86,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             telemetry: TelemetryConfig::default(),
             reload: ReloadConfig::default(),
+            responses: ResponsesConfig::default(),
         }
     }
 }

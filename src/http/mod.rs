@@ -10,6 +10,7 @@ mod openai;
 mod reload;
 pub mod request;
 pub mod respond;
+mod responses;
 mod routes;
 mod service;
 

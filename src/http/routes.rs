@@ -7,7 +7,7 @@ use salvo::http::Method;
 use salvo::prelude::*;
 use salvo::routing::filters::MethodFilter;
 
-use super::{ollama, openai, service};
+use super::{ollama, openai, responses, service};
 use crate::protocol::Frontend;
 
 /// Who may call a route before the token is checked.
@@ -103,6 +103,15 @@ pub fn table() -> Vec<Route> {
     routes.extend(openai!(POST, "/embeddings", "/embeddings", openai::embeddings));
     routes.extend(openai!(GET, "/models", "/models", openai::list_models));
     routes.extend(openai!(GET, "/models/{**id}", "/models/{model}", openai::get_model));
+    routes.extend(openai!(POST, "/responses", "/responses", responses::create));
+    routes.extend(openai!(
+        GET,
+        "/responses/{id}/input_items",
+        "/responses/{id}/input_items",
+        responses::input_items
+    ));
+    routes.extend(openai!(GET, "/responses/{id}", "/responses/{id}", responses::get));
+    routes.extend(openai!(DELETE, "/responses/{id}", "/responses/{id}", responses::delete));
     routes.push(Route {
         access: Access::Health,
         ..route(GET, "/health", OpenAi, service::health)
@@ -150,7 +159,14 @@ pub fn route_of<'r>(routes: &'r [Route], path: &str, base: &str) -> Option<&'r R
         trimmed => trimmed,
     };
     routes.iter().find(|route| match route.path.split_once('{') {
-        Some((prefix, _)) => path.len() > prefix.len() && path.starts_with(prefix),
+        Some((prefix, rest)) => {
+            // What follows the parameter (`/input_items`), when it is one segment.
+            let suffix = rest.split_once('}').map_or("", |(_, s)| s);
+            path.len() > prefix.len() + suffix.len()
+                && path.starts_with(prefix)
+                && path.ends_with(suffix)
+                && (suffix.is_empty() || !path[prefix.len()..path.len() - suffix.len()].contains('/'))
+        }
         None => route.path == path,
     })
 }
@@ -188,6 +204,12 @@ mod tests {
         assert_eq!(label("/v1/", ""), "/v1");
         assert_eq!(label("/wp-admin/login.php", ""), "");
         assert_eq!(label("/v1/models/", ""), "/v1/models");
+        assert_eq!(label("/v1/responses/resp_1", ""), "/v1/responses/{id}");
+        assert_eq!(
+            label("/v1/responses/resp_1/input_items", ""),
+            "/v1/responses/{id}/input_items"
+        );
+        assert_eq!(label("/ollama/responses/resp_1", "/ollama"), "/responses/{id}");
     }
 
     #[test]
