@@ -117,16 +117,16 @@ impl ResponseEncoder {
                         self.response.output.len() - 1
                     }
                 };
-                if !arguments_delta.is_empty() {
-                    if let Some(Item::FunctionCall { id, arguments, .. }) = self.response.output.get_mut(output_index) {
-                        arguments.push_str(&arguments_delta);
-                        let item_id = id.clone();
-                        self.event(
-                            &mut out,
-                            "response.function_call_arguments.delta",
-                            json!({"item_id": item_id, "output_index": output_index, "delta": arguments_delta}),
-                        );
-                    }
+                if !arguments_delta.is_empty()
+                    && let Some(Item::FunctionCall { id, arguments, .. }) = self.response.output.get_mut(output_index)
+                {
+                    arguments.push_str(&arguments_delta);
+                    let item_id = id.clone();
+                    self.event(
+                        &mut out,
+                        "response.function_call_arguments.delta",
+                        json!({"item_id": item_id, "output_index": output_index, "delta": arguments_delta}),
+                    );
                 }
             }
             ChatEvent::Usage(usage) => self.usage = usage,
