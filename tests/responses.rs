@@ -836,6 +836,10 @@ async fn unknown_model_and_unsupported_features_are_openai_errors() {
         ),
         (
             json!({"model": "chat-text", "input": [{"type": "item_reference", "id": "msg_1"}]}),
+            "input[0].id",
+        ),
+        (
+            json!({"model": "chat-text", "input": [{"type": "computer_call_output", "call_id": "c"}]}),
             "input[0].type",
         ),
         (
@@ -993,4 +997,34 @@ async fn ollama_options_and_usage_records_apply_as_on_chat() {
         ),
         ("openai", "chat-text", 31, 7)
     );
+}
+
+#[tokio::test]
+async fn item_references_resolve_to_the_callers_stored_items() {
+    let dir = temp_dir();
+    let fake = FakeUpstream::start().await;
+    let base = stored(&fake, UpstreamKind::Ollama, &dir, |_| {}).await;
+    let first = post(&base, "/v1/responses", json!({"model": "chat-text", "input": "First?"}))
+        .await
+        .json();
+    let said = first["output"][0]["id"].clone();
+    let (status, answer) = post(
+        &base,
+        "/v1/responses",
+        json!({"model": "chat-text", "input": [{"role": "user", "content": "First?"}, {"type": "item_reference", "id": said}, {"role": "user", "content": "Second?"}]}),
+    )
+    .await
+    .status_json();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        fake.bodies("/api/chat")[1]["messages"],
+        json!([{"role": "user", "content": "First?"}, {"role": "assistant", "content": SKY}, {"role": "user", "content": "Second?"}])
+    );
+    // Listed as the item it refers to.
+    let items = get_json(&format!(
+        "{base}/v1/responses/{}/input_items?order=asc",
+        answer["id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(items["data"][1], first["output"][0]);
 }

@@ -1,7 +1,9 @@
 //! Stored responses (the Responses API's `store`): kept per owner (the caller's token,
 //! or one shared owner with authentication off) for `[responses] ttl_days`, read back
-//! for `previous_response_id` and `GET`, deleted on `DELETE`. Another owner's response
+//! for `previous_response_id`, `item_reference` inputs and `GET`, deleted on `DELETE`. Another owner's response
 //! is "not found", as is one that expired.
+
+use std::collections::HashMap;
 
 use serde_json::Value;
 use tracing::warn;
@@ -78,6 +80,15 @@ impl Gateway {
             .get("created_at")
             .and_then(Value::as_i64)
             .unwrap_or_else(|| chrono::Utc::now().timestamp());
+        let output = match response.get("output") {
+            Some(Value::Array(items)) => items.as_slice(),
+            _ => &[],
+        };
+        let items = input
+            .iter()
+            .chain(output)
+            .filter_map(|item| Some((item.get("id")?.as_str()?.to_owned(), item.to_string())))
+            .collect();
         let record = StoredResponse {
             id,
             owner: owner(caller).to_owned(),
@@ -86,6 +97,7 @@ impl Gateway {
             response: response.to_string(),
             input: Value::Array(input).to_string(),
             history: Value::Array(history).to_string(),
+            items,
         };
         if let Err(e) = store.save_response(&record).await {
             warn!(error = %e, response = %record.id, "cannot keep a response");
@@ -112,6 +124,25 @@ impl Gateway {
             input: list(&record.input),
             history: list(&record.history),
         })
+    }
+
+    /// The caller's kept items with these ids (`item_reference` inputs), by id; ids not
+    /// found are left out.
+    pub async fn kept_items(&self, caller: &Caller, ids: &[String]) -> Result<HashMap<String, Value>, Error> {
+        let mut found = HashMap::new();
+        let Some(store) = &self.store else { return Ok(found) };
+        let now = chrono::Utc::now().timestamp();
+        for id in ids {
+            if let Some(item) = store
+                .response_item(id, owner(caller), now)
+                .await
+                .map_err(store_failed)?
+                && let Ok(item) = serde_json::from_str(&item)
+            {
+                found.insert(id.clone(), item);
+            }
+        }
+        Ok(found)
     }
 
     /// Deletes the caller's response `id`.

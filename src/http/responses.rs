@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::request::{Call, read_json};
 use super::respond::{write_json, write_openai_error as write_error, write_stream};
 use crate::ir::{ChatResponse, Error};
-use crate::protocol::openai::responses::decode::{decode_response_request, history};
+use crate::protocol::openai::responses::decode::{decode_response_request, history, item_references};
 use crate::protocol::openai::responses::encode::{ResponseEncoder, sse, to_json};
 use crate::protocol::openai::responses::wire::{CreateRequest, Item};
 
@@ -31,7 +31,11 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
                 .conversation(),
             None => Vec::new(),
         };
-        let decoded = decode_response_request(wire, history(earlier.clone()))?;
+        let referenced = call
+            .gateway
+            .kept_items(&call.caller, &item_references(wire.input.as_ref()))
+            .await?;
+        let decoded = decode_response_request(wire, history(earlier.clone()), &referenced)?;
         let events = call.chat(&decoded.request).await?;
         Ok::<_, Error>((decoded, earlier, events))
     }

@@ -91,6 +91,8 @@ pub struct StoredResponse {
     pub input: String,
     /// The items of the turns before it (a JSON list).
     pub history: String,
+    /// Its input and output items by id (each as JSON), for `item_reference`s.
+    pub items: Vec<(String, String)>,
 }
 
 /// The storage every part of diglot goes through, async so a pooled database server
@@ -117,6 +119,8 @@ pub trait Store: Send + Sync + 'static {
     async fn response(&self, id: &str, owner: &str, now: i64) -> StoreResult<Option<StoredResponse>>;
     /// Deletes the response `id` of `owner`; whether there was one.
     async fn delete_response(&self, id: &str, owner: &str) -> StoreResult<bool>;
+    /// An item (as JSON) of one of `owner`'s unexpired responses.
+    async fn response_item(&self, id: &str, owner: &str, now: i64) -> StoreResult<Option<String>>;
 }
 
 /// Opens (creating and migrating) the SQLite store under `data_dir`. Blocks: call it at

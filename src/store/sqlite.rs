@@ -134,6 +134,11 @@ impl Store for SqliteStore {
         let (id, owner) = (id.to_owned(), owner.to_owned());
         self.blocking(move |db| db.delete_response(&id, &owner)).await
     }
+
+    async fn response_item(&self, id: &str, owner: &str, now: i64) -> StoreResult<Option<String>> {
+        let (id, owner) = (id.to_owned(), owner.to_owned());
+        self.blocking(move |db| db.response_item(&id, &owner, now)).await
+    }
 }
 
 impl Database {
@@ -378,9 +383,11 @@ impl Database {
     fn save_response(&self, r: &StoredResponse) -> StoreResult<()> {
         self.with(|c| {
             let transaction = c.transaction().map_err(failed("begin saving a response"))?;
-            transaction
-                .execute("DELETE FROM responses WHERE expires_at <= ?1", [r.created_at])
-                .map_err(failed("drop expired responses"))?;
+            for table in ["responses", "response_items"] {
+                transaction
+                    .execute(&format!("DELETE FROM {table} WHERE expires_at <= ?1"), [r.created_at])
+                    .map_err(failed("drop expired responses"))?;
+            }
             transaction
                 .execute(
                     "INSERT OR REPLACE INTO responses (id, owner, created_at, expires_at, response, input, history) \
@@ -396,6 +403,15 @@ impl Database {
                     ],
                 )
                 .map_err(failed("save a response"))?;
+            for (id, item) in &r.items {
+                transaction
+                    .execute(
+                        "INSERT OR REPLACE INTO response_items (owner, id, response_id, expires_at, item) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![r.owner, id, r.id, r.expires_at, item],
+                    )
+                    .map_err(failed("save a response item"))?;
+            }
             transaction.commit().map_err(failed("commit a response"))
         })
     }
@@ -415,6 +431,7 @@ impl Database {
                         response: row.get(4)?,
                         input: row.get(5)?,
                         history: row.get(6)?,
+                        items: Vec::new(),
                     })
                 },
             )
@@ -425,9 +442,30 @@ impl Database {
 
     fn delete_response(&self, id: &str, owner: &str) -> StoreResult<bool> {
         self.with(|c| {
-            c.execute("DELETE FROM responses WHERE id = ?1 AND owner = ?2", params![id, owner])
-                .map(|n| n > 0)
-                .map_err(failed("delete a response"))
+            let transaction = c.transaction().map_err(failed("begin deleting a response"))?;
+            let deleted = transaction
+                .execute("DELETE FROM responses WHERE id = ?1 AND owner = ?2", params![id, owner])
+                .map_err(failed("delete a response"))?;
+            transaction
+                .execute(
+                    "DELETE FROM response_items WHERE response_id = ?1 AND owner = ?2",
+                    params![id, owner],
+                )
+                .map_err(failed("delete a response's items"))?;
+            transaction.commit().map_err(failed("commit a deletion"))?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn response_item(&self, id: &str, owner: &str, now: i64) -> StoreResult<Option<String>> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT item FROM response_items WHERE id = ?1 AND owner = ?2 AND expires_at > ?3",
+                params![id, owner, now],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(failed("read a response item"))
         })
     }
 }
@@ -475,12 +513,26 @@ mod tests {
             response: "{}".into(),
             input: "[]".into(),
             history: "[]".into(),
+            items: vec![(format!("msg_{id}"), "{}".into())],
         };
         store.save_response(&response("resp_a", 100, 200)).await.unwrap();
+        let kept = store.response("resp_a", "alice", 150).await.unwrap().unwrap();
         assert_eq!(
-            store.response("resp_a", "alice", 150).await.unwrap(),
-            Some(response("resp_a", 100, 200))
+            kept,
+            StoredResponse {
+                items: Vec::new(),
+                ..response("resp_a", 100, 200)
+            }
         );
+        assert_eq!(
+            store
+                .response_item("msg_resp_a", "alice", 150)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("{}")
+        );
+        assert_eq!(store.response_item("msg_resp_a", "bob", 150).await.unwrap(), None);
         assert_eq!(
             store.response("resp_a", "bob", 150).await.unwrap(),
             None,
@@ -491,7 +543,17 @@ mod tests {
         // A later save drops what expired by then.
         store.save_response(&response("resp_b", 300, 400)).await.unwrap();
         assert!(!store.delete_response("resp_a", "alice").await.unwrap());
+        assert_eq!(
+            store.response_item("msg_resp_a", "alice", 350).await.unwrap(),
+            None,
+            "expired with it"
+        );
         assert!(store.delete_response("resp_b", "alice").await.unwrap());
+        assert_eq!(
+            store.response_item("msg_resp_b", "alice", 301).await.unwrap(),
+            None,
+            "deleted with it"
+        );
         assert_eq!(store.response("resp_b", "alice", 301).await.unwrap(), None);
     }
 

@@ -3,6 +3,8 @@
 //! diglot cannot honour (built-in tools, background mode, conversations, ...) is a 400
 //! naming the field, never a silent drop.
 
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 
 use super::wire::{self, ContentPart, CreateRequest, Item, TextFormat};
@@ -28,12 +30,17 @@ pub struct Decoded {
 const INCLUDES: &[&str] = &["reasoning.encrypted_content"];
 
 /// Reads `wire`, continuing from `history` (the items of a stored chain, oldest first).
-pub fn decode_response_request(wire: CreateRequest, history: Vec<Item>) -> Result<Decoded, Error> {
+/// `referenced` holds the stored items that `item_reference` inputs name, by id.
+pub fn decode_response_request(
+    wire: CreateRequest,
+    history: Vec<Item>,
+    referenced: &HashMap<String, Value>,
+) -> Result<Decoded, Error> {
     if wire.model.is_empty() {
         return Err(Error::invalid_field("model", "'model' is required"));
     }
     refuse_unsupported(&wire)?;
-    let input = input_items(wire.input)?;
+    let input = input_items(wire.input, referenced)?;
     if input.is_empty() && history.is_empty() {
         return Err(Error::invalid_field("input", "'input' must contain at least one item"));
     }
@@ -179,7 +186,7 @@ const PART_TYPES: &[&str] = &["input_text", "output_text", "refusal", "input_ima
 
 /// `input`: a string (one user message) or a list of items, each given an id as the
 /// store keeps it. Items may leave out `type` for a message.
-fn input_items(input: Option<Value>) -> Result<Vec<Item>, Error> {
+fn input_items(input: Option<Value>, referenced: &HashMap<String, Value>) -> Result<Vec<Item>, Error> {
     let items = match input {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::String(text)) => {
@@ -202,6 +209,15 @@ fn input_items(input: Option<Value>) -> Result<Vec<Item>, Error> {
         .into_iter()
         .enumerate()
         .map(|(i, mut item)| {
+            if item.get("type").and_then(Value::as_str) == Some("item_reference") {
+                let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+                item = referenced.get(id).cloned().ok_or_else(|| {
+                    Error::invalid_field(
+                        &format!("input[{i}].id"),
+                        format!("no stored item '{id}' to refer to (it may have expired or belong to another token)"),
+                    )
+                })?;
+            }
             if let Value::Object(fields) = &mut item
                 && !fields.contains_key("type")
                 && fields.contains_key("role")
@@ -231,6 +247,15 @@ fn input_items(input: Option<Value>) -> Result<Vec<Item>, Error> {
                 .map(with_id)
                 .map_err(|e| Error::invalid_field(&format!("input[{i}]"), format!("invalid 'input[{i}]': {e}")))
         })
+        .collect()
+}
+
+/// The ids of the stored items `input` refers to (`{"type":"item_reference","id"}`).
+pub fn item_references(input: Option<&Value>) -> Vec<String> {
+    let items = input.and_then(Value::as_array).into_iter().flatten();
+    items
+        .filter(|item| item.get("type").and_then(Value::as_str) == Some("item_reference"))
+        .filter_map(|item| Some(item.get("id")?.as_str()?.to_owned()))
         .collect()
 }
 
@@ -472,7 +497,7 @@ mod tests {
     use super::*;
 
     fn decode(body: Value) -> Result<Decoded, Error> {
-        decode_response_request(serde_json::from_value(body).unwrap(), Vec::new())
+        decode_response_request(serde_json::from_value(body).unwrap(), Vec::new(), &HashMap::new())
     }
 
     #[test]
