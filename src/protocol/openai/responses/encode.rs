@@ -408,7 +408,9 @@ fn usage(usage: &Usage) -> Option<wire::Usage> {
             .cached_tokens
             .map(|cached_tokens| wire::InputTokensDetails { cached_tokens }),
         output_tokens: usage.completion_tokens.unwrap_or(0),
-        output_tokens_details: None,
+        output_tokens_details: usage
+            .reasoning_tokens
+            .map(|reasoning_tokens| wire::OutputTokensDetails { reasoning_tokens }),
         total_tokens: usage.total_tokens(),
     })
 }
