@@ -708,6 +708,17 @@ async fn input_items_page_in_either_order() {
     };
     let newest_first = get_json(&url).await;
     assert_eq!(texts(&newest_first), ["c", "b", "a"]);
+    let parts: Vec<&Value> = newest_first["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| &i["content"][0]["type"])
+        .collect();
+    assert_eq!(
+        parts,
+        ["input_text", "output_text", "input_text"],
+        "an assistant's text is output_text"
+    );
     let page = get_json(&format!("{url}?order=asc&limit=2")).await;
     assert_eq!(
         (texts(&page), page["has_more"].as_bool()),

@@ -259,8 +259,18 @@ pub fn item_references(input: Option<&Value>) -> Vec<String> {
         .collect()
 }
 
-/// The item with an id, as OpenAI lists stored input items.
+/// The item as the store keeps it and `input_items` lists it: with an id, and an
+/// assistant's text as `output_text` (a string content reads as `input_text`).
 fn with_id(mut item: Item) -> Item {
+    if let Item::Message { role, content, .. } = &mut item
+        && role == "assistant"
+    {
+        for part in content.iter_mut() {
+            if let ContentPart::InputText { text } = part {
+                *part = ContentPart::output_text(std::mem::take(text));
+            }
+        }
+    }
     let (id, prefix) = match &mut item {
         Item::Message { id, .. } => (id, "msg_"),
         Item::FunctionCall { id, .. } => (id, "fc_"),
