@@ -1,4 +1,4 @@
-//! What diglot keeps across restarts: tokens and usage records. Behind a small trait so
+//! What diglot keeps across restarts: tokens, usage records and stored Responses API answers.
 //! a shared store (PostgreSQL, for several replicas) can sit beside the embedded SQLite.
 
 pub mod secrets;
