@@ -1,5 +1,5 @@
-//! What diglot keeps across restarts: tokens, usage records and stored Responses API answers.
-//! a shared store (PostgreSQL, for several replicas) can sit beside the embedded SQLite.
+//! What diglot keeps across restarts: tokens, usage records and the Responses API's kept
+//! answers. Behind a small trait so a shared store (PostgreSQL, for several replicas) can sit beside the embedded SQLite.
 
 pub mod secrets;
 mod sqlite;
