@@ -1,5 +1,6 @@
 //! What diglot keeps across restarts: tokens, usage records and the Responses API's kept
-//! answers. Behind a small trait so a shared store (PostgreSQL, for several replicas) can sit beside the embedded SQLite.
+//! answers. Behind a small trait so a shared store (PostgreSQL, for several replicas) can
+//! sit beside the embedded SQLite.
 
 pub mod secrets;
 mod sqlite;
