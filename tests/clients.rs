@@ -157,3 +157,64 @@ async fn openai_and_ollama_python_against_anthropic_backend() {
         "think became thinking"
     );
 }
+
+/// diglot with a store (for stored responses) in front of a fake Ollama.
+async fn setup_ollama_with_store(dir: &tempfile::TempDir) -> (FakeUpstream, String) {
+    let fake = FakeUpstream::start().await;
+    let path = dir.path().to_owned();
+    let base = diglot(&fake.url(), move |c| c.store.data_dir = path).await;
+    (fake, base)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_python_responses_against_ollama_backend() {
+    let dir = temp_dir();
+    let (fake, base) = setup_ollama_with_store(&dir).await;
+    let output = tokio::task::spawn_blocking(move || run("python", "openai_responses.py", &format!("{base}/v1")))
+        .await
+        .unwrap();
+    println!("{output}");
+    assert!(output.contains("ALL OK"), "{output}");
+    let chats = fake.bodies("/api/chat");
+    assert!(
+        chats.iter().any(|b| b["think"] == "low"),
+        "reasoning.effort became think"
+    );
+    assert!(
+        chats
+            .iter()
+            .any(|b| b["messages"].as_array().unwrap().iter().any(|m| m["role"] == "tool")),
+        "the tool results went upstream as tool messages"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_node_responses_against_ollama_backend() {
+    let dir = temp_dir();
+    let (_fake, base) = setup_ollama_with_store(&dir).await;
+    let output = tokio::task::spawn_blocking(move || run("node", "openai_responses.cjs", &format!("{base}/v1")))
+        .await
+        .unwrap();
+    println!("{output}");
+    assert!(output.contains("ALL OK"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ai_sdk_default_openai_provider_against_ollama_backend() {
+    let dir = temp_dir();
+    let (fake, base) = setup_ollama_with_store(&dir).await;
+    let output = tokio::task::spawn_blocking(move || run("node", "ai_sdk.cjs", &format!("{base}/v1")))
+        .await
+        .unwrap();
+    println!("{output}");
+    assert!(output.contains("ALL OK"), "{output}");
+    // The provider spoke the Responses API, and the stored answer it referred to went upstream.
+    let paths: Vec<String> = fake.received().into_iter().map(|r| r.path).collect();
+    assert!(paths.iter().all(|p| p != "/v1/chat/completions"), "{paths:?}");
+    let chats = fake.bodies("/api/chat");
+    assert!(
+        chats.iter().any(|b| b["messages"][1]
+            == serde_json::json!({"role": "assistant", "content": "The sky is blue because of Rayleigh scattering."})),
+        "the referenced item reached the upstream"
+    );
+}

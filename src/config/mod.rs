@@ -16,6 +16,7 @@ mod frontends;
 mod models;
 mod observability;
 mod reload;
+mod responses;
 mod routing;
 mod server;
 mod upstream;
@@ -27,6 +28,7 @@ pub use frontends::*;
 pub use models::*;
 pub use observability::*;
 pub use reload::*;
+pub use responses::*;
 pub use routing::*;
 pub use server::*;
 pub use upstream::*;
@@ -66,6 +68,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub telemetry: TelemetryConfig,
     pub reload: ReloadConfig,
+    pub responses: ResponsesConfig,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             telemetry: TelemetryConfig::default(),
             reload: ReloadConfig::default(),
+            responses: ResponsesConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod health;
 pub mod limits;
 mod live;
 pub mod policy;
+pub mod responses;
 pub mod routing;
 pub mod usage;
 

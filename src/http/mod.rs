@@ -12,6 +12,7 @@ mod origin;
 mod reload;
 pub mod request;
 pub mod respond;
+mod responses;
 mod routes;
 mod service;
 

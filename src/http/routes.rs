@@ -7,7 +7,7 @@ use salvo::http::Method;
 use salvo::prelude::*;
 use salvo::routing::filters::MethodFilter;
 
-use super::{anthropic, ollama, openai, service};
+use super::{anthropic, ollama, openai, responses, service};
 use crate::protocol::Frontend;
 
 /// Who may call a route before the token is checked.
@@ -122,6 +122,15 @@ pub fn table() -> Vec<Route> {
     routes.extend(openai!(GET, "/models/{**id}", "/models/{model}", openai::get_model));
     routes.extend(anthropic!("/messages", anthropic::messages));
     routes.extend(anthropic!("/messages/count_tokens", anthropic::count_tokens));
+    routes.extend(openai!(POST, "/responses", "/responses", responses::create));
+    routes.extend(openai!(
+        GET,
+        "/responses/{id}/input_items",
+        "/responses/{id}/input_items",
+        responses::input_items
+    ));
+    routes.extend(openai!(GET, "/responses/{id}", "/responses/{id}", responses::get));
+    routes.extend(openai!(DELETE, "/responses/{id}", "/responses/{id}", responses::delete));
     routes.push(Route {
         access: Access::Health,
         ..route(GET, "/health", OpenAi, service::health)
@@ -169,7 +178,14 @@ pub fn route_of<'r>(routes: &'r [Route], path: &str, base: &str) -> Option<&'r R
         trimmed => trimmed,
     };
     routes.iter().find(|route| match route.path.split_once('{') {
-        Some((prefix, _)) => path.len() > prefix.len() && path.starts_with(prefix),
+        Some((prefix, rest)) => {
+            // What follows the parameter (`/input_items`), when it is one segment.
+            let suffix = rest.split_once('}').map_or("", |(_, s)| s);
+            path.len() > prefix.len() + suffix.len()
+                && path.starts_with(prefix)
+                && path.ends_with(suffix)
+                && (suffix.is_empty() || !path[prefix.len()..path.len() - suffix.len()].contains('/'))
+        }
         None => route.path == path,
     })
 }
@@ -212,6 +228,12 @@ mod tests {
             label("/ollama/messages/count_tokens", "/ollama"),
             "/messages/count_tokens"
         );
+        assert_eq!(label("/v1/responses/resp_1", ""), "/v1/responses/{id}");
+        assert_eq!(
+            label("/v1/responses/resp_1/input_items", ""),
+            "/v1/responses/{id}/input_items"
+        );
+        assert_eq!(label("/ollama/responses/resp_1", "/ollama"), "/responses/{id}");
     }
 
     #[test]

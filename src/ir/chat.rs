@@ -386,6 +386,8 @@ pub struct Usage {
     pub completion_tokens: Option<u64>,
     /// Prompt tokens the upstream served from its cache.
     pub cached_tokens: Option<u64>,
+    /// Completion tokens spent thinking, when the upstream says.
+    pub reasoning_tokens: Option<u64>,
     pub timings: Option<Timings>,
 }
 
@@ -405,6 +407,7 @@ impl Usage {
         self.prompt_tokens = sum(self.prompt_tokens, other.prompt_tokens);
         self.completion_tokens = sum(self.completion_tokens, other.completion_tokens);
         self.cached_tokens = sum(self.cached_tokens, other.cached_tokens);
+        self.reasoning_tokens = sum(self.reasoning_tokens, other.reasoning_tokens);
         if self.timings.is_none() {
             self.timings = other.timings;
         }

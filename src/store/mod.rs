@@ -1,5 +1,6 @@
-//! What diglot keeps across restarts: tokens and usage records. Behind a small trait so
-//! a shared store (PostgreSQL, for several replicas) can sit beside the embedded SQLite.
+//! What diglot keeps across restarts: tokens, usage records and the Responses API's kept
+//! answers. Behind a small trait so a shared store (PostgreSQL, for several replicas) can
+//! sit beside the embedded SQLite.
 
 pub mod secrets;
 mod sqlite;
@@ -77,6 +78,24 @@ pub struct DailyUsage {
     pub cache_hits: u64,
 }
 
+/// A response kept for the Responses API, its JSON as the frontend wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResponse {
+    pub id: String,
+    /// Who may read it: the token's digest, or "" when authentication is off.
+    pub owner: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// The response object.
+    pub response: String,
+    /// The request's own input items (a JSON list).
+    pub input: String,
+    /// The items of the turns before it (a JSON list).
+    pub history: String,
+    /// Its input and output items by id (each as JSON), for `item_reference`s.
+    pub items: Vec<(String, String)>,
+}
+
 /// The storage every part of diglot goes through, async so a pooled database server
 /// (PostgreSQL) can stand beside the embedded SQLite. The request path never waits on a
 /// write: usage records are written in batches by a task of their own.
@@ -95,6 +114,14 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_count(&self) -> StoreResult<u64>;
     /// The latest `limit` records, newest first.
     async fn recent_usage(&self, limit: u32) -> StoreResult<Vec<UsageRecord>>;
+    /// Keeps a response (replacing one with its id), and drops every expired one.
+    async fn save_response(&self, response: &StoredResponse) -> StoreResult<()>;
+    /// The response `id` of `owner`, unless it expired before `now` (unix seconds).
+    async fn response(&self, id: &str, owner: &str, now: i64) -> StoreResult<Option<StoredResponse>>;
+    /// Deletes the response `id` of `owner`; whether there was one.
+    async fn delete_response(&self, id: &str, owner: &str) -> StoreResult<bool>;
+    /// An item (as JSON) of one of `owner`'s unexpired responses.
+    async fn response_item(&self, id: &str, owner: &str, now: i64) -> StoreResult<Option<String>>;
 }
 
 /// Fails for a store file that exists but cannot be read, or stays empty: another

@@ -7,7 +7,7 @@ set -euo pipefail
 
 HOME_DIR="${DIGLOT_CLIENTS_HOME:-$HOME/.cache/diglot/clients}"
 PY_PINS="openai==3.54.0 ollama==0.6.3 anthropic==2.10.0"
-NPM_PINS="ollama@0.6.4 @anthropic-ai/sdk@1.10.0"
+NPM_PINS="ollama@0.6.4 @anthropic-ai/sdk@1.10.0 openai@6.30.1 ai@6.0.333 @ai-sdk/openai@3.0.141 zod@3.25.76"
 STAMP="$HOME_DIR/.stamp"
 WANT="py: $PY_PINS; npm: $NPM_PINS"
 

@@ -1339,3 +1339,26 @@ pub fn anthropic_models() -> Vec<String> {
     names.sort();
     names
 }
+
+/// The events of a Responses API stream (`event: TYPE` + `data: {...}` frames), checking
+/// each frame's event name is its data's `type` and that `sequence_number`s count up
+/// from 0.
+pub fn response_events(body: &str) -> Vec<Value> {
+    let events: Vec<Value> = body
+        .split("\n\n")
+        .filter(|frame| !frame.is_empty())
+        .map(|frame| {
+            let (event, data) = frame
+                .strip_prefix("event: ")
+                .and_then(|rest| rest.split_once("\ndata: "))
+                .unwrap_or_else(|| panic!("not an event frame: {frame:?}"));
+            let data: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(data["type"], event, "{frame}");
+            data
+        })
+        .collect();
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event["sequence_number"], i, "{event}");
+    }
+    events
+}

@@ -503,6 +503,7 @@ pub fn usage_from(end: &wire::Ending) -> Usage {
         prompt_tokens: end.prompt_eval_count,
         completion_tokens: end.eval_count,
         cached_tokens: None,
+        reasoning_tokens: None,
         timings: durations.iter().any(Option::is_some).then(|| Timings {
             total_ns: end.total_duration.unwrap_or(0),
             load_ns: end.load_duration.unwrap_or(0),

@@ -214,7 +214,7 @@ fn decode_response_format(format: wire::ResponseFormat) -> Option<ResponseFormat
 
 /// Options from the top level and from `options`; the top level wins. Keys no typed
 /// option knows are returned separately, to reach an Ollama upstream untouched.
-fn decode_sampling(
+pub(crate) fn decode_sampling(
     top: Sampling,
     options: Option<Map<String, Value>>,
     max_tokens: [Option<i64>; 2],

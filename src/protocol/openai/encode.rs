@@ -411,6 +411,7 @@ fn wire_usage(usage: &Usage) -> wire::Usage {
         prompt_tokens_details: usage
             .cached_tokens
             .map(|c| wire::PromptTokensDetails { cached_tokens: Some(c) }),
+        completion_tokens_details: None,
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod decode;
 pub mod encode;
+pub mod responses;
 mod stream;
 mod think;
 pub mod wire;

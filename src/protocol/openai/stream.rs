@@ -221,6 +221,7 @@ fn usage_from(usage: wire::Usage) -> Usage {
         prompt_tokens: usage.prompt_tokens,
         completion_tokens: usage.completion_tokens,
         cached_tokens: usage.prompt_tokens_details.and_then(|d| d.cached_tokens),
+        reasoning_tokens: usage.completion_tokens_details.and_then(|d| d.reasoning_tokens),
         timings: None,
     }
 }

@@ -410,6 +410,15 @@ pub struct Usage {
         skip_serializing_if = "Option::is_none"
     )]
     pub prompt_tokens_details: Option<PromptTokensDetails>,
+    /// Read only (for the Responses API's reasoning tokens); chat answers leave it out.
+    #[serde(default, deserialize_with = "lenient_object", skip_serializing)]
+    pub completion_tokens_details: Option<CompletionTokensDetails>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct CompletionTokensDetails {
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
