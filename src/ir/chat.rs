@@ -625,6 +625,44 @@ mod tests {
     }
 
     #[test]
+    fn a_replayed_answer_keeps_its_signature_and_stop_sequence_in_order() {
+        let events = vec![
+            ChatEvent::Reasoning("hmm".into()),
+            ChatEvent::ReasoningSignature("sig".into()),
+            ChatEvent::Text("1, 2".into()),
+            ChatEvent::Usage(Usage::default()),
+            ChatEvent::StopSequence(", 3".into()),
+            ChatEvent::Finish(FinishReason::Stop),
+        ];
+        let mut r = ChatResponse::default();
+        events.iter().cloned().for_each(|e| r.push(e));
+        assert_eq!(
+            (r.reasoning_signature.as_deref(), r.stop_sequence.as_deref()),
+            (Some("sig"), Some(", 3"))
+        );
+        assert_eq!(
+            r.into_events(),
+            events,
+            "the stop sequence comes just before its finish"
+        );
+    }
+
+    #[test]
+    fn thinking_budgets_amount_to_levels() {
+        assert_eq!(
+            [1024, 4095, 4096, 16383, 16384, 100_000].map(Reasoning::from_budget),
+            [
+                Reasoning::Low,
+                Reasoning::Low,
+                Reasoning::Medium,
+                Reasoning::Medium,
+                Reasoning::High,
+                Reasoning::High
+            ]
+        );
+    }
+
+    #[test]
     fn sampling_or_keeps_own_values_and_fills_gaps() {
         let a = Sampling {
             temperature: Some(0.2),

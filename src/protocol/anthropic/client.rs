@@ -174,17 +174,18 @@ impl AnthropicClient {
     }
 }
 
-/// Extended thinking for a reasoning level (or the client's own budget), its budget below
-/// `max_tokens` (Anthropic's rule); `None` when `max_tokens` leaves no room for the
-/// smallest budget.
+/// Extended thinking for a reasoning level, its budget below `max_tokens` (Anthropic's
+/// rule); `None` when `max_tokens` leaves no room for the smallest budget. Thinking that is
+/// simply on takes the client's own budget if it set one; a level (a model policy's) wins
+/// over it.
 fn thinking(reasoning: Reasoning, budget: Option<u64>, max_tokens: u64) -> Option<wire::Thinking> {
-    let budget = match reasoning {
-        Reasoning::Off => return Some(wire::Thinking::Disabled),
-        _ if budget.is_some() => budget.unwrap_or_default(),
-        Reasoning::Low => MIN_THINKING_BUDGET,
-        Reasoning::On | Reasoning::Medium => 4096,
-        Reasoning::High => 16384,
-        Reasoning::Max => 32768,
+    let budget = match (reasoning, budget) {
+        (Reasoning::Off, _) => return Some(wire::Thinking::Disabled),
+        (Reasoning::On, Some(budget)) => budget,
+        (Reasoning::Low, _) => MIN_THINKING_BUDGET,
+        (Reasoning::On | Reasoning::Medium, _) => 4096,
+        (Reasoning::High, _) => 16384,
+        (Reasoning::Max, _) => 32768,
     };
     let budget = budget.min(max_tokens.saturating_sub(1));
     (budget >= MIN_THINKING_BUDGET).then_some(wire::Thinking::Enabled { budget_tokens: budget })
@@ -580,6 +581,11 @@ mod tests {
         assert_eq!(
             thinking(Reasoning::On, Some(20000), 16000),
             Some(wire::Thinking::Enabled { budget_tokens: 15999 })
+        );
+        assert_eq!(
+            thinking(Reasoning::Low, Some(8000), 16000),
+            Some(wire::Thinking::Enabled { budget_tokens: 1024 }),
+            "a level set by policy wins over the client's budget"
         );
         assert_eq!(thinking(Reasoning::On, None, 1000), None);
         assert_eq!(
