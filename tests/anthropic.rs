@@ -508,8 +508,15 @@ async fn a_tool_round_trip_and_thinking_over_an_anthropic_upstream() {
     let events = stream(&messages(&base, thinking).await);
     assert_eq!(
         fake.bodies("/v1/messages")[2]["thinking"],
-        json!({"type": "enabled", "budget_tokens": 4096})
+        json!({"type": "enabled", "budget_tokens": 2000}),
+        "the client's own budget"
     );
+    // The upstream's signature closes the thinking block, as the upstream sent it.
+    assert_eq!(
+        events[5].1,
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": SIGNATURE}})
+    );
+    assert_eq!(events[6].1, json!({"type": "content_block_stop", "index": 0}));
     assert_eq!(
         deltas(&events, "thinking_delta", "thinking"),
         "I need to find the GCD of 1071 and 462. 1071 = 2 * 462 + 147, 462 = 3 * 147 + 21, 147 = 7 * 21."
@@ -518,6 +525,293 @@ async fn a_tool_round_trip_and_thinking_over_an_anthropic_upstream() {
         deltas(&events, "text_delta", "text"),
         "The greatest common divisor is 21."
     );
+}
+
+/// The signature of `claude-thinking`'s thinking block.
+const SIGNATURE: &str = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds";
+
+#[tokio::test]
+async fn thinking_signatures_reach_the_client_and_go_back_to_the_upstream() {
+    let (fake, base) = setup_anthropic().await;
+    let ask = json!({"role": "user", "content": "GCD of 1071 and 462?"});
+    let request = json!({"model": "claude-thinking", "max_tokens": 16000,
+        "thinking": {"type": "enabled", "budget_tokens": 20000}, "messages": [ask]});
+    let answer = whole(&messages(&base, request.clone()).await);
+    assert_eq!(
+        fake.bodies("/v1/messages")[0]["thinking"],
+        json!({"type": "enabled", "budget_tokens": 15999}),
+        "a budget above max_tokens is capped below it"
+    );
+    assert_eq!(
+        answer["content"][0],
+        json!({"type": "thinking", "thinking": "I need to find the GCD of 1071 and 462. 1071 = 2 * 462 + 147, 462 = 3 * 147 + 21, 147 = 7 * 21.",
+            "signature": SIGNATURE})
+    );
+    // A tool-use turn sent back with its signed thinking: the block goes to the upstream
+    // first in its turn, signature and all.
+    let thinking = answer["content"][0].clone();
+    let mut next = request;
+    next["tools"] = json!([weather_tool()]);
+    next["messages"] = json!([ask,
+        {"role": "assistant", "content": [thinking.clone(),
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "SF"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "15 °C"}]}]);
+    whole(&messages(&base, next.clone()).await);
+    assert_eq!(
+        fake.bodies("/v1/messages")[1]["messages"][1],
+        json!({"role": "assistant", "content": [thinking,
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "SF"}}]})
+    );
+    // Other upstreams have no use for it: the chat request to an OpenAI-compatible one
+    // carries the thinking as reasoning, without the signature.
+    let (openai, base) = setup_openai().await;
+    next["model"] = json!("llamacpp-text");
+    whole(&messages(&base, next).await);
+    let sent = &openai.bodies("/v1/chat/completions")[0];
+    assert!(!sent.to_string().contains(SIGNATURE), "{sent}");
+}
+
+#[tokio::test]
+async fn a_thinking_budget_becomes_each_upstreams_own_setting() {
+    let request = |model: &str, budget: u64| {
+        json!({"model": model, "max_tokens": 32000, "thinking": {"type": "enabled", "budget_tokens": budget},
+            "messages": [{"role": "user", "content": "hello"}]})
+    };
+    // OpenAI-compatible: the effort level the budget amounts to, as chat's reasoning_effort.
+    let (fake, base) = setup_openai().await;
+    for (budget, effort) in [
+        (1024, "low"),
+        (4096, "medium"),
+        (10000, "medium"),
+        (16384, "high"),
+        (30000, "high"),
+    ] {
+        whole(&messages(&base, request("llamacpp-text", budget)).await);
+        let sent = fake.bodies("/v1/chat/completions").pop().unwrap();
+        assert_eq!(sent["reasoning_effort"], effort, "{budget}");
+    }
+    // Ollama: think on.
+    let (fake, base) = setup_ollama().await;
+    whole(&messages(&base, request("chat-thinking", 5000)).await);
+    assert_eq!(fake.bodies("/api/chat")[0]["think"], true);
+    // Anthropic: the budget itself.
+    let (fake, base) = setup_anthropic().await;
+    whole(&messages(&base, request("claude-thinking", 5000)).await);
+    assert_eq!(
+        fake.bodies("/v1/messages")[0]["thinking"],
+        json!({"type": "enabled", "budget_tokens": 5000})
+    );
+}
+
+#[tokio::test]
+async fn a_stop_sequence_is_named_when_the_upstream_names_it() {
+    let (fake, base) = setup_anthropic().await;
+    let request = json!({"model": "claude-stop", "max_tokens": 100, "stop_sequences": [", 5"],
+        "messages": [{"role": "user", "content": "Count to ten"}]});
+    let answer = whole(&messages(&base, request.clone()).await);
+    assert_eq!(fake.bodies("/v1/messages")[0]["stop_sequences"], json!([", 5"]));
+    assert_eq!(
+        answer,
+        json!({"id": "msg_ID", "type": "message", "role": "assistant", "model": "claude-stop",
+            "content": [{"type": "text", "text": "1, 2, 3, 4"}],
+            "stop_reason": "stop_sequence", "stop_sequence": ", 5",
+            "usage": {"input_tokens": 18, "output_tokens": 9, "cache_read_input_tokens": 0}})
+    );
+    let mut streamed = request;
+    streamed["stream"] = json!(true);
+    let events = stream(&messages(&base, streamed).await);
+    assert_eq!(
+        events[events.len() - 2],
+        (
+            "message_delta".to_owned(),
+            json!({"type": "message_delta", "delta": {"stop_reason": "stop_sequence", "stop_sequence": ", 5"},
+                "usage": {"input_tokens": 18, "output_tokens": 9, "cache_read_input_tokens": 0}})
+        )
+    );
+    // The other frontends have no field for it: a plain stop.
+    let chat =
+        json!({"model": "claude-stop", "stop": [", 5"], "messages": [{"role": "user", "content": "Count to ten"}]});
+    let answer = post(&base, "/v1/chat/completions", chat.clone()).await;
+    assert_eq!(answer.json()["choices"][0]["finish_reason"], "stop");
+    assert_eq!(answer.json()["choices"][0]["message"]["content"], "1, 2, 3, 4");
+    let mut chat_stream = chat;
+    chat_stream["stream"] = json!(true);
+    let chunks = sse_chunks(&post(&base, "/v1/chat/completions", chat_stream).await.text);
+    let finish = chunks.iter().find_map(|c| c["choices"][0]["finish_reason"].as_str());
+    assert_eq!(finish, Some("stop"));
+    let answer = post(
+        &base,
+        "/api/chat",
+        json!({"model": "claude-stop", "stream": false,
+        "messages": [{"role": "user", "content": "Count to ten"}]}),
+    )
+    .await;
+    assert_eq!(answer.json()["done_reason"], "stop");
+
+    // llama-server's answers say `stop` for a stop sequence and the end of a turn alike
+    // (no matched sequence named): end_turn, with no sequence.
+    let (_fake, base) = setup_openai().await;
+    let answer = whole(
+        &messages(
+            &base,
+            json!({"model": "llamacpp-text", "max_tokens": 100, "stop_sequences": ["END"],
+        "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await,
+    );
+    assert_eq!(
+        (answer["stop_reason"].clone(), answer["stop_sequence"].clone()),
+        (json!("end_turn"), Value::Null)
+    );
+}
+
+#[tokio::test]
+async fn disable_parallel_tool_use_reaches_every_upstream_that_has_it() {
+    let request = |model: &str, choice: Value| {
+        json!({"model": model, "max_tokens": 100, "tools": [weather_tool()], "tool_choice": choice,
+            "messages": [{"role": "user", "content": "Weather in SF and NYC?"}]})
+    };
+    let (fake, base) = setup_anthropic().await;
+    for choice in [
+        json!({"type": "auto", "disable_parallel_tool_use": true}),
+        json!({"type": "any", "disable_parallel_tool_use": true}),
+        json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true}),
+    ] {
+        whole(&messages(&base, request("claude-tools", choice.clone())).await);
+        assert_eq!(fake.bodies("/v1/messages").pop().unwrap()["tool_choice"], choice);
+    }
+    // Allowed (the default) is not sent.
+    whole(
+        &messages(
+            &base,
+            request(
+                "claude-tools",
+                json!({"type": "auto", "disable_parallel_tool_use": false}),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(fake.bodies("/v1/messages").pop().unwrap().get("tool_choice"), None);
+    // From chat's parallel_tool_calls: false.
+    let chat = json!({"model": "claude-tools", "parallel_tool_calls": false, "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
+    post(&base, "/v1/chat/completions", chat).await;
+    assert_eq!(
+        fake.bodies("/v1/messages").pop().unwrap()["tool_choice"],
+        json!({"type": "auto", "disable_parallel_tool_use": true})
+    );
+    // An OpenAI-compatible upstream gets parallel_tool_calls: false.
+    let (fake, base) = setup_openai().await;
+    whole(
+        &messages(
+            &base,
+            request(
+                "llamacpp-text",
+                json!({"type": "auto", "disable_parallel_tool_use": true}),
+            ),
+        )
+        .await,
+    );
+    assert_eq!(fake.bodies("/v1/chat/completions")[0]["parallel_tool_calls"], false);
+}
+
+#[tokio::test]
+async fn num_predict_zero_generates_nothing_over_upstreams_that_cannot_be_asked_for_none() {
+    for (setup, model, path) in [
+        ("openai", "llamacpp-text", "/v1/chat/completions"),
+        ("anthropic", "claude-text", "/v1/messages"),
+    ] {
+        let (fake, base) = match setup {
+            "openai" => setup_openai().await,
+            _ => setup_anthropic().await,
+        };
+        for stream in [false, true] {
+            let answer = post(
+                &base,
+                "/api/chat",
+                json!({"model": model, "stream": stream, "options": {"num_predict": 0},
+                "messages": [{"role": "user", "content": "Why is the sky blue?"}]}),
+            )
+            .await;
+            assert_eq!(answer.status, 200, "{setup}: {}", answer.text);
+            let last = answer.last_json();
+            assert_eq!(
+                (
+                    last["message"]["content"].clone(),
+                    last["done"].clone(),
+                    last["done_reason"].clone(),
+                    last["eval_count"].clone()
+                ),
+                (json!(""), json!(true), json!("length"), json!(0)),
+                "{setup}: {last}"
+            );
+        }
+        let answer = post(
+            &base,
+            "/v1/chat/completions",
+            json!({"model": model, "max_tokens": 0,
+            "messages": [{"role": "user", "content": "Why is the sky blue?"}]}),
+        )
+        .await;
+        assert_eq!(answer.json()["choices"][0]["finish_reason"], "length", "{setup}");
+        assert_eq!(answer.json()["usage"]["completion_tokens"], 0, "{setup}");
+        assert!(
+            fake.requests(path).is_empty(),
+            "{setup}: no upstream call, so no unbounded generation"
+        );
+    }
+}
+
+#[tokio::test]
+async fn count_tokens_goes_through_auth_model_access_and_request_limits_without_usage() {
+    let fake = FakeUpstream::start().await;
+    let dir = temp_dir();
+    let secret = "dg-counting-token-000000000000000000000000000000";
+    let base = diglot(&fake.url(), |c| {
+        c.store.data_dir = dir.path().to_owned();
+        c.tokens = vec![TokenRecord {
+            models: vec!["chat-text".into()],
+            rpm: Some(2),
+            ..TokenRecord::for_secret("counting", secret, Role::User)
+        }];
+    })
+    .await;
+    let count_as = |key: Option<&'static str>, model: &'static str| {
+        let mut request = client().post(format!("{base}/v1/messages/count_tokens")).json(&json!({
+            "model": model, "messages": [{"role": "user", "content": "Why is the sky blue?"}]
+        }));
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        send(request)
+    };
+    assert_eq!(
+        error_of(&count_as(None, "chat-text").await),
+        (401, "authentication_error".into())
+    );
+    assert_eq!(
+        error_of(&count_as(Some(secret), "chat-tools").await),
+        (403, "permission_error".into())
+    );
+    assert_eq!(count_as(Some(secret), "chat-text").await.status, 200);
+    assert_eq!(count_as(Some(secret), "chat-text").await.status, 200);
+    let limited = count_as(Some(secret), "chat-text").await;
+    assert_eq!(
+        error_of(&limited),
+        (429, "rate_limit_error".into()),
+        "2 requests per minute"
+    );
+    assert_eq!(limited.header("x-ratelimit-limit-requests"), Some("2"));
+    // No usage record for a count (nothing was generated); a refused message gets one.
+    let answer = send(
+        client()
+            .post(format!("{base}/v1/messages"))
+            .header("x-api-key", secret)
+            .json(&json!({"model": "chat-text", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(error_of(&answer), (429, "rate_limit_error".into()));
+    usage_records(dir.path(), 1).await;
 }
 
 // ---- errors in Anthropic's shape ----

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::*;
+use serde_json::json;
 
 /// The clients' home, installed once per test process.
 fn clients_home() -> &'static PathBuf {
@@ -156,6 +157,18 @@ async fn openai_and_ollama_python_against_anthropic_backend() {
         sent.iter().any(|r| r.body["thinking"]["type"] == "enabled"),
         "think became thinking"
     );
+    let last = &sent.last().unwrap().body;
+    assert_eq!(
+        last["messages"][1]["content"][0],
+        json!({"type": "thinking", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds",
+            "thinking": "I need to find the GCD of 1071 and 462. 1071 = 2 * 462 + 147, 462 = 3 * 147 + 21, 147 = 7 * 21."}),
+        "the signed thinking went back"
+    );
+    assert_eq!(
+        last["tool_choice"],
+        json!({"type": "auto", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(last["thinking"], json!({"type": "enabled", "budget_tokens": 2000}));
 }
 
 /// diglot with a store (for stored responses) in front of a fake Ollama.

@@ -170,6 +170,7 @@ pub fn event_bytes(event: &ChatEvent) -> u64 {
                 .iter()
                 .map(|t| PER_PIECE + text(&t.token) + t.top.iter().map(|alt| PER_PIECE + text(&alt.token)).sum::<u64>())
                 .sum(),
+            ChatEvent::ReasoningSignature(t) | ChatEvent::StopSequence(t) => text(t),
             ChatEvent::Usage(_) | ChatEvent::Finish(_) => 0,
         }
 }
@@ -200,6 +201,8 @@ fn chat_key(request: &ChatRequest, partition: &str) -> Key {
         response_format,
         sampling,
         reasoning,
+        reasoning_budget,
+        parallel_tool_calls,
         logprobs,
         top_logprobs,
         stream: _,
@@ -213,7 +216,7 @@ fn chat_key(request: &ChatRequest, partition: &str) -> Key {
     let _ = write!(
         hash,
         "chat\n{partition}\n{model:?}{input:?}{tools:?}{tool_choice:?}{response_format:?}{sampling:?}\
-         {reasoning:?}{logprobs:?}{top_logprobs:?}{n:?}{keep_alive:?}{truncate:?}{shift:?}{extra:?}"
+         {reasoning:?}{reasoning_budget:?}{parallel_tool_calls:?}{logprobs:?}{top_logprobs:?}{n:?}{keep_alive:?}{truncate:?}{shift:?}{extra:?}"
     );
     hash.0.finalize().into()
 }

@@ -286,7 +286,8 @@ impl Gateway {
         .map(|left| left.saturating_sub(prompt).max(1))
         .filter(|&room| room < default);
         let asked = |model: &str| {
-            let asked = live.policies.max_tokens(request, model).filter(|&n| n > 0);
+            // 0 asks for nothing (answered at once); below it means no limit.
+            let asked = live.policies.max_tokens(request, model).filter(|&n| n >= 0);
             asked.map_or(cap.unwrap_or(default), |n| n as u64)
         };
         let max_tokens = candidates.iter().map(|c| asked(&c.model)).max().unwrap_or(default);
@@ -300,7 +301,7 @@ impl Gateway {
                 None => Cow::Borrowed(request),
             };
             if let Some(cap) = cap
-                && prepared.sampling.max_tokens.filter(|&n| n > 0).is_none()
+                && prepared.sampling.max_tokens.filter(|&n| n >= 0).is_none()
             {
                 prepared.to_mut().sampling.max_tokens = Some(cap as i64);
             }
@@ -467,7 +468,9 @@ impl Gateway {
 
     /// A prompt's size in tokens for Anthropic's count_tokens: as the upstream of the
     /// model's first channel counts it (`true`), or diglot's estimate (`false`) where that
-    /// upstream has no way to count.
+    /// upstream has no way to count. It is a request like any other for the caller's
+    /// models and request limits (one against requests per minute, a concurrency slot
+    /// while it runs), but uses no tokens and leaves no usage record: nothing is generated.
     pub async fn count_tokens(
         &self,
         live: &Snapshot,
@@ -476,6 +479,18 @@ impl Gateway {
     ) -> Result<(u64, bool), Error> {
         caller.check_model(&request.model)?;
         let candidates = live.route(&request.model).await?;
+        let reservation = self.limiter.admit(&live.config.limits, caller, 0).await?;
+        let counted = self.count_on(live, request, &candidates).await;
+        reservation.settle(0);
+        counted
+    }
+
+    async fn count_on(
+        &self,
+        live: &Snapshot,
+        request: &ChatRequest,
+        candidates: &[routing::Candidate],
+    ) -> Result<(u64, bool), Error> {
         let estimate = (request.estimated_prompt_tokens(), false);
         let Some(candidate) = candidates.first() else {
             return Ok(estimate);

@@ -228,7 +228,7 @@ impl Meter {
                 spans::record_finish(&self.span, *reason);
                 self.finish(200)
             }
-            Ok(ChatEvent::Logprobs(_)) => {}
+            Ok(ChatEvent::Logprobs(_) | ChatEvent::ReasoningSignature(_) | ChatEvent::StopSequence(_)) => {}
             Err(error) => {
                 self.metrics
                     .upstream_error(self.record.channel.as_deref().unwrap_or(""), "stream");

@@ -20,6 +20,12 @@ pub struct ChatRequest {
     pub response_format: Option<ResponseFormat>,
     pub sampling: Sampling,
     pub reasoning: Option<Reasoning>,
+    /// The most tokens the model may think for (Anthropic's `thinking.budget_tokens`), as
+    /// the client set it; `reasoning` then holds the level it amounts to.
+    pub reasoning_budget: Option<u64>,
+    /// `Some(false)`: at most one tool call per answer (OpenAI's `parallel_tool_calls`,
+    /// Anthropic's `disable_parallel_tool_use`).
+    pub parallel_tool_calls: Option<bool>,
     pub logprobs: bool,
     pub top_logprobs: Option<u32>,
     /// Whether the client wants a stream back. Backends may stream either way.
@@ -148,6 +154,9 @@ pub struct Message {
     pub name: Option<String>,
     /// Earlier reasoning of an assistant turn.
     pub reasoning: Option<String>,
+    /// The upstream's signature over that reasoning (Anthropic's thinking `signature`),
+    /// which Anthropic wants back with it on tool-use turns.
+    pub reasoning_signature: Option<String>,
 }
 
 impl Message {
@@ -159,6 +168,7 @@ impl Message {
             tool_call_id: None,
             name: None,
             reasoning: None,
+            reasoning_signature: None,
         }
     }
 
@@ -259,6 +269,16 @@ impl Reasoning {
             "max" | "xhigh" | "ultra" => Some(Reasoning::Max),
             _ => return None,
         })
+    }
+
+    /// The level a thinking budget amounts to, the inverse of the budgets an Anthropic
+    /// upstream gets for each level (low 1024, medium 4096, high 16384).
+    pub fn from_budget(budget: u64) -> Self {
+        match budget {
+            0..4096 => Reasoning::Low,
+            4096..16384 => Reasoning::Medium,
+            _ => Reasoning::High,
+        }
     }
 
     /// The level name both APIs share, if this is a level.
@@ -364,6 +384,8 @@ fn stop_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<St
 pub enum ChatEvent {
     Text(String),
     Reasoning(String),
+    /// The upstream's signature over the reasoning so far (only Anthropic's sign).
+    ReasoningSignature(String),
     /// A tool call or a piece of one. The first piece of a call carries `id` and `name`;
     /// `index` tells calls apart. A backend that receives whole calls sends one piece.
     ToolCall {
@@ -374,6 +396,9 @@ pub enum ChatEvent {
     },
     Logprobs(Vec<TokenLogprob>),
     Usage(Usage),
+    /// Which of the request's stop sequences ended the answer, when the upstream says
+    /// (Anthropic's do); sent just before `Finish(Stop)`, which it belongs to.
+    StopSequence(String),
     Finish(FinishReason),
 }
 
@@ -414,6 +439,20 @@ impl Usage {
     }
 }
 
+/// The answer to a request for no tokens at all (`num_predict: 0`) from an upstream that
+/// cannot be asked for none: OpenAI's API and vLLM refuse `max_tokens: 0`, llama-server
+/// has generated tokens anyway, and Anthropic requires at least 1. Nothing is generated,
+/// so nothing is sent: an empty answer stopped by its length, as Ollama gives one.
+pub fn no_tokens_answer() -> ChatStream {
+    Box::pin(futures::stream::iter([
+        Ok(ChatEvent::Usage(Usage {
+            completion_tokens: Some(0),
+            ..Default::default()
+        })),
+        Ok(ChatEvent::Finish(FinishReason::Length)),
+    ]))
+}
+
 /// Upstream timings in nanoseconds, as Ollama reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Timings {
@@ -452,10 +491,13 @@ pub struct TopLogprob {
 pub struct ChatResponse {
     pub text: String,
     pub reasoning: String,
+    pub reasoning_signature: Option<String>,
     pub tool_calls: Vec<ToolCall>,
     pub logprobs: Vec<TokenLogprob>,
     pub usage: Usage,
     pub finish: Option<FinishReason>,
+    /// The stop sequence that ended the answer, when the upstream named it.
+    pub stop_sequence: Option<String>,
     /// Tool-call indexes in `tool_calls` order, to route argument pieces.
     tool_indexes: Vec<u32>,
 }
@@ -465,6 +507,7 @@ impl ChatResponse {
         match event {
             ChatEvent::Text(t) => self.text.push_str(&t),
             ChatEvent::Reasoning(t) => self.reasoning.push_str(&t),
+            ChatEvent::ReasoningSignature(s) => self.reasoning_signature = Some(s),
             ChatEvent::ToolCall {
                 index,
                 id,
@@ -496,6 +539,7 @@ impl ChatResponse {
             }
             ChatEvent::Logprobs(l) => self.logprobs.extend(l),
             ChatEvent::Usage(u) => self.usage = u,
+            ChatEvent::StopSequence(s) => self.stop_sequence = Some(s),
             ChatEvent::Finish(f) => self.finish = Some(f),
         }
     }
@@ -515,6 +559,9 @@ impl ChatResponse {
         if !self.reasoning.is_empty() {
             events.push(ChatEvent::Reasoning(self.reasoning));
         }
+        if let Some(signature) = self.reasoning_signature {
+            events.push(ChatEvent::ReasoningSignature(signature));
+        }
         if !self.text.is_empty() {
             events.push(ChatEvent::Text(self.text));
         }
@@ -530,6 +577,9 @@ impl ChatResponse {
             });
         }
         events.push(ChatEvent::Usage(self.usage));
+        if let Some(sequence) = self.stop_sequence {
+            events.push(ChatEvent::StopSequence(sequence));
+        }
         if let Some(finish) = self.finish {
             events.push(ChatEvent::Finish(finish));
         }
@@ -575,6 +625,44 @@ mod tests {
             }
         );
         assert_eq!(r.tool_calls[1].arguments, "{}");
+    }
+
+    #[test]
+    fn a_replayed_answer_keeps_its_signature_and_stop_sequence_in_order() {
+        let events = vec![
+            ChatEvent::Reasoning("hmm".into()),
+            ChatEvent::ReasoningSignature("sig".into()),
+            ChatEvent::Text("1, 2".into()),
+            ChatEvent::Usage(Usage::default()),
+            ChatEvent::StopSequence(", 3".into()),
+            ChatEvent::Finish(FinishReason::Stop),
+        ];
+        let mut r = ChatResponse::default();
+        events.iter().cloned().for_each(|e| r.push(e));
+        assert_eq!(
+            (r.reasoning_signature.as_deref(), r.stop_sequence.as_deref()),
+            (Some("sig"), Some(", 3"))
+        );
+        assert_eq!(
+            r.into_events(),
+            events,
+            "the stop sequence comes just before its finish"
+        );
+    }
+
+    #[test]
+    fn thinking_budgets_amount_to_levels() {
+        assert_eq!(
+            [1024, 4095, 4096, 16383, 16384, 100_000].map(Reasoning::from_budget),
+            [
+                Reasoning::Low,
+                Reasoning::Low,
+                Reasoning::Medium,
+                Reasoning::Medium,
+                Reasoning::High,
+                Reasoning::High
+            ]
+        );
     }
 
     #[test]

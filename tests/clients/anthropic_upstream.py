@@ -1,4 +1,4 @@
-"""openai-python and ollama-python through diglot to the fake Anthropic upstream.
+"""openai-python, ollama-python and the anthropic SDK through diglot to the fake Anthropic upstream.
 
 Run by tests/clients.rs as `python anthropic_upstream.py http://127.0.0.1:PORT`. diglot's upstream
 is the fake speaking Anthropic's Messages, which answers from fixtures/anthropic/messages/MODEL.sse,
@@ -10,6 +10,7 @@ import json
 import sys
 import traceback
 
+import anthropic
 import ollama
 import openai
 from checks import check, eq, fail, ok
@@ -69,6 +70,32 @@ def main(base):
     eq((call.function.name, dict(call.function.arguments)), ("get_weather", {"location": "San Francisco, CA"}),
        "ollama: tool call")
     ok("ollama-python streamed text and tools over Anthropic")
+
+    a = anthropic.Anthropic(base_url=base, api_key="unused", max_retries=0)
+    answer = a.messages.create(model="claude-stop", max_tokens=100, stop_sequences=[", 5"],
+                               messages=[{"role": "user", "content": "Count to ten"}])
+    eq((answer.stop_reason, answer.stop_sequence), ("stop_sequence", ", 5"), "anthropic: stop sequence")
+    with a.messages.stream(model="claude-stop", max_tokens=100, stop_sequences=[", 5"],
+                           messages=[{"role": "user", "content": "Count to ten"}]) as stream:
+        final = stream.get_final_message()
+    eq((final.stop_reason, final.stop_sequence), ("stop_sequence", ", 5"), "anthropic: streamed stop sequence")
+    ok("anthropic SDK sees the stop sequence the upstream matched")
+
+    ask = {"role": "user", "content": "GCD of 1071 and 462?"}
+    with a.messages.stream(model="claude-thinking", max_tokens=8000, messages=[ask],
+                           thinking={"type": "enabled", "budget_tokens": 2000}) as stream:
+        final = stream.get_final_message()
+    thinking = final.content[0]
+    eq((thinking.type, thinking.signature), ("thinking", "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"),
+       "anthropic: the upstream's signature")
+    tool = {"name": "get_weather", "input_schema": {"type": "object"}}
+    a.messages.create(
+        model="claude-text", max_tokens=8000, thinking={"type": "enabled", "budget_tokens": 2000}, tools=[tool],
+        tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+        messages=[ask, {"role": "assistant", "content": [
+            thinking.model_dump(), {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "15"}]}])
+    ok("anthropic SDK sends signed thinking back with a tool-use turn")
 
     print("ALL OK")
 

@@ -12,7 +12,7 @@ use super::wire;
 use crate::config::UpstreamConfig;
 use crate::ir::{
     ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ErrorKind, FinishReason, Image, Input,
-    Message, ModelCard, Part, Reasoning, Role, ToolChoice, Usage, new_call_id,
+    Message, ModelCard, Part, Reasoning, Role, ToolChoice, Usage, new_call_id, no_tokens_answer,
 };
 use crate::protocol::images::sniff_base64_mime;
 use crate::protocol::upstream::{Upstream, root_cause};
@@ -50,6 +50,9 @@ impl AnthropicClient {
 
     /// Starts a generation: streamed upstream when the client streams, else one answer.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
+        if request.sampling.max_tokens == Some(0) {
+            return Ok(no_tokens_answer());
+        }
         let body = self.body(request)?;
         let response = self.upstream.post(&self.path("/messages"), &body).await?;
         if !request.stream {
@@ -135,15 +138,18 @@ impl AnthropicClient {
                 })
                 .collect()
         });
+        let disable_parallel_tool_use = (request.parallel_tool_calls == Some(false)).then_some(true);
         let tool_choice = use_tools
             .then(|| match &request.tool_choice {
-                ToolChoice::Auto => None,
+                ToolChoice::Auto => disable_parallel_tool_use.map(|_| wire::ToolChoice::Auto {
+                    disable_parallel_tool_use,
+                }),
                 ToolChoice::Required => Some(wire::ToolChoice::Any {
-                    disable_parallel_tool_use: None,
+                    disable_parallel_tool_use,
                 }),
                 ToolChoice::Function(name) => Some(wire::ToolChoice::Tool {
                     name: name.clone(),
-                    disable_parallel_tool_use: None,
+                    disable_parallel_tool_use,
                 }),
                 ToolChoice::None => Some(wire::ToolChoice::None),
             })
@@ -159,7 +165,9 @@ impl AnthropicClient {
             top_k: request.sampling.top_k,
             tools,
             tool_choice,
-            thinking: request.reasoning.and_then(|r| thinking(r, max_tokens)),
+            thinking: request
+                .reasoning
+                .and_then(|r| thinking(r, request.reasoning_budget, max_tokens)),
             metadata: None,
             stream: Some(request.stream),
         })
@@ -167,14 +175,17 @@ impl AnthropicClient {
 }
 
 /// Extended thinking for a reasoning level, its budget below `max_tokens` (Anthropic's
-/// rule); `None` when `max_tokens` leaves no room for the smallest budget.
-fn thinking(reasoning: Reasoning, max_tokens: u64) -> Option<wire::Thinking> {
-    let budget = match reasoning {
-        Reasoning::Off => return Some(wire::Thinking::Disabled),
-        Reasoning::Low => MIN_THINKING_BUDGET,
-        Reasoning::On | Reasoning::Medium => 4096,
-        Reasoning::High => 16384,
-        Reasoning::Max => 32768,
+/// rule); `None` when `max_tokens` leaves no room for the smallest budget. Thinking that is
+/// simply on takes the client's own budget if it set one; a level (a model policy's) wins
+/// over it.
+fn thinking(reasoning: Reasoning, budget: Option<u64>, max_tokens: u64) -> Option<wire::Thinking> {
+    let budget = match (reasoning, budget) {
+        (Reasoning::Off, _) => return Some(wire::Thinking::Disabled),
+        (Reasoning::On, Some(budget)) => budget,
+        (Reasoning::Low, _) => MIN_THINKING_BUDGET,
+        (Reasoning::On | Reasoning::Medium, _) => 4096,
+        (Reasoning::High, _) => 16384,
+        (Reasoning::Max, _) => 32768,
     };
     let budget = budget.min(max_tokens.saturating_sub(1));
     (budget >= MIN_THINKING_BUDGET).then_some(wire::Thinking::Enabled { budget_tokens: budget })
@@ -192,9 +203,16 @@ fn turns(messages: &[Message]) -> Result<Vec<wire::MessageParam>, Error> {
             Role::System => continue,
             Role::User => ("user", parts(&message.parts)),
             Role::Assistant => {
-                // Earlier thinking is not sent back: Anthropic checks signatures the IR
-                // does not keep, and other vendors' thinking has none.
-                let mut blocks = parts(&message.parts);
+                // Earlier thinking goes back only with its signature (Anthropic checks
+                // it, and wants it on tool-use turns); other vendors' thinking has none.
+                let mut blocks = match (&message.reasoning, &message.reasoning_signature) {
+                    (Some(thinking), Some(signature)) => vec![wire::Block::Thinking {
+                        thinking: thinking.clone(),
+                        signature: signature.clone(),
+                    }],
+                    _ => Vec::new(),
+                };
+                blocks.extend(parts(&message.parts));
                 blocks.retain(|b| !matches!(b, wire::Block::Text { text } if text.is_empty()));
                 for call in &message.tool_calls {
                     let id = if call.id.is_empty() {
@@ -335,6 +353,8 @@ struct EventDecoder {
     tool_blocks: Vec<(u32, u32)>,
     usage: Usage,
     finish: Option<FinishReason>,
+    /// The stop sequence that ended the answer, as `message_delta` names it.
+    stop_sequence: Option<String>,
     /// `message_stop` seen.
     stopped: bool,
 }
@@ -368,6 +388,9 @@ impl EventDecoder {
                 wire::Delta::ThinkingDelta { thinking } if !thinking.is_empty() => {
                     events.push(ChatEvent::Reasoning(thinking))
                 }
+                wire::Delta::SignatureDelta { signature } if !signature.is_empty() => {
+                    events.push(ChatEvent::ReasoningSignature(signature))
+                }
                 wire::Delta::InputJsonDelta { partial_json } if !partial_json.is_empty() => {
                     let call = self.tool_index(index);
                     events.push(ChatEvent::ToolCall {
@@ -384,6 +407,7 @@ impl EventDecoder {
                 if let Some(reason) = delta.stop_reason {
                     self.finish = Some(finish_reason(&reason));
                 }
+                self.stop_sequence = delta.stop_sequence.or(self.stop_sequence.take());
             }
             wire::StreamEvent::MessageStop => self.stopped = true,
             wire::StreamEvent::ContentBlockStop { .. } | wire::StreamEvent::Ping => {}
@@ -396,8 +420,14 @@ impl EventDecoder {
     fn block(&mut self, index: u32, block: wire::Block, events: &mut Vec<ChatEvent>) {
         match block {
             wire::Block::Text { text } if !text.is_empty() => events.push(ChatEvent::Text(text)),
-            wire::Block::Thinking { thinking, .. } if !thinking.is_empty() => {
-                events.push(ChatEvent::Reasoning(thinking))
+            wire::Block::Thinking { thinking, signature } => {
+                if !thinking.is_empty() {
+                    events.push(ChatEvent::Reasoning(thinking));
+                }
+                // A whole message's block holds its signature; a stream's sends it as a delta.
+                if !signature.is_empty() {
+                    events.push(ChatEvent::ReasoningSignature(signature));
+                }
             }
             wire::Block::ToolUse { id, name, input } => {
                 let call = self.tool_blocks.len() as u32;
@@ -450,10 +480,13 @@ impl EventDecoder {
                 "the upstream closed the stream before it finished",
             ));
         }
-        Ok(vec![
-            ChatEvent::Usage(std::mem::take(&mut self.usage)),
-            ChatEvent::Finish(self.finish.unwrap_or(FinishReason::Stop)),
-        ])
+        let finish = self.finish.unwrap_or(FinishReason::Stop);
+        let mut events = vec![ChatEvent::Usage(std::mem::take(&mut self.usage))];
+        if let Some(sequence) = self.stop_sequence.take().filter(|_| finish == FinishReason::Stop) {
+            events.push(ChatEvent::StopSequence(sequence));
+        }
+        events.push(ChatEvent::Finish(finish));
+        Ok(events)
     }
 
     /// A whole message, as the same events.
@@ -465,6 +498,7 @@ impl EventDecoder {
         }
         self.add_usage(&message.usage);
         self.finish = Some(message.stop_reason.as_deref().map_or(FinishReason::Stop, finish_reason));
+        self.stop_sequence = message.stop_sequence;
         self.stopped = true;
         events.extend(self.finish()?);
         Ok(events)
@@ -537,10 +571,26 @@ mod tests {
     #[test]
     fn thinking_budgets_stay_below_max_tokens() {
         assert_eq!(
-            thinking(Reasoning::High, 8000),
+            thinking(Reasoning::High, None, 8000),
             Some(wire::Thinking::Enabled { budget_tokens: 7999 })
         );
-        assert_eq!(thinking(Reasoning::On, 1000), None);
-        assert_eq!(thinking(Reasoning::Off, 1000), Some(wire::Thinking::Disabled));
+        assert_eq!(
+            thinking(Reasoning::On, Some(2048), 8000),
+            Some(wire::Thinking::Enabled { budget_tokens: 2048 })
+        );
+        assert_eq!(
+            thinking(Reasoning::On, Some(20000), 16000),
+            Some(wire::Thinking::Enabled { budget_tokens: 15999 })
+        );
+        assert_eq!(
+            thinking(Reasoning::Low, Some(8000), 16000),
+            Some(wire::Thinking::Enabled { budget_tokens: 1024 }),
+            "a level set by policy wins over the client's budget"
+        );
+        assert_eq!(thinking(Reasoning::On, None, 1000), None);
+        assert_eq!(
+            thinking(Reasoning::Off, Some(2048), 1000),
+            Some(wire::Thinking::Disabled)
+        );
     }
 }

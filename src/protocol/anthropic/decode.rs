@@ -60,6 +60,21 @@ fn decode_request(request: wire::MessagesRequest) -> Result<ChatRequest, Error> 
         .enumerate()
         .map(|(i, t)| decode_tool(t, i))
         .collect::<Result<Vec<_>, _>>()?;
+    let parallel_tool_calls = match &request.tool_choice {
+        Some(
+            wire::ToolChoice::Auto {
+                disable_parallel_tool_use,
+            }
+            | wire::ToolChoice::Any {
+                disable_parallel_tool_use,
+            }
+            | wire::ToolChoice::Tool {
+                disable_parallel_tool_use,
+                ..
+            },
+        ) => disable_parallel_tool_use.map(|disable| !disable),
+        Some(wire::ToolChoice::None) | None => None,
+    };
     let tool_choice = match request.tool_choice {
         None | Some(wire::ToolChoice::Auto { .. }) => ToolChoice::Auto,
         Some(wire::ToolChoice::Any { .. }) => ToolChoice::Required,
@@ -74,6 +89,12 @@ fn decode_request(request: wire::MessagesRequest) -> Result<ChatRequest, Error> 
             ToolChoice::Function(name)
         }
     };
+    let reasoning_budget = match request.thinking {
+        Some(wire::Thinking::Enabled { budget_tokens }) => Some(budget_tokens),
+        _ => None,
+    };
+    // The budget rides along: an Anthropic upstream gets it, an OpenAI-compatible one the
+    // effort level it amounts to, Ollama `think: true`.
     let reasoning = match request.thinking {
         None => None,
         Some(wire::Thinking::Disabled) => Some(Reasoning::Off),
@@ -100,6 +121,8 @@ fn decode_request(request: wire::MessagesRequest) -> Result<ChatRequest, Error> 
             ..Default::default()
         },
         reasoning,
+        reasoning_budget,
+        parallel_tool_calls,
         stream: request.stream.unwrap_or(false),
         n: 1,
         ..Default::default()
@@ -162,7 +185,12 @@ fn decode_message(message: wire::MessageParam, i: usize, out: &mut Vec<Message>)
                 }
                 out.push(result);
             }
-            wire::Block::Thinking { thinking, .. } if role == Role::Assistant => reasoning.push_str(&thinking),
+            wire::Block::Thinking { thinking, signature } if role == Role::Assistant => {
+                reasoning.push_str(&thinking);
+                if !signature.is_empty() {
+                    turn.reasoning_signature = Some(signature);
+                }
+            }
             wire::Block::RedactedThinking { .. } if role == Role::Assistant => {}
             other => {
                 let kind = serde_json::to_value(&other).ok();

@@ -45,9 +45,12 @@ pub fn error_body(error: &Error) -> wire::ErrorBody {
     }
 }
 
-/// Anthropic's `stop_reason` for an IR finish.
-fn stop_reason(finish: Option<FinishReason>) -> &'static str {
+/// Anthropic's `stop_reason` for an IR finish. A stop is `stop_sequence` only when the
+/// upstream named the sequence: llama-server's and Ollama's answers say `stop` for the end
+/// of a turn and a stop sequence alike, so their stops stay `end_turn`.
+fn stop_reason(finish: Option<FinishReason>, stop_sequence: Option<&str>) -> &'static str {
     match finish {
+        Some(FinishReason::Stop) if stop_sequence.is_some() => "stop_sequence",
         Some(FinishReason::Length) => "max_tokens",
         Some(FinishReason::ToolCalls) => "tool_use",
         Some(FinishReason::ContentFilter) => "refusal",
@@ -73,7 +76,7 @@ pub fn message(model: &str, answer: ChatResponse) -> wire::Message {
     if !answer.reasoning.is_empty() {
         content.push(wire::Block::Thinking {
             thinking: answer.reasoning,
-            signature: String::new(),
+            signature: answer.reasoning_signature.unwrap_or_default(),
         });
     }
     if !answer.text.is_empty() {
@@ -92,8 +95,10 @@ pub fn message(model: &str, answer: ChatResponse) -> wire::Message {
         role: "assistant".into(),
         model: model.to_owned(),
         content,
-        stop_reason: Some(stop_reason(answer.finish).into()),
-        stop_sequence: None,
+        stop_reason: Some(stop_reason(answer.finish, answer.stop_sequence.as_deref()).into()),
+        stop_sequence: answer
+            .stop_sequence
+            .filter(|_| answer.finish == Some(FinishReason::Stop)),
         usage: usage(&answer.usage),
     }
 }
@@ -132,6 +137,9 @@ pub struct EventEncoder {
     next_index: u32,
     usage: Usage,
     finish: Option<FinishReason>,
+    stop_sequence: Option<String>,
+    /// The upstream's signature of the open thinking block, sent as it closes.
+    signature: Option<String>,
 }
 
 impl EventEncoder {
@@ -143,6 +151,8 @@ impl EventEncoder {
             next_index: 0,
             usage: Usage::default(),
             finish: None,
+            stop_sequence: None,
+            signature: None,
         }
     }
 
@@ -203,6 +213,8 @@ impl EventEncoder {
                     );
                 }
             }
+            ChatEvent::ReasoningSignature(signature) => self.signature = Some(signature),
+            ChatEvent::StopSequence(sequence) => self.stop_sequence = Some(sequence),
             ChatEvent::Usage(u) => self.usage = u,
             ChatEvent::Finish(f) => self.finish = Some(f),
             ChatEvent::Logprobs(_) => {}
@@ -236,17 +248,13 @@ impl EventEncoder {
         );
     }
 
-    /// Closes the open block; a thinking block ends with its (empty: no upstream but
-    /// Anthropic's signs its thinking, and the IR does not carry signatures) signature.
+    /// Closes the open block; a thinking block ends with its signature: the upstream's,
+    /// or empty (no upstream but Anthropic's signs its thinking).
     fn close_block(&mut self, out: &mut Vec<u8>) {
         let Some(open) = self.open.take() else { return };
         if open == Open::Thinking {
-            self.delta(
-                out,
-                wire::Delta::SignatureDelta {
-                    signature: String::new(),
-                },
-            );
+            let signature = self.signature.take().unwrap_or_default();
+            self.delta(out, wire::Delta::SignatureDelta { signature });
         }
         push(out, &wire::StreamEvent::ContentBlockStop { index: self.next_index });
         self.next_index += 1;
@@ -260,8 +268,11 @@ impl EventEncoder {
             &mut out,
             &wire::StreamEvent::MessageDelta {
                 delta: wire::MessageDelta {
-                    stop_reason: Some(stop_reason(self.finish).into()),
-                    stop_sequence: None,
+                    stop_reason: Some(stop_reason(self.finish, self.stop_sequence.as_deref()).into()),
+                    stop_sequence: self
+                        .stop_sequence
+                        .take()
+                        .filter(|_| self.finish == Some(FinishReason::Stop)),
                 },
                 usage: usage(&self.usage),
             },

@@ -89,6 +89,7 @@ fn decode_message(i: usize, m: wire::Message) -> Result<Message, Error> {
         tool_call_id: m.tool_call_id,
         name: m.tool_name,
         reasoning: m.thinking,
+        reasoning_signature: None,
     })
 }
 

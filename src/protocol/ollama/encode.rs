@@ -182,6 +182,8 @@ impl LineEncoder {
             call @ ChatEvent::ToolCall { .. } => self.calls.push(call),
             ChatEvent::Logprobs(logprobs) => self.pending_logprobs.extend(logprobs),
             ChatEvent::Usage(usage) => self.usage = usage,
+            // Ollama's answers carry neither (`done_reason` is `stop` either way).
+            ChatEvent::ReasoningSignature(_) | ChatEvent::StopSequence(_) => {}
             ChatEvent::Finish(reason) => {
                 for (index, call) in std::mem::take(&mut self.calls.tool_calls).into_iter().enumerate() {
                     self.line(&mut out, String::new(), None, Some(vec![tool_call(index, call)]), None);

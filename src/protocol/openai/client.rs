@@ -11,7 +11,7 @@ use super::wire;
 use crate::config::UpstreamConfig;
 use crate::ir::{
     ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, Image, Input, Message, ModelCard, Prompt, Reasoning,
-    ResponseFormat, Role, Sampling, ToolChoice, new_call_id,
+    ResponseFormat, Role, Sampling, ToolChoice, new_call_id, no_tokens_answer,
 };
 use crate::protocol::images::sniff_base64_mime;
 use crate::protocol::upstream::Upstream;
@@ -53,6 +53,9 @@ impl OpenAiClient {
     /// client streams; otherwise asked whole, so usage is the upstream's own even where
     /// it reports none in streams (llama-cpp-python's server).
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
+        if request.sampling.max_tokens == Some(0) {
+            return Ok(no_tokens_answer());
+        }
         let response = match &request.input {
             Input::Prompt(p) if p.raw != Some(false) || p.suffix.is_some() => {
                 let body = self.completion_body(request, p);
@@ -199,7 +202,11 @@ impl OpenAiClient {
             tools,
             tool_choice,
             response_format,
-            reasoning_effort: request.reasoning.and_then(reasoning_effort).map(str::to_owned),
+            parallel_tool_calls: request.parallel_tool_calls.filter(|_| !request.tools.is_empty()),
+            reasoning_effort: request
+                .reasoning
+                .and_then(|r| reasoning_effort(r, request.reasoning_budget))
+                .map(str::to_owned),
             logprobs: request.logprobs.then_some(true),
             top_logprobs: request.top_logprobs.filter(|_| request.logprobs),
             sampling: self.sampling(&request.sampling),
@@ -257,7 +264,8 @@ impl OpenAiClient {
     }
 
     /// The token limit under the field this upstream takes (`max_tokens` or
-    /// `max_completion_tokens`). Ollama's -1 (and -2) mean "no limit": nothing is sent.
+    /// `max_completion_tokens`). Ollama's -1 (and -2) mean "no limit": nothing is sent (0
+    /// never gets here: `chat` answers it at once).
     fn max_tokens(&self, s: &Sampling) -> (Option<i64>, Option<i64>) {
         let limit = s.max_tokens.filter(|&n| n > 0);
         if self.max_tokens_field == "max_completion_tokens" {
@@ -380,10 +388,14 @@ fn content(m: &Message) -> wire::Content {
     wire::Content::Parts(parts)
 }
 
-/// `reasoning_effort` to send: explicit levels are; a bare on/off is left to the
-/// model's default (servers reject `reasoning_effort` on models that cannot reason).
-fn reasoning_effort(reasoning: Reasoning) -> Option<&'static str> {
-    reasoning.level()
+/// `reasoning_effort` to send: explicit levels are, and so is the level a thinking budget
+/// amounts to; a bare on/off is left to the model's default (servers reject
+/// `reasoning_effort` on models that cannot reason).
+fn reasoning_effort(reasoning: Reasoning, budget: Option<u64>) -> Option<&'static str> {
+    match (reasoning, budget) {
+        (Reasoning::On, Some(budget)) => Reasoning::from_budget(budget).level(),
+        _ => reasoning.level(),
+    }
 }
 
 /// The cards of an upstream's model list, with the context sizes servers add (vLLM's

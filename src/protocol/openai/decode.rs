@@ -63,6 +63,7 @@ pub fn decode_chat(wire: wire::ChatCompletionRequest) -> Result<ChatRequest, Err
         input: Input::Messages(messages),
         tools,
         tool_choice: decode_tool_choice(wire.tool_choice)?,
+        parallel_tool_calls: wire.parallel_tool_calls,
         response_format,
         sampling,
         reasoning,
@@ -147,6 +148,7 @@ fn decode_message(i: usize, m: wire::ChatMessage) -> Result<Message, Error> {
         tool_call_id: m.tool_call_id,
         name: m.name.filter(|_| role == Role::Tool),
         reasoning: m.reasoning_content.or(m.reasoning),
+        reasoning_signature: None,
     })
 }
 

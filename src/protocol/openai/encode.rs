@@ -123,7 +123,11 @@ impl ChunkEncoder {
                 delta.reasoning_content = self.reasoning_content.then(|| text.clone());
                 delta.reasoning = self.reasoning.then_some(text);
             }
-            ChatEvent::Reasoning(_) => return finish_frames(out),
+            // OpenAI's shapes have no reasoning signature, and no field naming the stop
+            // sequence (`finish_reason` is `stop` either way).
+            ChatEvent::Reasoning(_) | ChatEvent::ReasoningSignature(_) | ChatEvent::StopSequence(_) => {
+                return finish_frames(out);
+            }
             ChatEvent::ToolCall {
                 index: call,
                 id,
