@@ -485,8 +485,9 @@ async fn function_call_round_trip_over_ollama() {
 #[tokio::test]
 async fn function_call_round_trip_over_openai() {
     let (fake, base) = setup_openai().await;
-    let body = json!({"model": "oai-tools", "input": "Weather in Paris?", "tools": [weather_tool()], "tool_choice": {"type": "function", "name": "get_weather"}, "stream": true});
+    let body = json!({"model": "oai-tools", "input": "Weather in Paris?", "tools": [weather_tool()], "tool_choice": {"type": "function", "name": "get_weather"}, "parallel_tool_calls": false, "stream": true});
     let events = response_events(&post(&base, "/v1/responses", body).await.text);
+    assert_eq!(fake.bodies("/v1/chat/completions")[0]["parallel_tool_calls"], false);
     assert_eq!(
         fake.bodies("/v1/chat/completions")[0]["tools"],
         json!([{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
@@ -515,6 +516,12 @@ async fn function_call_round_trip_over_openai() {
     ]});
     let (status, _) = post(&base, "/v1/responses", turn).await.status_json();
     assert_eq!(status, 200);
+    assert!(
+        fake.bodies("/v1/chat/completions")[1]
+            .get("parallel_tool_calls")
+            .is_none(),
+        "not sent when not asked"
+    );
     assert_eq!(
         fake.bodies("/v1/chat/completions")[1]["messages"],
         json!([

@@ -125,6 +125,7 @@ pub fn decode_response_request(
         response_format,
         sampling,
         reasoning,
+        parallel_tool_calls: wire.parallel_tool_calls,
         stream: wire.stream.unwrap_or(false),
         n: 1,
         keep_alive: wire.keep_alive,

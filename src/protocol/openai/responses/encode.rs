@@ -131,7 +131,8 @@ impl ResponseEncoder {
             }
             ChatEvent::Usage(usage) => self.usage = usage,
             ChatEvent::Finish(reason) => self.finish = Some(reason),
-            ChatEvent::Logprobs(_) => {}
+            // The Responses API has no place for either (its reasoning items carry no signature).
+            ChatEvent::Logprobs(_) | ChatEvent::ReasoningSignature(_) | ChatEvent::StopSequence(_) => {}
         }
         (!out.is_empty()).then(|| out.into())
     }
