@@ -35,7 +35,7 @@ fn whole(answer: &Answer) -> Value {
 fn stream(answer: &Answer) -> Vec<(String, Value)> {
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert_eq!(answer.content_type(), "text/event-stream");
-    let mut events = anthropic_events(&answer.text);
+    let mut events = named_events(&answer.text);
     let start = &mut events[0].1["message"]["id"];
     assert!(start.as_str().unwrap().starts_with("msg_"));
     *start = json!("msg_ID");

@@ -43,9 +43,10 @@ pub struct Config {
     pub base_path: String,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// The listener's bounds and timeouts, and the drain on stop.
+    pub server: ServerConfig,
     /// Log every request, upstream payload and chunk (secrets redacted).
     pub debug: bool,
-    pub server: ServerConfig,
     pub cors: CorsConfig,
     /// The one upstream of a simple set-up: shorthand for a single channel.
     pub upstream: UpstreamConfig,
@@ -77,8 +78,8 @@ impl Default for Config {
             listen: "127.0.0.1:3000".into(),
             base_path: String::new(),
             max_body_bytes: 32 * 1024 * 1024,
-            debug: false,
             server: ServerConfig::default(),
+            debug: false,
             cors: CorsConfig::default(),
             upstream: UpstreamConfig::default(),
             channels: Vec::new(),
@@ -279,6 +280,7 @@ impl Config {
         }
         keep!(listen, "listen");
         keep!(base_path, "base_path");
+        keep!(server, "server");
         keep!(debug, "debug");
         keep!(store, "store");
         keep!(log, "log");
@@ -315,6 +317,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.server.validate().map_err(ConfigError::Invalid)?;
         self.cors.validate().map_err(ConfigError::Invalid)?;
         if !self.channels.is_empty() && self.upstream != UpstreamConfig::default() {
             return Err(ConfigError::Invalid(

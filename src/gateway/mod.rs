@@ -206,7 +206,11 @@ impl Gateway {
     /// answered or not, leaves a usage record. A cached answer replays as a stream.
     pub async fn chat(&self, live: &Snapshot, request: &ChatRequest, caller: &Caller) -> Result<ChatStream, Error> {
         let mut meter = Meter::start(self.usage.clone(), self.metrics.clone(), caller, &request.model);
-        let started = match self.start_chat(live, request, caller, &mut meter).await {
+        let started = match within_bounds(&live.config.server, request) {
+            Ok(()) => self.start_chat(live, request, caller, &mut meter).await,
+            Err(error) => Err(error),
+        };
+        let started = match started {
             Ok(started) => started,
             Err(error) => {
                 meter.finish(error.status());
@@ -663,4 +667,36 @@ fn error_type(error: &Error) -> String {
         crate::ir::ErrorKind::RateLimited => "429".into(),
         _ => error.status().to_string(),
     }
+}
+
+/// A chat request within `[server]`'s bounds on messages and images, or the 400 naming
+/// the bound and its key.
+fn within_bounds(server: &crate::config::ServerConfig, request: &ChatRequest) -> Result<(), Error> {
+    use crate::ir::Input;
+    let (messages, images) = match &request.input {
+        Input::Messages(messages) => (
+            messages.len(),
+            messages.iter().map(|m| m.images().count()).sum::<usize>(),
+        ),
+        Input::Prompt(prompt) => (1, prompt.images.len()),
+    };
+    if messages > server.max_messages {
+        return Err(Error::invalid_field(
+            "messages",
+            format!(
+                "the request has {messages} messages, more than the {} allowed; raise server.max_messages to accept it",
+                server.max_messages
+            ),
+        ));
+    }
+    if images > server.max_images {
+        return Err(Error::invalid_field(
+            "messages",
+            format!(
+                "the request has {images} images, more than the {} allowed; raise server.max_images to accept it",
+                server.max_images
+            ),
+        ));
+    }
+    Ok(())
 }

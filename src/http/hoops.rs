@@ -1,19 +1,20 @@
 //! What runs before every handler: the request's exchange (span, metrics, access line)
-//! with the configuration snapshot it will use, then the caller's address and token.
+//! with the configuration snapshot it will use, admission (open connections, the body's
+//! pace), then the caller's address and token.
 
 use std::sync::Arc;
 
 use salvo::prelude::*;
 use tracing_futures::Instrument;
 
-use super::request::app;
+use super::request::{app, pace_body, read_body};
 use super::respond::write_error;
 use super::routes::{Access, frontend_of, route_of};
 use super::service::is_metrics_token;
 use crate::gateway::Snapshot;
 use crate::gateway::auth::{Caller, presented_token};
 use crate::gateway::cache::CacheControl;
-use crate::ir::ErrorKind;
+use crate::ir::{Error, ErrorKind};
 use crate::protocol::Frontend;
 use crate::telemetry::Exchange;
 
@@ -48,6 +49,37 @@ pub async fn observe(req: &mut Request, depot: &mut Depot, res: &mut Response, c
     exchange.responded(status, res.body.is_stream());
     if let Some(cache) = exchange.cache_status_shown() {
         let _ = res.add_header("x-diglot-cache", cache, true);
+    }
+}
+
+/// Turns a request away with 503 (in the protocol of its path, closing its connection)
+/// when its connection came past `server.max_connections`, and paces its body.
+#[handler]
+pub async fn admit(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let app = app(depot);
+    let frontend = depot.get_typed::<Matched>().map_or(Frontend::OpenAi, |m| m.frontend);
+    let live = depot.get_typed::<Arc<Snapshot>>().ok().cloned();
+    if let Some(live) = &live {
+        pace_body(req, &live.config.server);
+    }
+    if app.connections.is_overflow(req.remote_addr().clone().into_std()) {
+        ctrl.skip_rest();
+        // Read first (within its bounds): closing on an unread body makes the kernel
+        // reset the connection, and the client may lose the answer.
+        if let Some(live) = &live {
+            let _ = read_body(req, live.config.max_body_bytes).await;
+        }
+        let mut error = Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "diglot is serving its most connections at once ({}); retry shortly, or raise \
+                 server.max_connections (and the open-file limit, two per connection)",
+                app.connections.max
+            ),
+        );
+        error.retry_after = Some(std::time::Duration::from_secs(1));
+        let _ = res.add_header("connection", "close", true);
+        return write_error(res, frontend, &error, "");
     }
 }
 

@@ -4,8 +4,10 @@
 //! changing) and applied by the gateway.
 
 mod anthropic;
+mod drain;
 mod frames;
 mod hoops;
+mod listener;
 mod ollama;
 mod openai;
 mod origin;
@@ -18,12 +20,16 @@ mod service;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use salvo::conn::Acceptor;
 use salvo::conn::tcp::TcpAcceptor;
+use salvo::fuse::FuseConfig;
 use salvo::prelude::*;
 
+use drain::Drain;
 pub use frames::Coalesce;
+use listener::{Connections, Listener};
 
 use crate::config::{Config, Source};
 use crate::gateway::Gateway;
@@ -38,11 +44,15 @@ pub struct App {
     /// Where the configuration was read from, to read it again (none when it was given
     /// whole, as tests and embedders do).
     source: Option<Source>,
+    /// The client connections open and their bounds.
+    connections: Arc<Connections>,
+    drain: Drain,
 }
 
 impl App {
     pub async fn new(config: Config, source: Option<Source>) -> Result<Arc<Self>, String> {
         let observer_log = config.log.access;
+        let connections = Arc::new(Connections::new(&config.server));
         let gateway = Gateway::new(config).await?;
         let observer = Observer {
             metrics: gateway.metrics.clone(),
@@ -53,6 +63,8 @@ impl App {
             observer,
             routes: routes::table(),
             source,
+            connections,
+            drain: Drain::default(),
         }))
     }
 
@@ -63,6 +75,7 @@ impl App {
             .hoop(affix_state::inject(self.clone()))
             .hoop(hoops::observe)
             .hoop(origin::guard)
+            .hoop(hoops::admit)
             .hoop(hoops::authenticate)
             .push(routes::router(
                 &self.routes,
@@ -92,15 +105,26 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpAcceptor> {
     TcpAcceptor::try_from(socket.listen(1024)?)
 }
 
-/// Serves until SIGINT or SIGTERM, then lets open streams finish for a while. Reloads
-/// the configuration on SIGHUP and when the profile file changes.
+/// Serves until SIGINT or SIGTERM, then drains (see `drain`). Reloads the configuration
+/// on SIGHUP and when the profile file changes.
 pub async fn serve(acceptor: TcpAcceptor, app: Arc<App>) {
-    let server = Server::new(acceptor);
+    let server = server(acceptor, &app);
     let handle = server.handle();
+    let drain = app.drain.clone();
+    let drain_time = app.gateway.snapshot().config.server.drain();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down; waiting up to 30 s for open requests");
-        handle.stop_graceful(std::time::Duration::from_secs(30));
+        tracing::info!(
+            drain_secs = drain_time.as_secs_f64(),
+            "shutting down: no new connections; open requests may finish"
+        );
+        drain.stopping.cancel();
+        // The listener closes on its next poll, which is at once: the server polls it
+        // until told to stop.
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain.closed.cancelled()).await;
+        handle.stop_graceful(drain_time + CUT_GRACE);
+        tokio::time::sleep(drain_time).await;
+        drain.deadline.cancel();
     });
     reload::on_hangup(&app);
     let _watch = reload::watch(&app);
@@ -108,6 +132,26 @@ pub async fn serve(acceptor: TcpAcceptor, app: Arc<App>) {
     // Every request has ended: write the usage records still queued.
     app.gateway.usage.flush().await;
     tracing::info!("usage records flushed; stopped");
+}
+
+/// After the drain deadline, how long streams get to write their final error event
+/// before their connections are closed.
+const CUT_GRACE: Duration = Duration::from_secs(5);
+
+/// The server on `acceptor` with the `[server]` bounds: connections, header size, count
+/// and time, idle time.
+fn server(acceptor: TcpAcceptor, app: &Arc<App>) -> Server<Listener> {
+    let settings = app.gateway.snapshot().config.server.clone();
+    let listener = Listener::new(acceptor, app.connections.clone(), app.drain.clone());
+    let fuse = FuseConfig::default()
+        .with_http1_header_timeout(settings.header_timeout())
+        .with_connection_idle_timeout(settings.idle_timeout());
+    let mut server = Server::new(listener).fuse_config(fuse);
+    server
+        .http1_mut()
+        .max_buf_size(settings.max_header_bytes)
+        .max_headers(settings.max_headers);
+    server
 }
 
 async fn shutdown_signal() {
@@ -146,9 +190,10 @@ async fn spawn_app(config: Config, source: Option<Source>) -> Result<(SocketAddr
         .ok_or("the listener has no IP address")?;
     let watch = reload::watch(&app);
     let router = app.router();
+    let server = server(acceptor, &app);
     tokio::spawn(async move {
         let _watch = watch;
-        Server::new(acceptor).serve(router).await;
+        server.serve(router).await;
     });
     Ok((local, app))
 }

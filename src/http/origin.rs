@@ -250,6 +250,7 @@ mod tests {
         let listen: SocketAddr = "127.0.0.1:3000".parse().unwrap();
         let server = ServerConfig {
             allowed_hosts: vec!["gateway.example".into(), "*.lan.example".into()],
+            ..Default::default()
         };
         for host in [
             "localhost:3000",

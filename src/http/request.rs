@@ -1,14 +1,22 @@
 //! Reading requests: bodies within their size limit, parsed with the field at fault
 //! named, and the per-request context (`Call`) the hoops leave in the depot.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use bytes::Bytes;
 use salvo::http::ParseError;
+use salvo::http::body::{Body, Frame, ReqBody, SizeHint};
 use salvo::prelude::*;
 use serde::de::DeserializeOwned;
+use tokio::time::{Instant, Sleep};
 
 use super::App;
-use crate::config::Config;
+use super::drain::Drain;
+use crate::config::{Config, ServerConfig};
 use crate::gateway::auth::Caller;
 use crate::gateway::{Gateway, Snapshot};
 use crate::ir::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ErrorKind, ModelCard};
@@ -21,6 +29,8 @@ pub struct Call {
     pub gateway: Arc<Gateway>,
     pub live: Arc<Snapshot>,
     pub caller: Caller,
+    /// Ends the call's answer if a stop's drain time runs out first.
+    drain: Drain,
 }
 
 impl Call {
@@ -37,6 +47,7 @@ impl Call {
                 .cloned()
                 .unwrap_or_else(|_| Caller::anonymous(Frontend::OpenAi)),
             gateway: app.gateway.clone(),
+            drain: app.drain.clone(),
         }
     }
 
@@ -45,7 +56,8 @@ impl Call {
     }
 
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatStream, Error> {
-        self.gateway.chat(&self.live, request, &self.caller).await
+        let stream = self.gateway.chat(&self.live, request, &self.caller).await?;
+        Ok(self.drain.cut(stream))
     }
 
     /// The prompt's size in tokens, and whether the upstream counted it.
@@ -84,19 +96,142 @@ pub fn app(depot: &Depot) -> Arc<App> {
         .clone()
 }
 
-/// Reads and parses a JSON body within the size limit, naming the field at fault.
+/// Reads and parses a JSON body within the size limit, naming the field at fault. A
+/// declared length over the limit is refused before any of the body is read (so a client
+/// sending `Expect: 100-continue` is never told to go on).
 pub async fn read_json<T: DeserializeOwned>(req: &mut Request, limit: usize) -> Result<T, Error> {
-    let body = req.payload_with_max_size(limit).await.map_err(|e| match e {
-        ParseError::PayloadTooLarge => Error::new(
-            ErrorKind::PayloadTooLarge,
-            format!("the request body is larger than the {limit}-byte limit (max_body_bytes)"),
-        ),
-        other => Error::bad_request(format!("could not read the request body: {other}")),
-    })?;
-    parse_json(body)
+    let body = read_body(req, limit).await?;
+    parse_json(&body)
 }
 
-fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+/// The whole body within the size limit (see `read_json`).
+pub async fn read_body(req: &mut Request, limit: usize) -> Result<Bytes, Error> {
+    let too_large = || {
+        Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!("the request body is larger than the {limit}-byte limit; raise max_body_bytes to accept it"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match req.payload_with_max_size(limit).await {
+        Ok(body) => Ok(body.clone()),
+        Err(ParseError::PayloadTooLarge) => Err(too_large()),
+        Err(other) => Err(match too_slow(&other) {
+            Some(slow) => Error::new(ErrorKind::RequestTimeout, slow.to_string()),
+            None => Error::bad_request(format!("could not read the request body: {other}")),
+        }),
+    }
+}
+
+/// Gives a request body `server.body_timeout_secs` to arrive, plus a second for each
+/// `server.body_min_bytes_per_sec` bytes received (Apache's mod_reqtimeout `MinRate`):
+/// a client trickling its body in cannot hold a connection for ever.
+pub fn pace_body(req: &mut Request, server: &ServerConfig) {
+    if !req.body().is_hyper() {
+        return;
+    }
+    let inner = req.take_body();
+    let timeout = server.body_timeout();
+    let paced = Paced {
+        inner,
+        started: Instant::now(),
+        timeout,
+        min_rate: server.body_min_bytes_per_sec,
+        received: 0,
+        deadline: Box::pin(tokio::time::sleep(timeout)),
+    };
+    req.replace_body(ReqBody::Boxed {
+        inner: Box::pin(paced),
+        fuse_config: None,
+    });
+}
+
+struct Paced {
+    inner: ReqBody,
+    started: Instant,
+    timeout: Duration,
+    min_rate: u64,
+    received: u64,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl Body for Paced {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.len() as u64;
+                    let earned = Duration::from_secs_f64(this.received as f64 / this.min_rate as f64);
+                    let deadline = this.started + this.timeout + earned;
+                    this.deadline.as_mut().reset(deadline);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => match this.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTooSlow {
+                    received: this.received,
+                    timeout: this.timeout,
+                    min_rate: this.min_rate,
+                })))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body that did not arrive in its time.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the request body did not arrive in time: {received} bytes came, the limit being {}s plus one \
+     second per {min_rate} bytes; raise server.body_timeout_secs or lower server.body_min_bytes_per_sec \
+     for slow clients",
+    timeout.as_secs_f64()
+)]
+struct BodyTooSlow {
+    received: u64,
+    timeout: Duration,
+    min_rate: u64,
+}
+
+/// The `BodyTooSlow` somewhere in `error`'s chain (salvo and hyper wrap it in I/O errors).
+fn too_slow<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyTooSlow> {
+    if let Some(slow) = error.downcast_ref::<BodyTooSlow>() {
+        return Some(slow);
+    }
+    if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(|e| e.get_ref())
+        && let Some(slow) = too_slow(inner)
+    {
+        return Some(slow);
+    }
+    if let Some(ParseError::Other(inner)) = error.downcast_ref::<ParseError>()
+        && let Some(slow) = too_slow(inner.as_ref())
+    {
+        return Some(slow);
+    }
+    error.source().and_then(too_slow)
+}
+
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();

@@ -47,7 +47,9 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let keep = call.gateway.keeps_responses(&call.live, decoded.store);
     let input: Vec<Value> = decoded.input.iter().map(to_json).collect();
     let encoder = ResponseEncoder::new(decoded.template);
-    let Call { gateway, live, caller } = call;
+    let Call {
+        gateway, live, caller, ..
+    } = call;
     let finished = move |response: Value| async move {
         if keep {
             gateway.keep_response(&live, &caller, response, input, earlier).await;

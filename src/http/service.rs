@@ -9,12 +9,17 @@ use crate::gateway::auth::presented_token;
 use crate::ir::{Error, ErrorKind};
 use crate::store::secrets;
 
-/// 200 while at least one channel can take requests, else 503. Each channel's state
-/// (names, URLs, errors) only for admins, or for everyone when authentication is off.
+/// 200 while at least one channel can take requests, else 503; 503 too from the moment
+/// a stop begins, so balancers send no more. Each channel's state (names, URLs, errors)
+/// only for admins, or for everyone when authentication is off.
 #[handler]
 pub async fn health(depot: &mut Depot, res: &mut Response) {
     let call = Call::of(depot);
-    let (usable, mut report) = call.gateway.health();
+    let (mut usable, mut report) = call.gateway.health();
+    if app(depot).drain.is_stopping() {
+        usable = false;
+        report["status"] = "stopping".into();
+    }
     if !call.caller.is_admin()
         && let Some(report) = report.as_object_mut()
     {

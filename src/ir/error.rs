@@ -16,6 +16,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The body's content type is not one the endpoint reads (JSON).
     UnsupportedMediaType,
+    /// The client did not send its request body in time.
+    RequestTimeout,
     RateLimited,
     /// The upstream could not be reached at all.
     UpstreamUnavailable,
@@ -97,6 +99,7 @@ impl Error {
             ErrorKind::NotFound => 404,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::RateLimited => 429,
             ErrorKind::UpstreamUnavailable => 502,
             // Whatever the upstream said, it is not the client's fault (a bad upstream key included).

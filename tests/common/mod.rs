@@ -1300,9 +1300,9 @@ impl Drop for Binary {
     }
 }
 
-/// The events of an Anthropic Messages stream as `(event name, data)`, checking each
-/// event's name is its data's `type`, as Anthropic writes them.
-pub fn anthropic_events(body: &str) -> Vec<(String, Value)> {
+/// The events of an SSE stream of named events (Anthropic's Messages, OpenAI's Responses)
+/// as `(event name, data)`, checking each event's name is its data's `type`.
+pub fn named_events(body: &str) -> Vec<(String, Value)> {
     body.split("\n\n")
         .filter(|frame| !frame.is_empty())
         .map(|frame| {
@@ -1340,25 +1340,64 @@ pub fn anthropic_models() -> Vec<String> {
     names
 }
 
-/// The events of a Responses API stream (`event: TYPE` + `data: {...}` frames), checking
-/// each frame's event name is its data's `type` and that `sequence_number`s count up
-/// from 0.
+/// The events of a Responses API stream (named events, as Anthropic's), checking that
+/// `sequence_number`s count up from 0.
 pub fn response_events(body: &str) -> Vec<Value> {
-    let events: Vec<Value> = body
-        .split("\n\n")
-        .filter(|frame| !frame.is_empty())
-        .map(|frame| {
-            let (event, data) = frame
-                .strip_prefix("event: ")
-                .and_then(|rest| rest.split_once("\ndata: "))
-                .unwrap_or_else(|| panic!("not an event frame: {frame:?}"));
-            let data: Value = serde_json::from_str(data).unwrap();
-            assert_eq!(data["type"], event, "{frame}");
-            data
-        })
-        .collect();
+    let events: Vec<Value> = named_events(body).into_iter().map(|(_, data)| data).collect();
     for (i, event) in events.iter().enumerate() {
         assert_eq!(event["sequence_number"], i, "{event}");
     }
     events
+}
+
+/// A process's resident memory (`VmRSS` of /proc/PID/status), in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The diglot binary in front of `fake` (an OpenAI-compatible upstream), with `profile`
+/// (TOML) as its profile and its store in `dir`.
+pub async fn binary_with_profile(fake: &FakeUpstream, dir: &Path, profile: &str) -> Binary {
+    let path = dir.join("profile.toml");
+    std::fs::write(&path, profile).unwrap();
+    let mut command = diglot_command();
+    command
+        .args(["--profile", path.to_str().unwrap(), "--target", &fake.url()])
+        .env("DIGLOT_STORE__DATA_DIR", dir);
+    Binary::start(command).await
+}
+
+/// A raw TCP connection to `base` (`http://HOST:PORT`), for requests no HTTP client
+/// would send: partial heads, trickled bodies, lies about lengths.
+pub async fn raw_connect(base: &str) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap()
+}
+
+/// Everything `stream` sends until it closes (or `limit` passes: the test fails).
+pub async fn read_to_close(stream: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        read.is_ok(),
+        "the connection stayed open for {limit:?}; it sent: {answer}"
+    );
+    answer
 }

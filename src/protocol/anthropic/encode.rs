@@ -24,6 +24,7 @@ pub fn error_kind(error: &Error) -> (&'static str, u16) {
         ErrorKind::NotFound => "not_found_error",
         ErrorKind::PayloadTooLarge => "request_too_large",
         ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::RequestTimeout => "timeout_error",
         ErrorKind::Unavailable | ErrorKind::UpstreamError { status: 529 } => return ("overloaded_error", 529),
         ErrorKind::UpstreamUnavailable | ErrorKind::UpstreamError { .. } | ErrorKind::Timeout | ErrorKind::Internal => {
             "api_error"

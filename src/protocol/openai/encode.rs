@@ -31,6 +31,7 @@ pub fn error_body(error: &Error) -> wire::ErrorBody {
         ErrorKind::NotFound => ("invalid_request_error", Some("not_found")),
         ErrorKind::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
         ErrorKind::UnsupportedMediaType => ("invalid_request_error", Some("unsupported_media_type")),
+        ErrorKind::RequestTimeout => ("invalid_request_error", Some("request_timeout")),
         ErrorKind::RateLimited => ("rate_limit_error", Some("rate_limit_exceeded")),
         ErrorKind::UpstreamUnavailable => ("api_error", Some("upstream_unavailable")),
         ErrorKind::UpstreamError { .. } => ("api_error", Some("upstream_error")),
