@@ -80,7 +80,7 @@ async fn a_1gb_body_is_refused_early_and_never_read_whole() {
         for expect in ["", "Expect: 100-continue\r\n"] {
             let mut conn = raw_connect(&diglot.base).await;
             let head = format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n{expect}\r\n"
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n{expect}\r\n"
             );
             conn.write_all(head.as_bytes()).await.unwrap();
             // Nothing of the body is sent: the answer cannot wait for it.
@@ -98,7 +98,7 @@ async fn a_1gb_body_is_refused_early_and_never_read_whole() {
     }
     // Chunked, with no length to refuse: read up to the limit, then refused.
     let mut conn = raw_connect(&diglot.base).await;
-    conn.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    conn.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
         .await
         .unwrap();
     let (mut reader, mut writer) = conn.into_split();
@@ -144,7 +144,7 @@ async fn slowloris_on_headers_is_cut_and_others_are_served() {
             let base = diglot.base.clone();
             tokio::spawn(async move {
                 let mut conn = raw_connect(&base).await;
-                let head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+                let head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
                 for byte in head {
                     if conn.write_all(&[*byte]).await.is_err() {
                         break;
@@ -189,7 +189,7 @@ async fn slowloris_on_the_body_gets_408_and_others_are_served() {
             tokio::spawn(async move {
                 let mut conn = raw_connect(&base).await;
                 let head = format!(
-                    "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                    "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
                 );
                 conn.write_all(head.as_bytes()).await.unwrap();
                 let (mut reader, mut writer) = conn.into_split();
