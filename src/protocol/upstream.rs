@@ -4,20 +4,18 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
-use tokio_util::io::StreamReader;
 use tracing::{Level, debug, enabled};
 
+use super::framing::{self, Format};
 use crate::config::{Endpoint, UpstreamConfig};
 use crate::ir::{Error, ErrorKind};
 
-/// The longest line or body accepted from an upstream (Ollama's own client allows 8 MiB
-/// lines; embeddings of long batches can be bigger as whole bodies).
-const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+/// The longest whole body accepted from an upstream (embeddings of long batches can be
+/// big); streamed frames have their own limit, `max_line_bytes`.
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 /// A request to pass through untranslated.
@@ -50,6 +48,7 @@ pub struct Upstream {
     auth: Option<HeaderValue>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+    max_line_bytes: usize,
 }
 
 impl Upstream {
@@ -95,6 +94,7 @@ impl Upstream {
             auth,
             first_byte_timeout: config.first_byte_timeout(),
             idle_timeout: config.idle_timeout(),
+            max_line_bytes: config.max_line_bytes,
         }
     }
 
@@ -104,6 +104,12 @@ impl Upstream {
 
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+
+    /// A streamed answer cut into NDJSON lines or SSE events, within the channel's
+    /// frame size and idle timeout.
+    pub fn frames(&self, response: reqwest::Response, format: Format) -> impl Stream<Item = Result<String, Error>> + Send + use<> {
+        framing::frames(response.bytes_stream(), format, self.max_line_bytes, self.idle_timeout, self.base.clone())
     }
 
     /// The base URL with `path` appended to its path.
@@ -292,37 +298,6 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
-}
-
-/// The non-empty lines of a streamed body, each as soon as it is complete. A silence
-/// longer than `idle` ends the stream with a timeout error.
-pub fn ndjson_lines(response: reqwest::Response, idle: Duration) -> impl Stream<Item = Result<String, Error>> + Send {
-    let base = response.url().origin().ascii_serialization();
-    let body = response.bytes_stream().map_err(std::io::Error::other);
-    let lines = FramedRead::new(StreamReader::new(body), LinesCodec::new_with_max_length(MAX_LINE_BYTES));
-    // One timer for the whole stream, pushed back by each line.
-    let lines = tokio_stream::StreamExt::timeout(lines, idle);
-    async_stream::stream! {
-        futures::pin_mut!(lines);
-        loop {
-            match lines.next().await {
-                Some(Err(_)) => {
-                    yield Err(Error::new(ErrorKind::Timeout, format!("the upstream at {base} sent nothing for {} s", idle.as_secs_f64())));
-                    return;
-                }
-                None => return,
-                Some(Ok(Ok(line))) => if !line.trim().is_empty() { yield Ok(line) },
-                Some(Ok(Err(LinesCodecError::MaxLineLengthExceeded))) => {
-                    yield Err(Error::upstream(502, format!("the upstream at {base} sent a line longer than {MAX_LINE_BYTES} bytes")));
-                    return;
-                }
-                Some(Ok(Err(LinesCodecError::Io(e)))) => {
-                    yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the connection to the upstream at {base} broke: {}", root_cause(&e))));
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// A URL without credentials or query in it, for showing.

@@ -13,6 +13,7 @@ use crate::ir::{
     ResponseFormat, Role, Sampling, ToolChoice, new_call_id,
 };
 use crate::protocol::images::sniff_base64_mime;
+use crate::protocol::framing::Format;
 use crate::protocol::upstream::Upstream;
 
 /// A client of one OpenAI-compatible server.
@@ -78,7 +79,7 @@ impl OpenAiClient {
             let events = decoder.whole(self.upstream.json(response).await?)?;
             return Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))));
         }
-        Ok(stream::events(&self.upstream, response, decoder))
+        Ok(stream::events(self.upstream.frames(response, Format::Sse), decoder))
     }
 
     pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, Error> {

@@ -4,6 +4,6 @@
 pub mod client;
 pub mod decode;
 pub mod encode;
-mod stream;
+pub mod stream;
 mod think;
 pub mod wire;
