@@ -180,7 +180,36 @@ impl Gateway {
     /// as a proper error status; after it, an error ends the stream. Every request,
     /// answered or not, leaves a usage record. A cached answer replays as a stream.
     pub async fn chat(&self, live: &Snapshot, request: &ChatRequest, caller: &Caller) -> Result<ChatStream, Error> {
+        self.chat_in(live, request, caller, None).await
+    }
+
+    /// Starts several answers of one request at once (OpenAI's `n`, several prompts);
+    /// the first failure cancels the others, and the request leaves one usage record for
+    /// it rather than one per cancelled answer.
+    pub async fn chat_all<'r>(
+        &self,
+        live: &Snapshot,
+        requests: impl IntoIterator<Item = &'r ChatRequest>,
+        caller: &Caller,
+    ) -> Result<Vec<ChatStream>, Error> {
+        let batch = usage::Batch::default();
+        let starts = requests
+            .into_iter()
+            .map(|request| self.chat_in(live, request, caller, Some(batch.clone())));
+        futures::future::try_join_all(starts).await
+    }
+
+    async fn chat_in(
+        &self,
+        live: &Snapshot,
+        request: &ChatRequest,
+        caller: &Caller,
+        batch: Option<usage::Batch>,
+    ) -> Result<ChatStream, Error> {
         let mut meter = Meter::start(self.usage.clone(), self.metrics.clone(), caller, &request.model);
+        if let Some(batch) = batch {
+            meter.in_batch(batch);
+        }
         let started = match self.start_chat(live, request, caller, &mut meter).await {
             Ok(started) => started,
             Err(error) => {
@@ -203,8 +232,10 @@ impl Gateway {
         Ok(Box::pin(events.map(move |event| {
             match &event {
                 Err(error) => {
-                    if let Some(lease) = &lease {
-                        lease.channel.health.record(Err(error), false, &config);
+                    if let Some(lease) = &lease
+                        && let Some(scope) = routing::mid_stream_scope(error)
+                    {
+                        lease.channel.health.failed(&lease.model, error, scope, None, &config);
                     }
                     recording = None;
                 }

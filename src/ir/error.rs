@@ -12,6 +12,8 @@ pub enum ErrorKind {
     Forbidden,
     /// The model (or route) does not exist.
     NotFound,
+    /// The route exists, but not for this HTTP method.
+    MethodNotAllowed,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
     RateLimited,
@@ -93,6 +95,7 @@ impl Error {
             ErrorKind::Unauthorized => 401,
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RateLimited => 429,
             ErrorKind::UpstreamUnavailable => 502,

@@ -108,8 +108,18 @@ impl Upstream {
 
     /// A streamed answer cut into NDJSON lines or SSE events, within the channel's
     /// frame size and idle timeout.
-    pub fn frames(&self, response: reqwest::Response, format: Format) -> impl Stream<Item = Result<String, Error>> + Send + use<> {
-        framing::frames(response.bytes_stream(), format, self.max_line_bytes, self.idle_timeout, self.base.clone())
+    pub fn frames(
+        &self,
+        response: reqwest::Response,
+        format: Format,
+    ) -> impl Stream<Item = Result<String, Error>> + Send + use<> {
+        framing::frames(
+            response.bytes_stream(),
+            format,
+            self.max_line_bytes,
+            self.idle_timeout,
+            self.base.clone(),
+        )
     }
 
     /// The base URL with `path` appended to its path.

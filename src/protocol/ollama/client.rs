@@ -14,8 +14,8 @@ use crate::ir::{
     ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, FinishReason, Image, Input, Message,
     ModelCard, Reasoning, ResponseFormat, Role, Timings, TokenLogprob, ToolChoice, TopLogprob, Usage,
 };
-use crate::protocol::images::ImageFetcher;
 use crate::protocol::framing::Format;
+use crate::protocol::images::ImageFetcher;
 use crate::protocol::upstream::Upstream;
 
 /// A client of one Ollama server.

@@ -12,8 +12,8 @@ use crate::ir::{
     ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, Image, Input, Message, ModelCard, Prompt, Reasoning,
     ResponseFormat, Role, Sampling, ToolChoice, new_call_id,
 };
-use crate::protocol::images::sniff_base64_mime;
 use crate::protocol::framing::Format;
+use crate::protocol::images::sniff_base64_mime;
 use crate::protocol::upstream::Upstream;
 
 /// A client of one OpenAI-compatible server.

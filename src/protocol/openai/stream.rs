@@ -14,7 +14,10 @@ use crate::ir::{ChatEvent, ChatStream, Error, FinishReason, TokenLogprob, TopLog
 
 /// The events of a streamed answer, from its SSE events' data as they come (framing,
 /// its size limit and idle timeout are `protocol::framing`'s).
-pub fn events(frames: impl Stream<Item = Result<String, Error>> + Send + 'static, mut decoder: SseDecoder) -> ChatStream {
+pub fn events(
+    frames: impl Stream<Item = Result<String, Error>> + Send + 'static,
+    mut decoder: SseDecoder,
+) -> ChatStream {
     Box::pin(async_stream::stream! {
         futures::pin_mut!(frames);
         while let Some(data) = frames.next().await {
