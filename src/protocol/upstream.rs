@@ -214,12 +214,44 @@ impl Upstream {
         })
     }
 
-    /// Reads a whole answer.
+    /// Reads a whole answer (embeddings of long batches, model lists).
     pub async fn body(&self, response: reqwest::Response) -> Result<Bytes, Error> {
-        let body = match tokio::time::timeout(self.idle_timeout, read_limited(response, MAX_BODY_BYTES)).await {
+        self.read_within(response, MAX_BODY_BYTES, "").await
+    }
+
+    /// Reads a whole chat answer: one frame, so within the channel's `max_line_bytes`.
+    pub async fn chat_body(&self, response: reqwest::Response) -> Result<Bytes, Error> {
+        let setting = " (the limit is the channel's max_line_bytes; raise it in the profile to accept larger ones)";
+        self.read_within(response, self.max_line_bytes, setting).await
+    }
+
+    /// Reads a whole body of at most `limit` bytes (`setting` says how to raise it).
+    async fn read_within(&self, response: reqwest::Response, limit: usize, setting: &str) -> Result<Bytes, Error> {
+        let read = async {
+            let mut body = bytes::BytesMut::new();
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                if body.len() + chunk.len() > limit {
+                    return Ok(None);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok::<_, reqwest::Error>(Some(body.freeze()))
+        };
+        let body = match tokio::time::timeout(self.idle_timeout, read).await {
             Err(_) => return Err(self.timed_out(self.idle_timeout)),
             Ok(Err(e)) => return Err(self.transport_error(&e)),
-            Ok(Ok(body)) => body,
+            Ok(Ok(None)) => {
+                return Err(Error::upstream(
+                    502,
+                    format!(
+                        "the upstream at {} sent an answer larger than {limit} bytes{setting}",
+                        self.base
+                    ),
+                ));
+            }
+            Ok(Ok(Some(body))) => body,
         };
         debug!(target: "diglot::wire", answer = %String::from_utf8_lossy(&body), "upstream answer");
         Ok(body)
@@ -228,7 +260,17 @@ impl Upstream {
     /// Reads a whole JSON answer.
     pub async fn json<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
         let body = self.body(response).await?;
-        serde_json::from_slice(&body).map_err(|e| {
+        self.parse(&body)
+    }
+
+    /// Reads a whole JSON chat answer, within `max_line_bytes`.
+    pub async fn chat_json<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
+        let body = self.chat_body(response).await?;
+        self.parse(&body)
+    }
+
+    fn parse<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(body).map_err(|e| {
             Error::upstream(
                 502,
                 format!("the upstream at {} sent an answer diglot cannot read: {e}", self.base),

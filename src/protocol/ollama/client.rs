@@ -57,7 +57,7 @@ impl OllamaClient {
         let is_chat = matches!(request.input, Input::Messages(_));
         if !request.stream {
             // A whole answer is the stream's last line with everything before folded in.
-            let body = self.upstream.body(response).await?;
+            let body = self.upstream.chat_body(response).await?;
             let line = std::str::from_utf8(&body)
                 .map_err(|_| Error::upstream(502, "the Ollama upstream sent an answer that is not UTF-8"))?;
             let mut decoder = ChunkDecoder::default();

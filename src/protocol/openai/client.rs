@@ -76,7 +76,7 @@ impl OpenAiClient {
         };
         let mut decoder = SseDecoder::new(self.think_tags);
         if !request.stream {
-            let events = decoder.whole(self.upstream.json(response).await?)?;
+            let events = decoder.whole(self.upstream.chat_json(response).await?)?;
             return Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))));
         }
         Ok(stream::events(self.upstream.frames(response, Format::Sse), decoder))
