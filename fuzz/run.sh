@@ -12,13 +12,16 @@ jobs="${FUZZ_JOBS:-1}"
 
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 ./seed.sh
+# Built once, then each target's binary runs as it is: sources edited while the targets
+# run do not rebuild them half-way.
 cargo +nightly fuzz build -O
+bin="target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
 mkdir -p artifacts
 
 run_one() {
     local target="$1" seconds="$2" log="artifacts/$1.log"
     mkdir -p "artifacts/$target"
-    if cargo +nightly fuzz run -O "$target" "corpus/$target" -- \
+    if "$bin/$target" "corpus/$target" \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         -artifact_prefix="artifacts/$target/" >"$log" 2>&1; then
         echo "$target: $(grep -o 'Done [0-9]* runs in [0-9]* second(s)' "$log" | tail -1)"
@@ -29,5 +32,6 @@ run_one() {
     fi
 }
 export -f run_one
+export bin
 
 cargo +nightly fuzz list | xargs -P "$jobs" -I{} bash -c "run_one {} $seconds"

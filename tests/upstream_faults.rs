@@ -306,3 +306,55 @@ async fn five_hundreds_on_one_model_leave_the_other_models_working() {
     let health = get_json(&format!("{base}/health")).await;
     assert!(health["channels"][0]["models"].get("chat-text").is_none(), "{health}");
 }
+
+#[tokio::test]
+async fn failures_the_request_caused_never_count_against_the_upstream() {
+    let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    let base = diglot_channels(
+        vec![
+            diglot::config::UpstreamConfig {
+                priority: 1,
+                ..channel("a", &a, UpstreamKind::Ollama)
+            },
+            channel("b", &b, UpstreamKind::Ollama),
+        ],
+        |c| {
+            c.routing = RoutingConfig {
+                min_requests: 2,
+                failure_ratio: 0.5,
+                cooldown_secs: 600.0,
+                check_interval_secs: 0.0,
+                ..Default::default()
+            }
+        },
+    )
+    .await;
+    // The upstream refuses the request itself (400, 413, 422), again and again.
+    for status in [400, 413, 422] {
+        a.fail_next(3, status, None);
+        for _ in 0..3 {
+            let (got, message, text) = ask(&base, Frontend::Ollama, "chat-text", false).await;
+            assert!((400..500).contains(&got), "{status}: {text}");
+            assert!(message.unwrap().contains("injected failure"), "{text}");
+        }
+    }
+    // Clients that hang up before their answer is whole.
+    a.set_line_delay(Duration::from_millis(300));
+    for _ in 0..3 {
+        let (path, body) = request(Frontend::OpenAi, "chat-text", false);
+        a.assert_giving_up_cancels_the_call(&format!("{base}{path}"), body).await;
+    }
+    a.set_line_delay(Duration::ZERO);
+    let health = get_json(&format!("{base}/health")).await;
+    let channel = &health["channels"][0];
+    assert_eq!(channel["name"], "a");
+    assert_eq!(
+        (&channel["state"], &channel["window"]["failures"], &channel["models"]),
+        (&json!("healthy"), &json!(0), &json!({})),
+        "{channel}"
+    );
+    let calls = a.calls();
+    let (status, _, text) = ask(&base, Frontend::Ollama, "chat-text", false).await;
+    assert_eq!((status, a.calls()), (200, calls + 1), "still the first choice: {text}");
+    assert_eq!(b.calls(), 0, "nothing failed over");
+}

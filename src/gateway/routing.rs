@@ -205,14 +205,17 @@ pub fn error_kind(error: &Error) -> &'static str {
     }
 }
 
-/// A failure before the first event. Other 4xx answers (and every error of diglot's own,
-/// such as an image the client gave that cannot be fetched) are the request's doing.
+/// A failure before the first event. What the upstream refused as the request's fault
+/// (400, 404, 413, 422: their own kinds), and every error of diglot's own (such as an
+/// image the client gave that cannot be fetched), is `Final` and counts nowhere. Other
+/// 4xx answers (405, 415...) say the upstream is not what the channel expects.
 fn classify(error: &Error) -> Failure {
     match error.kind {
         ErrorKind::UpstreamError { status: 401 | 403 } => Failure::BadKey,
         ErrorKind::RateLimited => Failure::Throttled,
         ErrorKind::UpstreamUnavailable | ErrorKind::Timeout => Failure::Failed(Scope::Channel),
         ErrorKind::UpstreamError { status: 500.. } => Failure::Failed(Scope::Model),
+        ErrorKind::UpstreamError { .. } => Failure::Failed(Scope::Channel),
         _ => Failure::Final,
     }
 }
@@ -413,7 +416,7 @@ mod tests {
         assert_eq!(upstream(403), Failure::BadKey);
         assert_eq!(upstream(500), Failure::Failed(Scope::Model));
         assert_eq!(upstream(504), Failure::Failed(Scope::Model));
-        assert_eq!(upstream(405), Failure::Final, "the request's own doing");
+        assert_eq!(upstream(405), Failure::Failed(Scope::Channel), "not what the channel expects");
         assert_eq!(classify(&Error::new(ErrorKind::RateLimited, "x")), Failure::Throttled);
         assert_eq!(
             classify(&Error::new(ErrorKind::Timeout, "x")),
