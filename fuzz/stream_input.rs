@@ -49,9 +49,11 @@ impl Input {
     }
 }
 
-/// Reads every event; an error ends the stream, as it does for a client.
-pub fn drain(events: ChatStream) {
+/// Reads every event of the stream `events` makes (inside the runtime, as its timers
+/// need); an error ends the stream, as it does for a client.
+pub fn drain(events: impl FnOnce() -> ChatStream) {
     RUNTIME.block_on(async {
+        let events = events();
         futures::pin_mut!(events);
         while let Some(event) = events.next().await {
             if event.is_err() {

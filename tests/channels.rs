@@ -621,7 +621,10 @@ async fn five_hundreds_on_every_model_open_the_channels_circuit() {
     assert_eq!(state(&report, "a")["state"], "open", "{report}");
     assert_eq!(state(&report, "a")["usable"], false);
     // Even a model never asked for goes to the backup now.
-    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-tools")).await.status, 200);
+    assert_eq!(
+        post(&base, "/v1/chat/completions", chat("chat-tools")).await.status,
+        200
+    );
     assert_eq!(a.calls(), 4);
 }
 

@@ -342,7 +342,8 @@ async fn failures_the_request_caused_never_count_against_the_upstream() {
     a.set_line_delay(Duration::from_millis(300));
     for _ in 0..3 {
         let (path, body) = request(Frontend::OpenAi, "chat-text", false);
-        a.assert_giving_up_cancels_the_call(&format!("{base}{path}"), body).await;
+        a.assert_giving_up_cancels_the_call(&format!("{base}{path}"), body)
+            .await;
     }
     a.set_line_delay(Duration::ZERO);
     let health = get_json(&format!("{base}/health")).await;

@@ -12,6 +12,5 @@ mod stream_input;
 
 fuzz_target!(|data: &[u8]| {
     let Some(input) = stream_input::Input::read(data) else { return };
-    let frames = input.frames(Format::Ndjson);
-    stream_input::drain(events(frames, input.flag));
+    stream_input::drain(|| events(input.frames(Format::Ndjson), input.flag));
 });

@@ -416,7 +416,11 @@ mod tests {
         assert_eq!(upstream(403), Failure::BadKey);
         assert_eq!(upstream(500), Failure::Failed(Scope::Model));
         assert_eq!(upstream(504), Failure::Failed(Scope::Model));
-        assert_eq!(upstream(405), Failure::Failed(Scope::Channel), "not what the channel expects");
+        assert_eq!(
+            upstream(405),
+            Failure::Failed(Scope::Channel),
+            "not what the channel expects"
+        );
         assert_eq!(classify(&Error::new(ErrorKind::RateLimited, "x")), Failure::Throttled);
         assert_eq!(
             classify(&Error::new(ErrorKind::Timeout, "x")),
