@@ -519,8 +519,25 @@ async fn circuit(base: &str, name: &str, wanted: &str) {
     .await;
 }
 
+/// The state of `model`'s circuit on channel `name` ("healthy" when it is not tracked:
+/// no failure lately).
+fn model_state(health: &Value, name: &str, model: &str) -> String {
+    state(health, name)["models"][model]["state"]
+        .as_str()
+        .unwrap_or("healthy")
+        .to_owned()
+}
+
+/// Waits until `model`'s circuit on channel `name` is in `wanted` state.
+async fn model_circuit(base: &str, name: &str, model: &str, wanted: &str) {
+    eventually_async(&format!("{model} on {name} to be {wanted}"), || async move {
+        model_state(&health(base).await.1, name, model) == wanted
+    })
+    .await;
+}
+
 #[tokio::test]
-async fn the_circuit_opens_half_opens_and_closes() {
+async fn a_models_circuit_opens_half_opens_and_closes_and_its_channel_serves_the_rest() {
     let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
     // A cooldown long enough for every check that must fall inside it, however slow
     // the machine; its end is waited for by polling /health.
@@ -534,15 +551,18 @@ async fn the_circuit_opens_half_opens_and_closes() {
         }),
     )
     .await;
-    a.fail_next(1000, 500, None);
+    // Ollama answers 500 for a model it cannot load; its other models still work.
+    a.fail_model("chat-text", Some(500));
     for _ in 0..2 {
         assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
     }
     assert_eq!(a.calls(), 2);
     let (status, report) = health(&base).await;
-    assert_eq!((status, &state(&report, "a")["state"]), (200, &json!("open")));
+    assert_eq!(status, 200);
+    assert_eq!(model_state(&report, "a", "chat-text"), "open");
+    assert_eq!(state(&report, "a")["state"], "healthy", "the channel stays in service");
     assert!(
-        state(&report, "a")["last_error"]["message"]
+        state(&report, "a")["models"]["chat-text"]["last_error"]["message"]
             .as_str()
             .unwrap()
             .contains("injected failure 500")
@@ -551,27 +571,61 @@ async fn the_circuit_opens_half_opens_and_closes() {
     for _ in 0..3 {
         assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
     }
-    assert_eq!(a.calls(), 2, "an open circuit takes no requests");
+    assert_eq!(a.calls(), 2, "an open circuit takes no requests for its model");
+    // Another model still goes to the first choice.
+    assert_eq!(post(&base, "/v1/chat/completions", chat("chat-json")).await.status, 200);
+    assert_eq!(a.calls(), 3, "the channel serves its other models");
 
     // After the cooldown one probe goes through; it fails, so the circuit opens again.
-    circuit(&base, "a", "half_open").await;
+    model_circuit(&base, "a", "chat-text", "half_open").await;
     assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
-    assert_eq!(a.calls(), 3, "one probe");
-    assert_eq!(state(&health(&base).await.1, "a")["state"], "open");
+    assert_eq!(a.calls(), 4, "one probe");
+    assert_eq!(model_state(&health(&base).await.1, "a", "chat-text"), "open");
 
-    // The upstream recovers: the next probe closes the circuit.
-    a.fail_next(0, 500, None);
-    circuit(&base, "a", "half_open").await;
+    // The model recovers: the next probe closes the circuit.
+    a.fail_model("chat-text", None);
+    model_circuit(&base, "a", "chat-text", "half_open").await;
     assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
-    assert_eq!(a.calls(), 4);
-    assert_eq!(state(&health(&base).await.1, "a")["state"], "healthy");
+    assert_eq!(a.calls(), 5);
+    assert_eq!(model_state(&health(&base).await.1, "a", "chat-text"), "healthy");
     let b_before = b.calls();
     assert_eq!(post(&base, "/v1/chat/completions", chat("chat-text")).await.status, 200);
     assert_eq!(
         (a.calls(), b.calls()),
-        (5, b_before),
+        (6, b_before),
         "back in service as the first choice"
     );
+}
+
+#[tokio::test]
+async fn five_hundreds_on_every_model_open_the_channels_circuit() {
+    let (a, b) = (FakeUpstream::start().await, FakeUpstream::start().await);
+    let base = diglot_channels(
+        primary_and_backup(&a, &b),
+        quick(RoutingConfig {
+            min_requests: 2,
+            failure_ratio: 0.8,
+            cooldown_secs: 600.0,
+            ..Default::default()
+        }),
+    )
+    .await;
+    a.fail_next(1000, 500, None);
+    for model in ["chat-text", "chat-json"] {
+        for _ in 0..2 {
+            assert_eq!(post(&base, "/v1/chat/completions", chat(model)).await.status, 200);
+        }
+    }
+    assert_eq!(a.calls(), 4);
+    let report = health(&base).await.1;
+    assert_eq!(state(&report, "a")["state"], "open", "{report}");
+    assert_eq!(state(&report, "a")["usable"], false);
+    // Even a model never asked for goes to the backup now.
+    assert_eq!(
+        post(&base, "/v1/chat/completions", chat("chat-tools")).await.status,
+        200
+    );
+    assert_eq!(a.calls(), 4);
 }
 
 #[tokio::test]

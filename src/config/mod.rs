@@ -252,6 +252,17 @@ impl Config {
         shown
     }
 
+    /// A profile's text over the built-in defaults, validated, as `load` reads a
+    /// profile file (without the environment and flags).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// The channels to route over: `channels`, or `upstream` as the only one (named
     /// "default" unless it has a name).
     pub fn channels(&self) -> Vec<UpstreamConfig> {

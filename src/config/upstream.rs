@@ -69,6 +69,9 @@ pub struct UpstreamConfig {
     pub idle_timeout_secs: f64,
     /// Longest a whole request may take; 0 means no limit.
     pub total_timeout_secs: f64,
+    /// Largest frame of a streamed answer, in bytes: an NDJSON line from Ollama, an SSE
+    /// event from an OpenAI-compatible server.
+    pub max_line_bytes: usize,
     /// How long the upstream's model list and model details are cached.
     pub models_cache_secs: u64,
     /// OpenAI-compatible upstreams: the field that carries the token limit,
@@ -109,6 +112,7 @@ impl Default for UpstreamConfig {
             first_byte_timeout_secs: 300.0,
             idle_timeout_secs: 120.0,
             total_timeout_secs: 0.0,
+            max_line_bytes: 16 * 1024 * 1024,
             models_cache_secs: 10,
             max_tokens_field: "max_tokens".into(),
             pass_options: ["top_k", "min_p", "typical_p", "repeat_penalty"]
@@ -188,6 +192,9 @@ impl UpstreamConfig {
         }
         if self.default_max_tokens == 0 {
             return invalid("default_max_tokens must be at least 1".into());
+        }
+        if self.max_line_bytes == 0 {
+            return invalid("max_line_bytes must be more than 0".into());
         }
         if self.models.is_empty() && self.aliases.is_empty() {
             return invalid("serves no model: set models (\"*\" for all the upstream lists) or aliases".into());
@@ -269,9 +276,9 @@ impl std::fmt::Debug for Endpoint {
 }
 
 /// A key line with an optional URL of its own.
-pub(super) struct KeyLine {
-    pub(super) url: Option<String>,
-    pub(super) key: String,
+pub struct KeyLine {
+    pub url: Option<String>,
+    pub key: String,
 }
 
 impl KeyLine {
@@ -286,7 +293,7 @@ impl KeyLine {
 /// One line of a keys list, in the formats the seed gateways accept: `sk-...`, `URL|KEY`,
 /// `KEY|URL`, `URL#KEY`, `URL/KEY` (the last path segment is the key). `None` for blank
 /// lines and `#` comments. Errors never quote the key.
-pub(super) fn parse_key_line(line: &str) -> Option<Result<KeyLine, String>> {
+pub fn parse_key_line(line: &str) -> Option<Result<KeyLine, String>> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;

@@ -10,7 +10,7 @@ use moka::future::Cache;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wildmatch::WildMatch;
 
-use super::health::Health;
+use super::health::{Health, Probe};
 use crate::config::{Endpoint, ImageConfig, UpstreamConfig, UpstreamKind};
 use crate::ir::{Error, ModelCard};
 use crate::protocol::Backend;
@@ -76,8 +76,10 @@ struct Key {
 pub struct Lease {
     pub channel: Arc<Channel>,
     pub key: usize,
-    /// This request is the half-open channel's probe.
-    pub probe: bool,
+    /// The upstream's name of the model asked for: its health is counted by it.
+    pub model: String,
+    /// This request is the probe of a half-open circuit, the channel's or the model's.
+    pub probe: Option<Probe>,
     _slots: (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>),
 }
 
@@ -90,9 +92,9 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.channel.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.probe {
+        if let Some(probe) = &self.probe {
             // No verdict came (the client left first): let another request probe.
-            self.channel.health.probe_abandoned();
+            self.channel.health.probe_abandoned(probe);
         }
     }
 }
@@ -248,12 +250,18 @@ impl Channel {
 
     /// Takes a slot on the next key in rotation that is neither benched nor in `tried`,
     /// without waiting.
-    pub fn try_lease(self: &Arc<Self>, tried: &[(usize, usize)], index: usize, probe: bool) -> Result<Lease, NoSlot> {
+    pub fn try_lease(
+        self: &Arc<Self>,
+        tried: &[(usize, usize)],
+        index: usize,
+        model: &str,
+        probe: Option<Probe>,
+    ) -> Result<Lease, NoSlot> {
         let channel_slot = match &self.slots {
             Some(slots) => Some(slots.clone().try_acquire_owned().map_err(|_| NoSlot::Full)?),
             None => None,
         };
-        self.lease_key(tried, index, probe, channel_slot)
+        self.lease_key(tried, index, model, probe, channel_slot)
     }
 
     /// Waits (bounded by `timeout`) for a slot on this channel.
@@ -261,6 +269,7 @@ impl Channel {
         self: &Arc<Self>,
         tried: &[(usize, usize)],
         index: usize,
+        model: &str,
         timeout: Duration,
     ) -> Option<Lease> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -274,7 +283,7 @@ impl Channel {
             None => None,
         };
         loop {
-            match self.lease_key(tried, index, false, None) {
+            match self.lease_key(tried, index, model, None, None) {
                 Ok(mut lease) => {
                     lease._slots.0 = channel_slot;
                     return Some(lease);
@@ -291,7 +300,8 @@ impl Channel {
         self: &Arc<Self>,
         tried: &[(usize, usize)],
         index: usize,
-        probe: bool,
+        model: &str,
+        probe: Option<Probe>,
         channel_slot: Option<OwnedSemaphorePermit>,
     ) -> Result<Lease, NoSlot> {
         let now = Instant::now();
@@ -314,6 +324,7 @@ impl Channel {
             return Ok(Lease {
                 channel: self.clone(),
                 key,
+                model: model.to_owned(),
                 probe,
                 _slots: (channel_slot, key_slot),
             });

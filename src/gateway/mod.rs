@@ -205,7 +205,36 @@ impl Gateway {
     /// as a proper error status; after it, an error ends the stream. Every request,
     /// answered or not, leaves a usage record. A cached answer replays as a stream.
     pub async fn chat(&self, live: &Snapshot, request: &ChatRequest, caller: &Caller) -> Result<ChatStream, Error> {
+        self.chat_in(live, request, caller, None).await
+    }
+
+    /// Starts several answers of one request at once (OpenAI's `n`, several prompts);
+    /// the first failure cancels the others, and the request leaves one usage record for
+    /// it rather than one per cancelled answer.
+    pub async fn chat_all<'r>(
+        &self,
+        live: &Snapshot,
+        requests: impl IntoIterator<Item = &'r ChatRequest>,
+        caller: &Caller,
+    ) -> Result<Vec<ChatStream>, Error> {
+        let batch = usage::Batch::default();
+        let starts = requests
+            .into_iter()
+            .map(|request| self.chat_in(live, request, caller, Some(batch.clone())));
+        futures::future::try_join_all(starts).await
+    }
+
+    async fn chat_in(
+        &self,
+        live: &Snapshot,
+        request: &ChatRequest,
+        caller: &Caller,
+        batch: Option<usage::Batch>,
+    ) -> Result<ChatStream, Error> {
         let mut meter = Meter::start(self.usage.clone(), self.metrics.clone(), caller, &request.model);
+        if let Some(batch) = batch {
+            meter.in_batch(batch);
+        }
         let started = match within_bounds(&live.config.server, request) {
             Ok(()) => self.start_chat(live, request, caller, &mut meter).await,
             Err(error) => Err(error),
@@ -233,9 +262,11 @@ impl Gateway {
             match &event {
                 Err(error) => {
                     if let Some(lease) = &lease
-                        && let Some(change) = lease.channel.health.record(Err(error), false, &config)
+                        && let Some(scope) = routing::mid_stream_scope(error)
                     {
-                        change.log(&lease.channel.name);
+                        for change in lease.channel.health.failed(&lease.model, error, scope, None, &config) {
+                            change.log(&lease.channel.name);
+                        }
                     }
                     recording = None;
                 }

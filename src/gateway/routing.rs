@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use tracing::{info, warn};
 
 use super::channel::{Channel, Lease, NoSlot};
-use super::health::Admission;
+use super::health::{Admission, Scope};
 use crate::config::RoutingConfig;
 use crate::ir::{Error, ErrorKind};
 use crate::telemetry::Metrics;
@@ -106,10 +106,12 @@ impl Attempts<'_> {
     /// The attempt on `lease` answered.
     pub fn succeeded(&self, lease: &Lease) {
         let channel = &lease.channel;
-        if let Some(change) = channel
-            .health
-            .record(Ok(self.started.elapsed()), lease.probe, &self.router.config)
-        {
+        for change in channel.health.answered(
+            &lease.model,
+            self.started.elapsed(),
+            lease.probe.as_ref(),
+            &self.router.config,
+        ) {
             change.log(&channel.name);
         }
         if let Some(failed) = self.first_failed.as_ref().filter(|f| !Arc::ptr_eq(f, channel)) {
@@ -133,7 +135,7 @@ impl Attempts<'_> {
         let failure = classify(&error);
         let took = self.started.elapsed();
         self.router.metrics.upstream_error(&channel.name, error_kind(&error));
-        if failure != Failure::Final {
+        if !matches!(failure, Failure::Final) {
             self.first_failed.get_or_insert_with(|| channel.clone());
             self.last_failed = Some(channel.clone());
         }
@@ -153,7 +155,10 @@ impl Attempts<'_> {
         match failure {
             Failure::Final => {
                 // The upstream did its job: the request was at fault.
-                if let Some(change) = channel.health.record(Ok(took), lease.probe, config) {
+                for change in channel
+                    .health
+                    .answered(&lease.model, took, lease.probe.as_ref(), config)
+                {
                     change.log(&channel.name);
                 }
                 return Err(error);
@@ -168,8 +173,11 @@ impl Attempts<'_> {
                 }
                 self.tried_keys.push((index, lease.key));
             }
-            Failure::Channel => {
-                if let Some(change) = channel.health.record(Err(&error), lease.probe, config) {
+            Failure::Failed(scope) => {
+                for change in channel
+                    .health
+                    .failed(&lease.model, &error, scope, lease.probe.as_ref(), config)
+                {
                     change.log(&channel.name);
                 }
                 self.tried_channels.push(index);
@@ -189,8 +197,9 @@ enum Failure {
     BadKey,
     /// Rate-limited (429): leave that key out (until `Retry-After`), try another.
     Throttled,
-    /// The channel failed (connect error, timeout, 5xx): try another channel.
-    Channel,
+    /// The upstream failed: try another channel. `Scope::Channel` for the transport
+    /// (connect error, reset, timeout before headers), `Scope::Model` for a 5xx.
+    Failed(Scope),
 }
 
 /// How an attempt failed, for `diglot_upstream_errors_total{kind}`.
@@ -205,12 +214,29 @@ pub fn error_kind(error: &Error) -> &'static str {
     }
 }
 
+/// A failure before the first event. What the upstream refused as the request's fault
+/// (400, 404, 413, 422: their own kinds), and every error of diglot's own (such as an
+/// image the client gave that cannot be fetched), is `Final` and counts nowhere. Other
+/// 4xx answers (405, 415...) say the upstream is not what the channel expects.
 fn classify(error: &Error) -> Failure {
     match error.kind {
         ErrorKind::UpstreamError { status: 401 | 403 } => Failure::BadKey,
         ErrorKind::RateLimited => Failure::Throttled,
-        ErrorKind::UpstreamUnavailable | ErrorKind::Timeout | ErrorKind::UpstreamError { .. } => Failure::Channel,
+        ErrorKind::UpstreamUnavailable | ErrorKind::Timeout => Failure::Failed(Scope::Channel),
+        ErrorKind::UpstreamError { status: 500.. } => Failure::Failed(Scope::Model),
+        ErrorKind::UpstreamError { .. } => Failure::Failed(Scope::Channel),
         _ => Failure::Final,
+    }
+}
+
+/// Where a failure after the first event counts: a broken connection is the channel's;
+/// a stall, an error event or a broken answer is the model's (the upstream was
+/// answering); `None` for errors that are not the upstream's.
+pub fn mid_stream_scope(error: &Error) -> Option<Scope> {
+    match error.kind {
+        ErrorKind::UpstreamUnavailable => Some(Scope::Channel),
+        ErrorKind::Timeout | ErrorKind::UpstreamError { .. } => Some(Scope::Model),
+        _ => None,
     }
 }
 
@@ -264,11 +290,13 @@ impl Router {
         tried_keys: &[(usize, usize)],
     ) -> Result<(Lease, &'c Candidate), Error> {
         let now = Instant::now();
+        // With one channel to go to, a model's circuit refuses nothing.
+        let alone = candidates.iter().all(|c| c.channel == candidates[0].channel);
         let mut open: Vec<(&Candidate, Admission)> = candidates
             .iter()
             .filter(|c| !tried_channels.contains(&c.channel))
             .filter(|c| self.channels[c.channel].has_key(tried_keys, c.channel))
-            .map(|c| (c, self.channels[c.channel].health.admission(now)))
+            .map(|c| (c, self.channels[c.channel].health.admission(&c.model, alone, now)))
             .filter(|(_, admission)| *admission != Admission::No)
             .collect();
         let mut full: Vec<&Candidate> = Vec::new();
@@ -289,21 +317,23 @@ impl Router {
             )];
             let (candidate, admission) = open.swap_remove(picked);
             let channel = &self.channels[candidate.channel];
-            let probe = admission == Admission::Probe;
-            if probe && !channel.health.claim_probe() {
+            let probe = match admission {
+                Admission::Probe(probe) => Some(probe),
+                _ => None,
+            };
+            if let Some(probe) = &probe
+                && !channel.health.claim_probe(probe)
+            {
                 continue;
             }
-            match channel.try_lease(tried_keys, candidate.channel, probe) {
+            match channel.try_lease(tried_keys, candidate.channel, &candidate.model, probe.clone()) {
                 Ok(lease) => return Ok((lease, candidate)),
-                Err(NoSlot::Full) => {
-                    if probe {
-                        channel.health.probe_abandoned();
+                Err(no_slot) => {
+                    if let Some(probe) = &probe {
+                        channel.health.probe_abandoned(probe);
                     }
-                    full.push(candidate);
-                }
-                Err(NoSlot::NoKey) => {
-                    if probe {
-                        channel.health.probe_abandoned();
+                    if matches!(no_slot, NoSlot::Full) {
+                        full.push(candidate);
                     }
                 }
             }
@@ -326,7 +356,9 @@ impl Router {
             }
             return Err(busy());
         }
-        let lease = channel.wait_lease(tried_keys, first.channel, timeout).await;
+        let lease = channel
+            .wait_lease(tried_keys, first.channel, &first.model, timeout)
+            .await;
         channel.waiting.fetch_sub(1, Ordering::SeqCst);
         lease.map(|lease| (lease, *first)).ok_or_else(busy)
     }
@@ -338,7 +370,7 @@ impl Router {
             .iter()
             .map(|c| {
                 let channel = &self.channels[c.channel];
-                match channel.health.last_error() {
+                match channel.health.last_error(&c.model) {
                     Some(error) => format!("{}: {error}", channel.name),
                     None => format!("{}: out of service", channel.name),
                 }
@@ -346,7 +378,7 @@ impl Router {
             .collect();
         let retry_after = candidates
             .iter()
-            .filter_map(|c| self.channels[c.channel].health.reopens_in(now))
+            .filter_map(|c| self.channels[c.channel].health.reopens_in(&c.model, now))
             .min();
         Error {
             retry_after: retry_after.or(Some(Duration::from_secs(1))),
@@ -391,13 +423,21 @@ mod tests {
         let upstream = |status| classify(&Error::upstream(status, "x"));
         assert_eq!(upstream(401), Failure::BadKey);
         assert_eq!(upstream(403), Failure::BadKey);
-        assert_eq!(upstream(500), Failure::Channel);
-        assert_eq!(upstream(503), Failure::Channel);
+        assert_eq!(upstream(500), Failure::Failed(Scope::Model));
+        assert_eq!(upstream(504), Failure::Failed(Scope::Model));
+        assert_eq!(
+            upstream(405),
+            Failure::Failed(Scope::Channel),
+            "not what the channel expects"
+        );
         assert_eq!(classify(&Error::new(ErrorKind::RateLimited, "x")), Failure::Throttled);
-        assert_eq!(classify(&Error::new(ErrorKind::Timeout, "x")), Failure::Channel);
+        assert_eq!(
+            classify(&Error::new(ErrorKind::Timeout, "x")),
+            Failure::Failed(Scope::Channel)
+        );
         assert_eq!(
             classify(&Error::new(ErrorKind::UpstreamUnavailable, "x")),
-            Failure::Channel
+            Failure::Failed(Scope::Channel)
         );
         assert_eq!(classify(&Error::bad_request("x")), Failure::Final);
         assert_eq!(classify(&Error::model_not_found("m")), Failure::Final);

@@ -1,6 +1,7 @@
 //! Usage records: one per request, written to the store in batches by a background task
 //! so the request path never waits on the database, and flushed on shutdown.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -118,7 +119,14 @@ pub struct Meter {
     prompt_tokens: Option<u64>,
     completion_tokens: Option<u64>,
     done: bool,
+    /// Set when an answer of the same request (`n` > 1) failed before it started, which
+    /// cancels this one: the request is recorded once, by the answer that failed.
+    batch: Option<Batch>,
 }
+
+/// The answers of one request started together (`n` > 1), and whether one of them failed
+/// before its first event.
+pub type Batch = Arc<std::sync::atomic::AtomicBool>;
 
 impl Meter {
     pub fn start(log: Arc<UsageLog>, metrics: Arc<Metrics>, caller: &Caller, model: &str) -> Self {
@@ -151,7 +159,13 @@ impl Meter {
             prompt_tokens: None,
             completion_tokens: None,
             done: false,
+            batch: None,
         }
+    }
+
+    /// This answer is one of a request's `n`, started together.
+    pub fn in_batch(&mut self, batch: Batch) {
+        self.batch = Some(batch);
     }
 
     /// The catalog knows the model.
@@ -241,6 +255,20 @@ impl Meter {
     pub fn finish(&mut self, status: u16) {
         if std::mem::replace(&mut self.done, true) {
             return;
+        }
+        if let Some(batch) = &self.batch
+            && self.ttft.is_none()
+        {
+            if status == 499 && batch.load(Ordering::SeqCst) {
+                // Cancelled because a sibling failed: that failure is the request's record.
+                if let Some(reservation) = self.reservation.take() {
+                    reservation.settle(0);
+                }
+                return;
+            }
+            if status >= 400 {
+                batch.store(true, Ordering::SeqCst);
+            }
         }
         let answered = self.record.channel.is_some();
         let estimated = answered && (self.prompt_tokens.is_none() || self.completion_tokens.is_none());

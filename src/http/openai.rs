@@ -56,7 +56,7 @@ pub async fn chat_completions(req: &mut Request, depot: &mut Depot, res: &mut Re
 
 /// Starts every requested answer at once; the first failure cancels the others.
 async fn start<'a>(call: &Call, requests: impl IntoIterator<Item = &'a ChatRequest>) -> Result<Vec<ChatStream>, Error> {
-    future::try_join_all(requests.into_iter().map(|r| call.chat(r))).await
+    call.chat_all(requests).await
 }
 
 async fn collect(streams: Vec<ChatStream>) -> Result<Vec<ChatResponse>, Error> {

@@ -65,6 +65,14 @@ impl Call {
         self.gateway.count_tokens(&self.live, request, &self.caller).await
     }
 
+    /// Several answers of one request, started at once (the first failure cancels all).
+    pub async fn chat_all<'r>(
+        &self,
+        requests: impl IntoIterator<Item = &'r ChatRequest>,
+    ) -> Result<Vec<ChatStream>, Error> {
+        self.gateway.chat_all(&self.live, requests, &self.caller).await
+    }
+
     pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, Error> {
         self.gateway.embed(&self.live, request, &self.caller).await
     }

@@ -1,9 +1,11 @@
-//! diglot's own routes: `/health`, `/metrics`, and the 404 for paths it does not serve.
+//! diglot's own routes: `/health`, `/metrics`, and the 404 for paths it does not serve
+//! (405 for a method a served path does not take).
 
 use salvo::prelude::*;
 
 use super::request::{Call, app};
-use super::respond::{write_bytes, write_json, write_openai_error};
+use super::respond::{write_bytes, write_error, write_json, write_openai_error};
+use super::routes::{frontend_of, route_of};
 use crate::config::MetricsConfig;
 use crate::gateway::auth::presented_token;
 use crate::ir::{Error, ErrorKind};
@@ -61,11 +63,28 @@ pub fn is_metrics_token(metrics: &MetricsConfig, presented: Option<&str>) -> boo
     !metrics.token.is_empty() && presented.is_some_and(|p| secrets::same(p, &metrics.token))
 }
 
+/// A path diglot does not serve: 404. A path it serves, asked with another method: 405
+/// with `Allow`. Either in the shape of the API the path belongs to.
 #[handler]
-pub async fn no_route(req: &mut Request, res: &mut Response) {
-    let error = Error::new(
-        ErrorKind::NotFound,
-        format!("diglot has no route for {} {}", req.method(), req.uri().path()),
-    );
-    write_openai_error(res, &error);
+pub async fn no_route(req: &mut Request, depot: &mut Depot, res: &mut Response) {
+    let app = app(depot);
+    let base = Call::of(depot).config().base_path();
+    let path = req.uri().path();
+    let route = route_of(&app.routes, path, &base);
+    let error = match route.filter(|r| !r.methods.contains(req.method())) {
+        Some(route) => {
+            let allow: Vec<&str> = route.methods.iter().map(|m| m.as_str()).collect();
+            let allow = allow.join(", ");
+            let _ = res.add_header("allow", &allow, true);
+            Error::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{path} does not take {}: use {allow}", req.method()),
+            )
+        }
+        None => Error::new(
+            ErrorKind::NotFound,
+            format!("diglot has no route for {} {path}", req.method()),
+        ),
+    };
+    write_error(res, frontend_of(route, path, &base), &error, "");
 }

@@ -12,6 +12,8 @@ pub enum ErrorKind {
     Forbidden,
     /// The model (or route) does not exist.
     NotFound,
+    /// The route exists, but not for this HTTP method.
+    MethodNotAllowed,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
     /// The body's content type is not one the endpoint reads (JSON).
@@ -97,6 +99,7 @@ impl Error {
             ErrorKind::Unauthorized => 401,
             ErrorKind::Forbidden => 403,
             ErrorKind::NotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::RequestTimeout => 408,

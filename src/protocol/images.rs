@@ -55,7 +55,8 @@ pub fn sniff_mime(bytes: &[u8]) -> Option<&'static str> {
 
 /// The MIME type of base64 image data, decoding only its first bytes.
 pub fn sniff_base64_mime(base64: &str) -> Option<&'static str> {
-    let head = &base64[..base64.len().min(24)];
+    // Bytes, not a str slice: client text may put a multi-byte character at the cut.
+    let head = &base64.as_bytes()[..base64.len().min(24)];
     let bytes = STANDARD.decode(head).ok()?;
     sniff_mime(&bytes)
 }
@@ -208,6 +209,18 @@ impl Resolve for PublicOnlyResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sniffing_text_with_a_multibyte_character_at_the_cut_does_not_panic() {
+        // Found by fuzz/image_uri: '®' spans bytes 23..25 of the data.
+        let uri = "data:;base64,/9Q%Sj/n4A\u{ae}SkZJLg";
+        let Ok(Image::Data { base64, .. }) = parse_image_ref(uri) else {
+            panic!("a data URI")
+        };
+        assert_eq!(sniff_base64_mime(&base64), None);
+        // What follows the first 24 bytes is not read.
+        assert_eq!(sniff_base64_mime("/9j/4AAQSkZJRgABAQAAAQAB®"), Some("image/jpeg"));
+    }
 
     #[test]
     fn internal_addresses_are_recognised() {

@@ -50,10 +50,23 @@ pub fn options(options: Map<String, Value>) -> Result<(Sampling, Map<String, Val
         let param = format!("options.{}", e.path());
         Error::invalid_field(&param, format!("invalid '{param}': {}", e.into_inner()))
     })?;
+    check_num_predict(typed.max_tokens, "options.num_predict")?;
     let known = serde_json::to_value(&typed).unwrap_or_default();
     let extra = options
         .into_iter()
         .filter(|(key, value)| known.get(key).is_none() && !value.is_null())
         .collect();
     Ok((typed, extra))
+}
+
+/// `num_predict` as Ollama takes it: a token count, or -1 (no limit) or -2 (fill the
+/// context). Anything lower is a 400 naming `param`.
+pub fn check_num_predict(num_predict: Option<i64>, param: &str) -> Result<(), Error> {
+    match num_predict {
+        Some(n) if n < -2 => Err(Error::invalid_field(
+            param,
+            format!("'{param}' must be 0 or more, or -1 (no limit) or -2 (fill the context), not {n}"),
+        )),
+        _ => Ok(()),
+    }
 }

@@ -4,23 +4,21 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{Stream, StreamExt};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
-use tokio_util::io::StreamReader;
 use tracing::{Level, debug, enabled};
 
+use super::framing::{self, Format};
 use crate::config::{Endpoint, UpstreamConfig, UpstreamKind};
 
 /// The API version an Anthropic upstream is asked for, unless the channel's headers set one.
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 use crate::ir::{Error, ErrorKind};
 
-/// The longest line or body accepted from an upstream (Ollama's own client allows 8 MiB
-/// lines; embeddings of long batches can be bigger as whole bodies).
-const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+/// The longest whole body accepted from an upstream (embeddings of long batches can be
+/// big); streamed frames have their own limit, `max_line_bytes`.
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 /// A request to pass through untranslated.
@@ -57,6 +55,7 @@ pub struct Upstream {
     auth: Option<(HeaderName, HeaderValue)>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+    max_line_bytes: usize,
 }
 
 /// How many idle connections to one upstream host are kept for reuse.
@@ -117,6 +116,7 @@ impl Upstream {
             auth,
             first_byte_timeout: config.first_byte_timeout(),
             idle_timeout: config.idle_timeout(),
+            max_line_bytes: config.max_line_bytes,
         }
     }
 
@@ -131,6 +131,22 @@ impl Upstream {
 
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+
+    /// A streamed answer cut into NDJSON lines or SSE events, within the channel's
+    /// frame size and idle timeout.
+    pub fn frames(
+        &self,
+        response: reqwest::Response,
+        format: Format,
+    ) -> impl Stream<Item = Result<String, Error>> + Send + use<> {
+        framing::frames(
+            response.bytes_stream(),
+            format,
+            self.max_line_bytes,
+            self.idle_timeout,
+            self.shown.clone(),
+        )
     }
 
     /// The base URL with `path` appended to its path.
@@ -239,12 +255,41 @@ impl Upstream {
         })
     }
 
-    /// Reads a whole answer.
+    /// Reads a whole answer (embeddings of long batches, model lists).
     pub async fn body(&self, response: reqwest::Response) -> Result<Bytes, Error> {
-        let body = match tokio::time::timeout(self.idle_timeout, read_limited(response, MAX_BODY_BYTES)).await {
+        self.read_within(response, MAX_BODY_BYTES, "").await
+    }
+
+    /// Reads a whole chat answer: one frame, so within the channel's `max_line_bytes`.
+    pub async fn chat_body(&self, response: reqwest::Response) -> Result<Bytes, Error> {
+        let setting = " (the limit is the channel's max_line_bytes; raise it in the profile to accept larger ones)";
+        self.read_within(response, self.max_line_bytes, setting).await
+    }
+
+    /// Reads a whole body of at most `limit` bytes (`setting` says how to raise it).
+    async fn read_within(&self, response: reqwest::Response, limit: usize, setting: &str) -> Result<Bytes, Error> {
+        let read = async {
+            let mut body = bytes::BytesMut::new();
+            let mut stream = response.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                if body.len() + chunk.len() > limit {
+                    return Ok(None);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok::<_, reqwest::Error>(Some(body.freeze()))
+        };
+        let body = match tokio::time::timeout(self.idle_timeout, read).await {
             Err(_) => return Err(self.timed_out(self.idle_timeout)),
             Ok(Err(e)) => return Err(self.transport_error(&e)),
-            Ok(Ok(body)) => body,
+            Ok(Ok(None)) => {
+                return Err(Error::upstream(
+                    502,
+                    format!("{} sent an answer larger than {limit} bytes{setting}", self.shown),
+                ));
+            }
+            Ok(Ok(Some(body))) => body,
         };
         debug!(target: "diglot::wire", answer = %String::from_utf8_lossy(&body), "upstream answer");
         Ok(body)
@@ -253,7 +298,17 @@ impl Upstream {
     /// Reads a whole JSON answer.
     pub async fn json<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
         let body = self.body(response).await?;
-        serde_json::from_slice(&body)
+        self.parse(&body)
+    }
+
+    /// Reads a whole JSON chat answer, within `max_line_bytes`.
+    pub async fn chat_json<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
+        let body = self.chat_body(response).await?;
+        self.parse(&body)
+    }
+
+    fn parse<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(body)
             .map_err(|e| Error::upstream(502, format!("{} sent an answer diglot cannot read: {e}", self.shown)))
     }
 
@@ -325,40 +380,6 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
         cause = next;
     }
     cause.to_string()
-}
-
-/// The non-empty lines of a streamed body, each as soon as it is complete. A silence
-/// longer than `idle` ends the stream with a timeout error.
-pub fn ndjson_lines(
-    response: reqwest::Response,
-    idle: Duration,
-    shown: String,
-) -> impl Stream<Item = Result<String, Error>> + Send {
-    let body = response.bytes_stream().map_err(std::io::Error::other);
-    let lines = FramedRead::new(StreamReader::new(body), LinesCodec::new_with_max_length(MAX_LINE_BYTES));
-    // One timer for the whole stream, pushed back by each line.
-    let lines = tokio_stream::StreamExt::timeout(lines, idle);
-    async_stream::stream! {
-        futures::pin_mut!(lines);
-        loop {
-            match lines.next().await {
-                Some(Err(_)) => {
-                    yield Err(Error::new(ErrorKind::Timeout, format!("{shown} sent nothing for {} s", idle.as_secs_f64())));
-                    return;
-                }
-                None => return,
-                Some(Ok(Ok(line))) => if !line.trim().is_empty() { yield Ok(line) },
-                Some(Ok(Err(LinesCodecError::MaxLineLengthExceeded))) => {
-                    yield Err(Error::upstream(502, format!("{shown} sent a line longer than {MAX_LINE_BYTES} bytes")));
-                    return;
-                }
-                Some(Ok(Err(LinesCodecError::Io(e)))) => {
-                    yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the connection to {shown} broke: {}", root_cause(&e))));
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// A URL without credentials or query in it, for showing.

@@ -104,6 +104,9 @@ struct Faults {
     rejected_key: Option<String>,
     /// `/api/tags` and `/v1/models` get this status.
     listing_status: Option<u16>,
+    /// Calls for this model get this status, every time (as Ollama answers 500 for a
+    /// model that does not fit in memory while its other models work).
+    failing_model: Option<(String, u16)>,
 }
 
 /// A fake upstream that speaks both protocols from the recorded fixtures, picked by the
@@ -201,6 +204,12 @@ impl FakeUpstream {
     pub fn fail_next(&self, n: u32, status: u16, retry_after: Option<u64>) {
         let mut faults = self.state.faults.lock().unwrap();
         (faults.next, faults.status, faults.retry_after) = (n, status, retry_after);
+    }
+
+    /// Answers every call for `model` with `status` (None: serve it again), whatever
+    /// the other models do.
+    pub fn fail_model(&self, model: &str, status: Option<u16>) {
+        self.state.faults.lock().unwrap().failing_model = status.map(|s| (model.to_owned(), s));
     }
 
     /// Answers calls made with this bearer key with 401, as a server does for a revoked key.
@@ -719,6 +728,19 @@ fn is_call(path: &str) -> bool {
 async fn inject_faults(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
     let state = depot.get_typed::<Arc<State>>().unwrap().clone();
     let path = req.uri().path().to_owned();
+    let failing_model = state.faults.lock().unwrap().failing_model.clone();
+    let model_fails = match failing_model {
+        Some((model, status)) if is_call(&path) => {
+            let body: Value = req
+                .payload()
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            (body["model"] == model.as_str()).then_some((status, None))
+        }
+        _ => None,
+    };
     let status = {
         let mut faults = state.faults.lock().unwrap();
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -726,6 +748,8 @@ async fn inject_faults(req: &mut Request, depot: &mut Depot, res: &mut Response,
         let auth = auth.as_deref();
         if path == "/api/tags" || path == "/v1/models" {
             faults.listing_status.map(|s| (s, None))
+        } else if model_fails.is_some() {
+            model_fails
         } else if !is_call(&path) {
             None
         } else if auth.is_some() && auth == faults.rejected_key.as_ref().map(|k| format!("Bearer {k}")).as_deref() {
@@ -1350,7 +1374,197 @@ pub fn response_events(body: &str) -> Vec<Value> {
     events
 }
 
-/// A process's resident memory (`VmRSS` of /proc/PID/status), in KiB.
+/// How a `FaultyUpstream` answers the calls it gets. A stream's "first line" is its start
+/// up to its first text: the first line of `fixtures/ollama/chat/chat-text.ndjson` on
+/// `/api/...` paths, the first two events of `fixtures/openai/chat/oai-text.sse` on the
+/// others.
+#[derive(Clone, Debug)]
+pub enum Misbehave {
+    /// Reads the request, then resets the connection (RST) before sending anything.
+    ResetBeforeHeaders,
+    /// Sends the headers and the first line, then resets the connection.
+    ResetAfterFirstLine,
+    /// Reads the request and never answers.
+    HangBeforeHeaders,
+    /// Sends the headers and the first line, then nothing more.
+    HangAfterFirstLine,
+    /// Sends the headers, the first line, then these bytes, and closes.
+    ThenBytes(&'static [u8]),
+    /// Sends the headers, the first line, then one line that never ends, for as long as
+    /// the reader reads.
+    EndlessLine,
+}
+
+/// An upstream that misbehaves on command at the TCP level, speaking just enough HTTP/1.1
+/// for both protocols. Model lists (`GET /api/tags`, `GET /v1/models`) are answered
+/// properly and empty, so health checks see a live server. It counts the connections
+/// still open, to check that diglot closes the ones it gives up on.
+#[derive(Clone)]
+pub struct FaultyUpstream {
+    pub addr: SocketAddr,
+    mode: Arc<Mutex<Misbehave>>,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultyUpstream {
+    pub async fn start(mode: Misbehave) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = Self {
+            addr: listener.local_addr().unwrap(),
+            mode: Arc::new(Mutex::new(mode)),
+            open: Arc::default(),
+            calls: Arc::default(),
+        };
+        let server = fake.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let server = server.clone();
+                tokio::spawn(async move { server.serve(stream).await });
+            }
+        });
+        fake
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set(&self, mode: Misbehave) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// Connections that took a completion call and are not closed yet (pooled
+    /// connections that only served model lists are not counted).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Completion calls received (model lists not counted).
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Serves one connection: requests one after another until it misbehaves.
+    async fn serve(&self, mut stream: tokio::net::TcpStream) {
+        use tokio::io::AsyncWriteExt;
+        loop {
+            let Some((method, path)) = read_request(&mut stream).await else {
+                return;
+            };
+            if method == "GET" {
+                let body = if path.starts_with("/api/") {
+                    r#"{"models":[]}"#
+                } else {
+                    r#"{"object":"list","data":[]}"#
+                };
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                if stream.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            self.open.fetch_add(1, Ordering::SeqCst);
+            let _open = OpenCall(self.open.clone());
+            let ollama = path.starts_with("/api/");
+            let (content_type, first) = if ollama {
+                let text = std::fs::read_to_string(fixture("ollama/chat/chat-text.ndjson")).unwrap();
+                ("application/x-ndjson", format!("{}\n", text.lines().next().unwrap()))
+            } else {
+                let text = std::fs::read_to_string(fixture("openai/chat/oai-text.sse")).unwrap();
+                // OpenAI's first event only names the role: the first text is in the second.
+                let events: Vec<&str> = text.split("\n\n").take(2).collect();
+                ("text/event-stream", format!("{}\n\n", events.join("\n\n")))
+            };
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n{first}");
+            let mode = self.mode.lock().unwrap().clone();
+            match mode {
+                Misbehave::ResetBeforeHeaders => return reset(stream),
+                Misbehave::HangBeforeHeaders => return wait_for_close(&mut stream).await,
+                _ => {}
+            }
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            match mode {
+                Misbehave::ResetAfterFirstLine => {
+                    let _ = stream.flush().await;
+                    return reset(stream);
+                }
+                Misbehave::ThenBytes(bytes) => {
+                    let _ = stream.write_all(bytes).await;
+                    let _ = stream.shutdown().await;
+                }
+                Misbehave::EndlessLine => {
+                    let prefix: &[u8] = if ollama { b"{\"message\":\"" } else { b"data: {\"x\":\"" };
+                    let _ = stream.write_all(prefix).await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    while stream.write_all(&chunk).await.is_ok() {}
+                    return;
+                }
+                _ => {}
+            }
+            return wait_for_close(&mut stream).await;
+        }
+    }
+}
+
+/// A connection serving a call, counted until it ends.
+struct OpenCall(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for OpenCall {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Reads one request's head and body; its method and path, `None` once the peer closed.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, String)> {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = stream.read(&mut buf).await.ok().filter(|&n| n > 0)?;
+        data.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while data.len() < head_end + length {
+        let n = stream.read(&mut buf).await.ok().filter(|&n| n > 0)?;
+        data.extend_from_slice(&buf[..n]);
+    }
+    let mut parts = head.split_whitespace();
+    Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+}
+
+/// Closes with a reset (RST) rather than a clean end: SO_LINGER with a zero timeout.
+fn reset(stream: tokio::net::TcpStream) {
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+}
+
+/// Waits until the peer closes the connection (or resets it).
+async fn wait_for_close(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+/// The resident memory of process `pid`, in KiB (Linux `/proc`).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status

@@ -236,10 +236,7 @@ impl Counters {
                 return Err(Error {
                     code: Some("insufficient_quota"),
                     ..limited(
-                        format!(
-                            "the API token '{}' has used its monthly quota of {quota} tokens ({left} left, this request may use {estimate})",
-                            token.name
-                        ),
+                        quota_message(&token.name, quota, left, estimate),
                         until_next_month(),
                         Vec::new(),
                     )
@@ -343,6 +340,18 @@ fn limited(message: String, retry_after: Duration, headers: Vec<(String, String)
     }
 }
 
+/// Why a request does not fit the token's monthly quota, and what to do about it.
+fn quota_message(token: &str, quota: u64, left: u64, estimate: u64) -> String {
+    let renews = "the quota renews on the 1st of next month (UTC)";
+    if left == 0 {
+        format!("the API token '{token}' has used all of its monthly quota of {quota} tokens; {renews}")
+    } else {
+        format!(
+            "the API token '{token}' has {left} of its monthly {quota} tokens left, but this request may use {estimate} (its prompt plus max_tokens): ask for fewer tokens, or wait until {renews}"
+        )
+    }
+}
+
 fn until_next_month() -> Duration {
     let now = Utc::now();
     let (year, month) = if now.month() == 12 {
@@ -360,6 +369,20 @@ fn until_next_month() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_quota_message_says_what_is_left_and_what_to_do() {
+        let partly = quota_message("t", 600, 540, 900);
+        assert_eq!(
+            partly,
+            "the API token 't' has 540 of its monthly 600 tokens left, but this request may use 900 (its prompt plus max_tokens): ask for fewer tokens, or wait until the quota renews on the 1st of next month (UTC)"
+        );
+        let spent = quota_message("t", 600, 0, 10);
+        assert_eq!(
+            spent,
+            "the API token 't' has used all of its monthly quota of 600 tokens; the quota renews on the 1st of next month (UTC)"
+        );
+    }
     use crate::config::{Role, TokenRecord};
     use crate::protocol::Frontend;
 

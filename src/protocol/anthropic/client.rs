@@ -3,8 +3,7 @@
 //! user blocks, consecutive turns of one role merged, `max_tokens` always set) and the
 //! answers back to IR events: the SSE events as they come, or one whole `message`.
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde_json::Value;
 use tracing::debug;
 
@@ -14,8 +13,9 @@ use crate::ir::{
     ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ErrorKind, FinishReason, Image, Input,
     Message, ModelCard, Part, Reasoning, Role, ToolChoice, Usage, new_call_id, no_tokens_answer,
 };
+use crate::protocol::framing::Format;
 use crate::protocol::images::sniff_base64_mime;
-use crate::protocol::upstream::{Upstream, root_cause};
+use crate::protocol::upstream::Upstream;
 
 /// The smallest thinking budget Anthropic takes.
 const MIN_THINKING_BUDGET: u64 = 1024;
@@ -56,12 +56,12 @@ impl AnthropicClient {
         let body = self.body(request)?;
         let response = self.upstream.post(&self.path("/messages"), &body).await?;
         if !request.stream {
-            let answer: wire::Message = self.upstream.json(response).await?;
+            let answer: wire::Message = self.upstream.chat_json(response).await?;
             let mut decoder = EventDecoder::default();
             let events = decoder.whole(answer)?;
             return Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))));
         }
-        Ok(events(&self.upstream, response))
+        Ok(events(self.upstream.frames(response, Format::Sse)))
     }
 
     /// The upstream's own count of the request's input tokens.
@@ -307,31 +307,19 @@ fn parts(parts: &[Part]) -> Vec<wire::Block> {
         .collect()
 }
 
-/// The events of a streamed answer as they come; an upstream silent for longer than its
-/// idle timeout ends the stream with an error.
-fn events(upstream: &Upstream, response: reqwest::Response) -> ChatStream {
-    let idle = upstream.idle_timeout();
-    let base = upstream.base().to_owned();
-    // One timer for the whole stream, pushed back by each event.
-    let events = tokio_stream::StreamExt::timeout(response.bytes_stream().eventsource(), idle);
+/// The events of a streamed answer, from its SSE events' data as they come (framing,
+/// its size limit and idle timeout are `protocol::framing`'s).
+pub fn events(frames: impl Stream<Item = Result<String, Error>> + Send + 'static) -> ChatStream {
     Box::pin(async_stream::stream! {
         let mut decoder = EventDecoder::default();
-        futures::pin_mut!(events);
-        loop {
-            let event = match events.next().await {
-                Some(Err(_)) => {
-                    yield Err(Error::new(ErrorKind::Timeout, format!("the upstream at {base} sent nothing for {} s", idle.as_secs_f64())));
-                    return;
-                }
-                None => break,
-                Some(Ok(Err(e))) => {
-                    yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the stream from the upstream at {base} broke: {}", root_cause(&e))));
-                    return;
-                }
-                Some(Ok(Ok(event))) => event,
+        futures::pin_mut!(frames);
+        while let Some(data) = frames.next().await {
+            let data = match data {
+                Ok(data) => data,
+                Err(e) => { yield Err(e); return; }
             };
-            debug!(target: "diglot::wire", upstream_event = %event.data, "anthropic event");
-            match decoder.decode(&event.data) {
+            debug!(target: "diglot::wire", upstream_event = %data, "anthropic event");
+            match decoder.decode(&data) {
                 Ok(events) => for e in events { yield Ok(e) },
                 Err(e) => { yield Err(e); return; }
             }

@@ -18,7 +18,10 @@ use crate::ir::{ChatEvent, ChatResponse, ChatStream, Error, ErrorKind, FinishRea
 /// "overloaded": no upstream can take the request, or the upstream said so).
 pub fn error_kind(error: &Error) -> (&'static str, u16) {
     let kind = match error.kind {
-        ErrorKind::BadRequest | ErrorKind::NotImplemented | ErrorKind::UnsupportedMediaType => "invalid_request_error",
+        ErrorKind::BadRequest
+        | ErrorKind::NotImplemented
+        | ErrorKind::UnsupportedMediaType
+        | ErrorKind::MethodNotAllowed => "invalid_request_error",
         ErrorKind::Unauthorized => "authentication_error",
         ErrorKind::Forbidden => "permission_error",
         ErrorKind::NotFound => "not_found_error",

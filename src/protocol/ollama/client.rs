@@ -14,8 +14,9 @@ use crate::ir::{
     ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, FinishReason, Image, Input, Message,
     ModelCard, Reasoning, ResponseFormat, Role, Timings, TokenLogprob, ToolChoice, TopLogprob, Usage,
 };
+use crate::protocol::framing::Format;
 use crate::protocol::images::ImageFetcher;
-use crate::protocol::upstream::{Upstream, ndjson_lines};
+use crate::protocol::upstream::Upstream;
 
 /// A client of one Ollama server.
 #[derive(Clone)]
@@ -56,7 +57,7 @@ impl OllamaClient {
         let is_chat = matches!(request.input, Input::Messages(_));
         if !request.stream {
             // A whole answer is the stream's last line with everything before folded in.
-            let body = self.upstream.body(response).await?;
+            let body = self.upstream.chat_body(response).await?;
             let line = std::str::from_utf8(&body)
                 .map_err(|_| Error::upstream(502, "the Ollama upstream sent an answer that is not UTF-8"))?;
             let mut decoder = ChunkDecoder::default();
@@ -69,26 +70,7 @@ impl OllamaClient {
             }
             return Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))));
         }
-        let lines = ndjson_lines(response, self.upstream.idle_timeout(), self.upstream.shown().to_owned());
-        Ok(Box::pin(async_stream::stream! {
-            let mut decoder = ChunkDecoder::default();
-            futures::pin_mut!(lines);
-            while let Some(line) = lines.next().await {
-                let line = match line {
-                    Ok(line) => line,
-                    Err(e) => { yield Err(e); return; }
-                };
-                debug!(target: "diglot::wire", upstream_line = %line, "ollama chunk");
-                match decoder.decode(&line, is_chat) {
-                    Ok(events) => for event in events { yield Ok(event) },
-                    Err(e) => { yield Err(e); return; }
-                }
-                if decoder.done {
-                    return;
-                }
-            }
-            yield Err(Error::upstream(502, "the Ollama upstream closed the stream before it finished"));
-        }))
+        Ok(events(self.upstream.frames(response, Format::Ndjson), is_chat))
     }
 
     /// The prompt's size in tokens as the model's own tokenizer and template count it: a
@@ -406,6 +388,31 @@ fn card_from_entry(entry: wire::ModelEntry) -> ModelCard {
         capabilities: Vec::new(),
         ..Default::default()
     }
+}
+
+/// The events of a streamed `/api/chat` (`is_chat`) or `/api/generate` answer, from its
+/// NDJSON lines as they come (framing, its size limit and idle timeout are
+/// `protocol::framing`'s).
+pub fn events(lines: impl futures::Stream<Item = Result<String, Error>> + Send + 'static, is_chat: bool) -> ChatStream {
+    Box::pin(async_stream::stream! {
+        let mut decoder = ChunkDecoder::default();
+        futures::pin_mut!(lines);
+        while let Some(line) = lines.next().await {
+            let line = match line {
+                Ok(line) => line,
+                Err(e) => { yield Err(e); return; }
+            };
+            debug!(target: "diglot::wire", upstream_line = %line, "ollama chunk");
+            match decoder.decode(&line, is_chat) {
+                Ok(events) => for event in events { yield Ok(event) },
+                Err(e) => { yield Err(e); return; }
+            }
+            if decoder.done {
+                return;
+            }
+        }
+        yield Err(Error::upstream(502, "the Ollama upstream closed the stream before it finished"));
+    })
 }
 
 /// Turns NDJSON lines of `/api/chat` or `/api/generate` into IR events.

@@ -13,6 +13,7 @@ use crate::ir::{
     ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, Image, Input, Message, ModelCard, Prompt, Reasoning,
     ResponseFormat, Role, Sampling, ToolChoice, new_call_id, no_tokens_answer,
 };
+use crate::protocol::framing::Format;
 use crate::protocol::images::sniff_base64_mime;
 use crate::protocol::upstream::Upstream;
 
@@ -79,10 +80,10 @@ impl OpenAiClient {
         };
         let mut decoder = SseDecoder::new(self.think_tags);
         if !request.stream {
-            let events = decoder.whole(self.upstream.json(response).await?)?;
+            let events = decoder.whole(self.upstream.chat_json(response).await?)?;
             return Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))));
         }
-        Ok(stream::events(&self.upstream, response, decoder))
+        Ok(stream::events(self.upstream.frames(response, Format::Sse), decoder))
     }
 
     /// The prompt's size in tokens from llama-server's own template and tokenizer

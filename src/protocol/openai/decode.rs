@@ -56,7 +56,10 @@ pub fn decode_chat(wire: wire::ChatCompletionRequest) -> Result<ChatRequest, Err
     let (sampling, extra) = decode_sampling(
         wire.sampling,
         wire.options,
-        [wire.max_completion_tokens, wire.max_tokens],
+        [
+            ("max_completion_tokens", wire.max_completion_tokens),
+            ("max_tokens", wire.max_tokens),
+        ],
     )?;
     Ok(ChatRequest {
         model: wire.model,
@@ -215,18 +218,28 @@ fn decode_response_format(format: wire::ResponseFormat) -> Option<ResponseFormat
 }
 
 /// Options from the top level and from `options`; the top level wins. Keys no typed
-/// option knows are returned separately, to reach an Ollama upstream untouched.
+/// option knows are returned separately, to reach an Ollama upstream untouched. The
+/// first of `max_tokens` (named fields) that is set wins over `num_predict`.
 pub(crate) fn decode_sampling(
     top: Sampling,
     options: Option<Map<String, Value>>,
-    max_tokens: [Option<i64>; 2],
+    max_tokens: [(&str, Option<i64>); 2],
 ) -> Result<(Sampling, Map<String, Value>), Error> {
     let (from_options, extra) = match options {
         Some(options) => options::options(options)?,
         None => Default::default(),
     };
+    options::check_num_predict(top.max_tokens, "num_predict")?;
     let mut sampling = top.or(from_options);
-    if let Some(max) = max_tokens.into_iter().flatten().next() {
+    for (field, max) in max_tokens {
+        if let Some(max) = max.filter(|&n| n < 0) {
+            return Err(Error::invalid_field(
+                field,
+                format!("'{field}' must be 0 or more, not {max}"),
+            ));
+        }
+    }
+    if let Some(max) = max_tokens.into_iter().find_map(|(_, max)| max) {
         sampling.max_tokens = Some(max);
     }
     Ok((sampling, extra))
@@ -259,7 +272,11 @@ pub fn decode_completion(wire: wire::CompletionRequest) -> Result<Vec<ChatReques
     }
     let prompts = texts(wire.prompt, "prompt")?;
     let n = decode_n(wire.n, prompts.len() as u32)?;
-    let (sampling, extra) = decode_sampling(wire.sampling, wire.options, [wire.max_tokens, None])?;
+    let (sampling, extra) = decode_sampling(
+        wire.sampling,
+        wire.options,
+        [("max_tokens", wire.max_tokens), ("max_tokens", None)],
+    )?;
     let base = ChatRequest {
         model: wire.model,
         sampling,
@@ -342,6 +359,33 @@ mod tests {
     use super::*;
     fn chat(body: Value) -> Result<ChatRequest, Error> {
         decode_chat(serde_json::from_value(body).unwrap())
+    }
+
+    #[test]
+    fn negative_token_limits_are_refused_except_ollamas_own() {
+        let with = |extra: Value| {
+            let mut body = json!({"model":"m","messages":[{"role":"user","content":"hi"}]});
+            body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            chat(body)
+        };
+        for (field, body) in [
+            ("max_tokens", json!({"max_tokens": -5})),
+            ("max_completion_tokens", json!({"max_completion_tokens": -1})),
+            ("num_predict", json!({"num_predict": -3})),
+            ("options.num_predict", json!({"options": {"num_predict": -100}})),
+        ] {
+            let e = with(body).unwrap_err();
+            assert_eq!((e.status(), e.param.as_deref()), (400, Some(field)), "{}", e.message);
+            assert!(e.message.contains(field), "{}", e.message);
+        }
+        for n in [-1, -2, 0, 10] {
+            let r = with(json!({"options": {"num_predict": n}})).unwrap();
+            assert_eq!(r.sampling.max_tokens, Some(n));
+        }
+        assert_eq!(with(json!({"max_tokens": 0})).unwrap().sampling.max_tokens, Some(0));
+        let completion =
+            decode_completion(serde_json::from_value(json!({"model":"m","prompt":"p","max_tokens":-1})).unwrap());
+        assert_eq!(completion.unwrap_err().param.as_deref(), Some("max_tokens"));
     }
 
     #[test]

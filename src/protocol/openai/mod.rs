@@ -5,6 +5,6 @@ pub mod client;
 pub mod decode;
 pub mod encode;
 pub mod responses;
-mod stream;
+pub mod stream;
 mod think;
 pub mod wire;

@@ -1,47 +1,36 @@
 //! An OpenAI-compatible upstream's answer as IR events: the SSE stream of chat or legacy
-//! completion chunks (with its idle timeout and mid-stream errors), or a whole answer read
+//! completion chunks (with its mid-stream errors), or a whole answer read
 //! as one chunk. Owns what the IR takes of each chunk: text, reasoning (`reasoning_content`
 //! or `reasoning`, or `<think>` tags), tool-call deltas, logprobs, the last usage seen,
 //! llama-server's timings and the finish reason.
 
-use eventsource_stream::Eventsource;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use serde_json::Value;
 use tracing::debug;
 
 use super::think::ThinkTags;
 use super::wire;
-use crate::ir::{ChatEvent, ChatStream, Error, ErrorKind, FinishReason, TokenLogprob, TopLogprob, Usage};
-use crate::protocol::upstream::{Upstream, root_cause};
+use crate::ir::{ChatEvent, ChatStream, Error, FinishReason, TokenLogprob, TopLogprob, Usage};
 
-/// The events of a streamed answer, read as they come; an upstream silent for longer
-/// than its idle timeout ends the stream with an error.
-pub(super) fn events(upstream: &Upstream, response: reqwest::Response, mut decoder: SseDecoder) -> ChatStream {
-    let idle = upstream.idle_timeout();
-    let shown = upstream.shown().to_owned();
-    // One timer for the whole stream, pushed back by each event.
-    let events = tokio_stream::StreamExt::timeout(response.bytes_stream().eventsource(), idle);
+/// The events of a streamed answer, from its SSE events' data as they come (framing,
+/// its size limit and idle timeout are `protocol::framing`'s).
+pub fn events(
+    frames: impl Stream<Item = Result<String, Error>> + Send + 'static,
+    mut decoder: SseDecoder,
+) -> ChatStream {
     Box::pin(async_stream::stream! {
-        futures::pin_mut!(events);
-        loop {
-            let event = match events.next().await {
-                Some(Err(_)) => {
-                    yield Err(Error::new(ErrorKind::Timeout, format!("{shown} sent nothing for {} s", idle.as_secs_f64())));
-                    return;
-                }
-                None => break,
-                Some(Ok(Err(e))) => {
-                    yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the stream from {shown} broke: {}", root_cause(&e))));
-                    return;
-                }
-                Some(Ok(Ok(event))) => event,
+        futures::pin_mut!(frames);
+        while let Some(data) = frames.next().await {
+            let data = match data {
+                Ok(data) => data,
+                Err(e) => { yield Err(e); return; }
             };
-            debug!(target: "diglot::wire", upstream_event = %event.data, "openai chunk");
-            if event.data.trim() == "[DONE]" {
+            debug!(target: "diglot::wire", upstream_event = %data, "openai chunk");
+            if data.trim() == "[DONE]" {
                 decoder.done = true;
                 break;
             }
-            match decoder.decode(&event.data) {
+            match decoder.decode(&data) {
                 Ok(events) => for e in events { yield Ok(e) },
                 Err(e) => { yield Err(e); return; }
             }
@@ -54,7 +43,7 @@ pub(super) fn events(upstream: &Upstream, response: reqwest::Response, mut decod
 }
 
 /// Turns SSE `data:` payloads of chat or completion chunks into IR events.
-pub(super) struct SseDecoder {
+pub struct SseDecoder {
     finish: Option<FinishReason>,
     usage: Option<Usage>,
     /// llama-server's own timings, when it sends them.
@@ -70,7 +59,8 @@ pub(super) struct SseDecoder {
 }
 
 impl SseDecoder {
-    pub(super) fn new(think_tags: bool) -> Self {
+    /// `think_tags`: move leading `<think>` text into reasoning.
+    pub fn new(think_tags: bool) -> Self {
         Self {
             finish: None,
             usage: None,

@@ -87,7 +87,11 @@ pub fn decode_response_request(
         (None, Some(think)) => options::think(think)?,
         (None, None) => None,
     };
-    let (sampling, extra) = decode_sampling(wire.sampling.clone(), wire.options, [wire.max_output_tokens, None])?;
+    let (sampling, extra) = decode_sampling(
+        wire.sampling.clone(),
+        wire.options,
+        [("max_output_tokens", wire.max_output_tokens), ("", None)],
+    )?;
     let tool_choice_wire = wire.tool_choice.clone().unwrap_or_else(|| json!("auto"));
     let template = wire::Response {
         id: random_id("resp_"),
