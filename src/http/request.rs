@@ -70,7 +70,8 @@ impl Call {
         &self,
         requests: impl IntoIterator<Item = &'r ChatRequest>,
     ) -> Result<Vec<ChatStream>, Error> {
-        self.gateway.chat_all(&self.live, requests, &self.caller).await
+        let streams = self.gateway.chat_all(&self.live, requests, &self.caller).await?;
+        Ok(streams.into_iter().map(|s| self.drain.cut(s)).collect())
     }
 
     pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse, Error> {
