@@ -488,3 +488,47 @@ async fn too_many_messages_or_images_get_400_naming_the_key() {
     );
     assert_eq!(fake.calls(), 0, "nothing reached the upstream");
 }
+
+/// Too many or too large headers: 431 in the caller's protocol naming the key; past twice
+/// the limit hyper refuses the head before it is parsed, with a bare 431.
+#[tokio::test]
+async fn too_many_or_too_large_headers_get_431_naming_the_key() {
+    let fake = FakeUpstream::start().await;
+    let base = diglot(&fake.url(), |c| {
+        c.server.max_headers = 20;
+        c.server.max_header_bytes = 16 * 1024;
+    })
+    .await;
+    let ask = |headers: Vec<(String, String)>, path: &'static str| {
+        let mut request = client().post(format!("{base}{path}")).json(&chat(false));
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        send(request)
+    };
+    let many: Vec<_> = (0..25).map(|i| (format!("x-extra-{i}"), "1".to_owned())).collect();
+    let answer = ask(many, "/v1/chat/completions").await;
+    assert_eq!(answer.status, 431);
+    let error: Value = serde_json::from_str(&answer.text).unwrap();
+    assert_eq!(error["error"]["code"], "request_header_fields_too_large", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_headers"),
+        "{error}"
+    );
+
+    let large = vec![("x-large".to_owned(), "a".repeat(20 * 1024))];
+    let answer = ask(large, "/api/chat").await;
+    assert_eq!(answer.status, 431);
+    let error: Value = serde_json::from_str(&answer.text).unwrap();
+    assert!(
+        error["error"].as_str().unwrap().contains("server.max_header_bytes"),
+        "{error}"
+    );
+
+    let huge = vec![("x-large".to_owned(), "a".repeat(40 * 1024))];
+    assert_eq!(ask(huge, "/v1/chat/completions").await.status, 431);
+    assert_eq!(fake.calls(), 0, "nothing reached the upstream");
+}

@@ -273,13 +273,17 @@ async fn channels_answering_going_down_and_recovering_are_logged_once_each() {
     alpha.fail_listing(None);
     eventually("alpha up", || diglot.log().contains("channel is up again")).await;
 
+    // 500s are the model's failures: its own circuit on alpha opens, not alpha's.
     alpha.fail_next(2, 500, None);
     for _ in 0..2 {
         assert_eq!(chat(&diglot.base, None).await.status, 502);
     }
-    eventually("the circuit opened", || diglot.log().contains("channel circuit opened")).await;
-    eventually_async("alpha recovered", || async {
-        chat(&diglot.base, None).await.status == 200 && diglot.log().contains("channel recovered")
+    eventually("the model's circuit opened", || {
+        diglot.log().contains("model circuit opened")
+    })
+    .await;
+    eventually_async("the model recovered", || async {
+        chat(&diglot.base, None).await.status == 200 && diglot.log().contains("model recovered")
     })
     .await;
     let log = diglot.kill();
@@ -287,11 +291,19 @@ async fn channels_answering_going_down_and_recovering_are_logged_once_each() {
     for what in [
         "channel is down",
         "channel is up again",
-        "channel circuit opened",
-        "channel recovered",
+        "model circuit opened",
+        "model recovered",
     ] {
         assert_eq!(alpha_lines(what), 1, "{what}:\n{log}");
     }
+    let model_lines = log
+        .lines()
+        .filter(|l| l.contains("model circuit opened") || l.contains("model recovered"));
+    assert!(
+        model_lines.clone().count() == 2 && model_lines.into_iter().all(|l| l.contains("chat-text")),
+        "{log}"
+    );
+    assert!(!log.contains("channel circuit opened"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,6 +11,7 @@ use super::request::{app, pace_body, read_body};
 use super::respond::write_error;
 use super::routes::{Access, frontend_of, route_of};
 use super::service::is_metrics_token;
+use crate::config::ServerConfig;
 use crate::gateway::Snapshot;
 use crate::gateway::auth::{Caller, presented_token};
 use crate::gateway::cache::CacheControl;
@@ -60,6 +61,11 @@ pub async fn admit(req: &mut Request, depot: &mut Depot, res: &mut Response, ctr
     let frontend = depot.get_typed::<Matched>().map_or(Frontend::OpenAi, |m| m.frontend);
     let live = depot.get_typed::<Arc<Snapshot>>().ok().cloned();
     if let Some(live) = &live {
+        if let Err(error) = head_within_bounds(req, &live.config.server) {
+            ctrl.skip_rest();
+            let _ = res.add_header("connection", "close", true);
+            return write_error(res, frontend, &error, "");
+        }
         pace_body(req, &live.config.server);
     }
     if app.connections.is_overflow(req.remote_addr().clone().into_std()) {
@@ -81,6 +87,38 @@ pub async fn admit(req: &mut Request, depot: &mut Depot, res: &mut Response, ctr
         let _ = res.add_header("connection", "close", true);
         return write_error(res, frontend, &error, "");
     }
+}
+
+/// The request head within `server.max_headers` and `server.max_header_bytes` (counted as
+/// sent: request line, and each header's name, value, `: ` and line end).
+fn head_within_bounds(req: &Request, server: &ServerConfig) -> Result<(), Error> {
+    let count = req.headers().len();
+    if count > server.max_headers {
+        return Err(Error::new(
+            ErrorKind::HeadersTooLarge,
+            format!(
+                "the request has {count} headers, more than server.max_headers ({}); raise it in the profile to accept more",
+                server.max_headers
+            ),
+        ));
+    }
+    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let bytes = line
+        + req
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if bytes > server.max_header_bytes {
+        return Err(Error::new(
+            ErrorKind::HeadersTooLarge,
+            format!(
+                "the request head is {bytes} bytes, more than server.max_header_bytes ({}); raise it in the profile to accept larger ones",
+                server.max_header_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// What the route table says of the request's path.

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// The request body is larger than the configured limit.
     PayloadTooLarge,
+    /// The request head has more or larger headers than the configured limits.
+    HeadersTooLarge,
     /// The body's content type is not one the endpoint reads (JSON).
     UnsupportedMediaType,
     /// The client did not send its request body in time.
@@ -101,6 +103,7 @@ impl Error {
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::HeadersTooLarge => 431,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::RequestTimeout => 408,
             ErrorKind::RateLimited => 429,

@@ -25,7 +25,7 @@ pub fn error_kind(error: &Error) -> (&'static str, u16) {
         ErrorKind::Unauthorized => "authentication_error",
         ErrorKind::Forbidden => "permission_error",
         ErrorKind::NotFound => "not_found_error",
-        ErrorKind::PayloadTooLarge => "request_too_large",
+        ErrorKind::PayloadTooLarge | ErrorKind::HeadersTooLarge => "request_too_large",
         ErrorKind::RateLimited => "rate_limit_error",
         ErrorKind::RequestTimeout => "timeout_error",
         ErrorKind::Unavailable | ErrorKind::UpstreamError { status: 529 } => return ("overloaded_error", 529),

@@ -31,6 +31,7 @@ pub fn error_body(error: &Error) -> wire::ErrorBody {
         ErrorKind::NotFound => ("invalid_request_error", Some("not_found")),
         ErrorKind::MethodNotAllowed => ("invalid_request_error", Some("method_not_allowed")),
         ErrorKind::PayloadTooLarge => ("invalid_request_error", Some("request_too_large")),
+        ErrorKind::HeadersTooLarge => ("invalid_request_error", Some("request_header_fields_too_large")),
         ErrorKind::UnsupportedMediaType => ("invalid_request_error", Some("unsupported_media_type")),
         ErrorKind::RequestTimeout => ("invalid_request_error", Some("request_timeout")),
         ErrorKind::RateLimited => ("rate_limit_error", Some("rate_limit_exceeded")),
