@@ -19,6 +19,9 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
 pub struct Input {
     chunk: usize,
     max: usize,
+    /// A decoder option (SSE: think tags; NDJSON: chat or generate); a stream target
+    /// whose decoder has none ignores it.
+    #[allow(dead_code)]
     pub flag: bool,
     body: Vec<u8>,
 }
