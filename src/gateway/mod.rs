@@ -8,17 +8,18 @@ pub mod auth;
 pub mod cache;
 mod catalog;
 pub mod channel;
+mod circuit;
 pub mod health;
 pub mod limits;
 mod live;
 pub mod policy;
+mod recent;
 pub mod responses;
 pub mod routing;
 pub mod usage;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -37,46 +38,8 @@ use tracing_futures::Instrument;
 use usage::{Meter, UsageLog};
 
 pub use live::Snapshot;
-
-/// How long a model counts as "running" for `/api/ps` after its last use (Ollama's
-/// default keep-alive).
-pub const RECENT_USE: Duration = Duration::from_secs(300);
-
-/// Models used lately (client name → unix time of last use), for `/api/ps`. A map under
-/// a lock: the use of a known model is one lookup, where a cache insert per request cost
-/// about 2 % of a translated request's CPU.
-#[derive(Default)]
-struct RecentModels(Mutex<HashMap<String, i64>>);
-
-impl RecentModels {
-    const MAX_MODELS: usize = 1024;
-
-    fn used(&self, model: &str) {
-        let now = chrono::Utc::now().timestamp();
-        let mut models = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(at) = models.get_mut(model) {
-            *at = now;
-            return;
-        }
-        if models.len() >= Self::MAX_MODELS {
-            Self::forget_stale(&mut models, now);
-        }
-        if models.len() < Self::MAX_MODELS {
-            models.insert(model.to_owned(), now);
-        }
-    }
-
-    fn list(&self) -> Vec<(String, i64)> {
-        let now = chrono::Utc::now().timestamp();
-        let mut models = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::forget_stale(&mut models, now);
-        models.iter().map(|(name, at)| (name.clone(), *at)).collect()
-    }
-
-    fn forget_stale(models: &mut HashMap<String, i64>, now: i64) {
-        models.retain(|_, at| now - *at < RECENT_USE.as_secs() as i64);
-    }
-}
+pub use recent::RECENT_USE;
+use recent::RecentModels;
 
 pub struct Gateway {
     /// What the profile says now; a request keeps the snapshot it started with.
