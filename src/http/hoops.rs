@@ -102,7 +102,8 @@ fn head_within_bounds(req: &Request, server: &ServerConfig) -> Result<(), Error>
             ),
         ));
     }
-    let line = req.method().as_str().len() + req.uri().to_string().len() + 12;
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
     let bytes = line
         + req
             .headers()
