@@ -4,8 +4,7 @@
 use clap::{Args, Subcommand};
 
 use crate::config::{AuthMode, Config};
-use crate::gateway::auth::parse_net;
-use crate::store::secrets::generate_token;
+use crate::gateway::tokens::{self, TokenFields};
 use crate::store::{Role, Store, TokenRecord};
 
 #[derive(Subcommand)]
@@ -95,37 +94,25 @@ fn list(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn nonzero<T: PartialEq + Default>(value: T) -> Option<T> {
-    (value != T::default()).then_some(value)
+/// 0 or "" given on the command line clears a limit.
+fn nonzero<T: PartialEq + Default>(value: Option<T>) -> Option<Option<T>> {
+    value.map(|v| (v != T::default()).then_some(v))
 }
 
 impl Rules {
-    fn apply(&self, token: &mut TokenRecord) -> Result<(), String> {
-        if let Some(models) = &self.models {
-            token.models = list(models);
+    /// These rules as the fields the shared token implementation sets.
+    fn fields(&self) -> TokenFields {
+        TokenFields {
+            models: self.models.as_deref().map(list),
+            ips: self.ips.as_deref().map(list),
+            expires_at: nonzero(self.expires_in_days)
+                .map(|days| days.map(|d| chrono::Utc::now().timestamp() + i64::from(d) * 86_400)),
+            monthly_quota: nonzero(self.quota),
+            rpm: nonzero(self.rpm),
+            tpm: nonzero(self.tpm),
+            max_concurrent: nonzero(self.max_concurrent),
+            ..TokenFields::default()
         }
-        if let Some(ips) = &self.ips {
-            token.ips = list(ips);
-            for ip in &token.ips {
-                parse_net(ip)?;
-            }
-        }
-        if let Some(days) = self.expires_in_days {
-            token.expires_at = nonzero(days).map(|d| chrono::Utc::now().timestamp() + i64::from(d) * 86_400);
-        }
-        if let Some(quota) = self.quota {
-            token.monthly_quota = nonzero(quota);
-        }
-        if let Some(rpm) = self.rpm {
-            token.rpm = nonzero(rpm);
-        }
-        if let Some(tpm) = self.tpm {
-            token.tpm = nonzero(tpm);
-        }
-        if let Some(max) = self.max_concurrent {
-            token.max_concurrent = nonzero(max);
-        }
-        Ok(())
     }
 }
 
@@ -134,14 +121,12 @@ impl Rules {
 pub async fn token(store: &dyn Store, config: &Config, command: TokenCommand) -> Result<String, String> {
     match command {
         TokenCommand::Create { name, role, rules } => {
-            refuse_taken_name(store, &name, None).await?;
-            let secret = generate_token();
-            let mut token = TokenRecord {
-                created_at: chrono::Utc::now().timestamp(),
-                ..TokenRecord::for_secret(&name, &secret, role)
+            let fields = TokenFields {
+                name: Some(name),
+                role: Some(role),
+                ..rules.fields()
             };
-            rules.apply(&mut token)?;
-            let token = store.create_token(&token).await.map_err(|e| e.to_string())?;
+            let (secret, token) = tokens::create(store, &fields).await.map_err(|e| e.to_string())?;
             Ok(format!(
                 "{secret}\n\nToken '{}' (id {}, {}) created. This is the only time it is shown: \
                  store it now.\nDigest (for a profile's [[tokens]]): {}\n",
@@ -195,8 +180,7 @@ pub async fn token(store: &dyn Store, config: &Config, command: TokenCommand) ->
         }
         TokenCommand::Revoke { token } => {
             let found = find(store, &token).await?;
-            store
-                .delete_token(found.id.unwrap_or_default())
+            tokens::revoke(store, found.id.unwrap_or_default())
                 .await
                 .map_err(|e| e.to_string())?;
             let mut out = format!("Token '{}' ({}) revoked.\n", found.name, found.prefix);
@@ -213,35 +197,19 @@ pub async fn token(store: &dyn Store, config: &Config, command: TokenCommand) ->
             disable,
             rules,
         } => {
-            let mut found = find(store, &token).await?;
-            if let Some(name) = name {
-                refuse_taken_name(store, &name, found.id).await?;
-                found.name = name;
-            }
-            if let Some(role) = role {
-                found.role = role;
-            }
-            if enable || disable {
-                found.enabled = enable;
-            }
-            rules.apply(&mut found)?;
-            store.update_token(&found).await.map_err(|e| e.to_string())?;
-            Ok(format!("Token '{}' ({}) updated.\n", found.name, found.prefix))
+            let found = find(store, &token).await?;
+            let fields = TokenFields {
+                name,
+                role,
+                enabled: (enable || disable).then_some(enable),
+                ..rules.fields()
+            };
+            let (_, updated) = tokens::update(store, found.id.unwrap_or_default(), &fields)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(format!("Token '{}' ({}) updated.\n", updated.name, updated.prefix))
         }
     }
-}
-
-/// Fails when another token (not `except`) already has `name`: names pick tokens out
-/// in `revoke` and `update`, and two of one name would be one too many.
-async fn refuse_taken_name(store: &dyn Store, name: &str, except: Option<i64>) -> Result<(), String> {
-    let tokens = store.tokens().await.map_err(|e| e.to_string())?;
-    if tokens.iter().any(|t| t.name == name && t.id != except) {
-        return Err(format!(
-            "a token named '{name}' exists already: choose another name, or revoke it first \
-             (`diglot token revoke {name}`)"
-        ));
-    }
-    Ok(())
 }
 
 /// What the store's last token going means for a server using this configuration.

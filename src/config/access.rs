@@ -44,6 +44,12 @@ pub struct LimitsConfig {
     /// The completion size reserved against token limits and quotas when a request sets
     /// no `max_tokens`.
     pub default_max_tokens: u64,
+    /// Limits for tokens that set none of their own (0: none): requests and tokens per
+    /// minute, tokens per calendar month, requests at once.
+    pub token_rpm: u64,
+    pub token_tpm: u64,
+    pub token_monthly_quota: u64,
+    pub token_max_concurrent: u32,
 }
 
 impl Default for LimitsConfig {
@@ -54,6 +60,10 @@ impl Default for LimitsConfig {
             ip_rpm: 0,
             ip_tpm: 0,
             default_max_tokens: 1024,
+            token_rpm: 0,
+            token_tpm: 0,
+            token_monthly_quota: 0,
+            token_max_concurrent: 0,
         }
     }
 }
@@ -125,11 +135,25 @@ pub struct TokenRecord {
     pub max_concurrent: Option<u32>,
 }
 
+impl TokenRecord {
+    /// The token with `[limits]`' defaults for the limits it does not set itself.
+    pub fn with_default_limits(mut self, limits: &LimitsConfig) -> Self {
+        let or = |own: Option<u64>, default: u64| own.or((default > 0).then_some(default));
+        self.rpm = or(self.rpm, limits.token_rpm);
+        self.tpm = or(self.tpm, limits.token_tpm);
+        self.monthly_quota = or(self.monthly_quota, limits.token_monthly_quota);
+        self.max_concurrent = self
+            .max_concurrent
+            .or((limits.token_max_concurrent > 0).then_some(limits.token_max_concurrent));
+        self
+    }
+}
+
 fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, salvo::oapi::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,

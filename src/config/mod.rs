@@ -10,11 +10,13 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 mod access;
+mod admin;
 mod cors;
 mod env;
 mod frontends;
 mod models;
 mod observability;
+mod overlay;
 mod reload;
 mod responses;
 mod routing;
@@ -22,11 +24,13 @@ mod server;
 mod upstream;
 
 pub use access::*;
+pub use admin::*;
 pub use cors::*;
 pub use env::unknown_variables;
 pub use frontends::*;
 pub use models::*;
 pub use observability::*;
+pub use overlay::*;
 pub use reload::*;
 pub use responses::*;
 pub use routing::*;
@@ -70,6 +74,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub reload: ReloadConfig,
     pub responses: ResponsesConfig,
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -98,6 +103,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             reload: ReloadConfig::default(),
             responses: ResponsesConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -246,6 +252,7 @@ impl Config {
             channels: self.channels.iter().map(|c| c.redacted()).collect(),
             metrics: self.metrics.redacted(),
             telemetry: self.telemetry.redacted(),
+            admin: self.admin.redacted(),
             ..self.clone()
         };
         shown.ollama.fallback_url = shown.ollama.fallback_url.as_deref().map(redact_password);
@@ -265,15 +272,31 @@ impl Config {
 
     /// The channels to route over: `channels`, or `upstream` as the only one (named
     /// "default" unless it has a name).
+    /// `[models]` aliases join the aliases of every channel whose models cover the name.
     pub fn channels(&self) -> Vec<UpstreamConfig> {
-        if !self.channels.is_empty() {
-            return self.channels.clone();
+        let mut channels = if self.channels.is_empty() {
+            let mut only = self.upstream.clone();
+            if only.name.is_empty() {
+                only.name = "default".into();
+            }
+            vec![only]
+        } else {
+            self.channels.clone()
+        };
+        for (model, settings) in self.models.iter().filter(|(_, s)| !s.aliases.is_empty()) {
+            for channel in &mut channels {
+                let covers = channel
+                    .models
+                    .iter()
+                    .any(|m| m == model || wildmatch::WildMatch::new(m).matches(model));
+                if covers {
+                    for alias in &settings.aliases {
+                        channel.aliases.entry(alias.clone()).or_insert_with(|| model.clone());
+                    }
+                }
+            }
         }
-        let mut only = self.upstream.clone();
-        if only.name.is_empty() {
-            only.name = "default".into();
-        }
-        vec![only]
+        channels
     }
 
     /// Settings read once at start (the listener, the store, logs, traces, the metrics
@@ -330,6 +353,7 @@ impl Config {
         self.listen_addr()?;
         self.server.validate().map_err(ConfigError::Invalid)?;
         self.cors.validate().map_err(ConfigError::Invalid)?;
+        self.admin.validate().map_err(ConfigError::Invalid)?;
         if !self.channels.is_empty() && self.upstream != UpstreamConfig::default() {
             return Err(ConfigError::Invalid(
                 "both [upstream] and [[channels]] are set: move the upstream into [[channels]]".into(),
@@ -378,6 +402,11 @@ impl Config {
             }
         }
         for (pattern, settings) in &self.models {
+            if !settings.aliases.is_empty() && pattern.contains(['*', '?']) {
+                return Err(ConfigError::Invalid(format!(
+                    "models.\"{pattern}\".aliases: only an exact model name can have aliases, not a glob"
+                )));
+            }
             for (which, options) in [("defaults", &settings.defaults), ("forced", &settings.forced)] {
                 Options::parse(options)
                     .map_err(|e| ConfigError::Invalid(format!("models.\"{pattern}\".{which}: {e}")))?;

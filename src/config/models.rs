@@ -17,6 +17,9 @@ pub struct ModelSettings {
     /// (`general.basename`); the id clients send stays the same.
     pub display_name: Option<String>,
     pub description: Option<String>,
+    /// Other names clients may use for this model, on every channel that serves it (the
+    /// key must then be an exact name, not a glob).
+    pub aliases: Vec<String>,
     /// Options applied when the client sent none, under either API's name (`num_ctx`,
     /// `temperature`, `max_tokens`, `think`, `reasoning_effort`, `keep_alive`...).
     pub defaults: BTreeMap<String, serde_json::Value>,

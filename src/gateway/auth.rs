@@ -127,6 +127,8 @@ pub struct Auth {
     last_reload: Mutex<Option<Instant>>,
     keys_file_seen: Mutex<Option<SystemTime>>,
     keys_file_tokens: Mutex<Vec<TokenRecord>>,
+    /// `[limits]`, whose `token_*` defaults apply to tokens without limits of their own.
+    limits: crate::config::LimitsConfig,
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     trust_proxy: Vec<IpNet>,
@@ -188,6 +190,7 @@ impl Auth {
             last_reload: Mutex::new(None),
             keys_file_seen: Mutex::new(None),
             keys_file_tokens: Mutex::new(Vec::new()),
+            limits: config.limits.clone(),
             allow: nets(&auth_config.allow_ips).map_err(|e| format!("auth.allow_ips: {e}"))?,
             deny: nets(&auth_config.deny_ips).map_err(|e| format!("auth.deny_ips: {e}"))?,
             trust_proxy: nets(&auth_config.trust_proxy).map_err(|e| format!("auth.trust_proxy: {e}"))?,
@@ -274,7 +277,7 @@ impl Auth {
         all.extend(self.read_keys_file());
         let map = all
             .into_iter()
-            .map(|t| (t.digest.clone(), Arc::new(t)))
+            .map(|t| (t.digest.clone(), Arc::new(t.with_default_limits(&self.limits))))
             .collect::<HashMap<_, _>>();
         // A keys file counts as a source even while empty: its owner means to require keys.
         let required = match self.mode {

@@ -12,7 +12,7 @@ use super::cache::ResponseCache;
 use super::channel::Channel;
 use super::policy::Policies;
 use super::routing::Router;
-use crate::config::{Config, UpstreamConfig, UpstreamKind};
+use crate::config::{Config, Overlay, UpstreamConfig, UpstreamKind};
 use crate::protocol::Backend;
 use crate::protocol::images::ImageFetcher;
 use crate::protocol::upstream::Upstream;
@@ -20,8 +20,12 @@ use crate::store::Store;
 use crate::telemetry::Metrics;
 
 pub struct Snapshot {
-    /// The configuration this snapshot was built from, validated.
+    /// The configuration in force: the profile with the store's overlay, validated.
     pub config: Config,
+    /// The configuration as the profile (and environment, and flags) gave it.
+    pub profile: Arc<Config>,
+    /// What the admin API keeps in the store on top of it.
+    pub overlay: Arc<Overlay>,
     pub auth: Arc<Auth>,
     pub(super) router: Router,
     pub(super) policies: Policies,
@@ -38,11 +42,13 @@ impl Snapshot {
     /// change and carrying over the runtime state of channels that still exist. Fails,
     /// naming the setting, when something cannot be built; nothing is started.
     pub fn build(
-        config: Config,
+        profile: Arc<Config>,
+        overlay: Arc<Overlay>,
         previous: Option<&Snapshot>,
         store: Option<Arc<dyn Store>>,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, String> {
+        let config = overlay.apply(&profile).map_err(|e| e.to_string())?;
         let images_same = previous.is_some_and(|p| p.config.images == config.images);
         let channels = config
             .channels()
@@ -70,13 +76,15 @@ impl Snapshot {
             model_manager,
             refreshed_for_miss: Mutex::new(None),
             config,
+            profile,
+            overlay,
         })
     }
 
     /// Whether `config` would make a working gateway, without a store (`check-config`).
     pub fn check(config: &Config) -> Result<(), String> {
         let metrics = Arc::new(Metrics::new(false));
-        Self::build(config.clone(), None, None, &metrics).map(|_| ())
+        Self::build(Arc::new(config.clone()), Default::default(), None, None, &metrics).map(|_| ())
     }
 
     fn channel(&self, name: &str) -> Option<&Arc<Channel>> {

@@ -12,10 +12,12 @@ mod circuit;
 pub mod health;
 pub mod limits;
 mod live;
+mod overlay;
 pub mod policy;
 mod recent;
 pub mod responses;
 pub mod routing;
+pub mod tokens;
 pub mod usage;
 
 use std::borrow::Cow;
@@ -26,7 +28,7 @@ use arc_swap::ArcSwap;
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 
-use crate::config::Config;
+use crate::config::{Config, Overlay};
 use crate::ir::{ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ErrorKind, estimate_tokens};
 use crate::protocol::upstream::{Forward, PassThrough};
 use crate::store::Store;
@@ -69,7 +71,18 @@ impl Gateway {
             let used = store.tokens_used_since(month).await.map_err(|e| e.to_string())?;
             limiter.set_used_before(month, used.into_iter().collect());
         }
-        let snapshot = Snapshot::build(config, None, store.clone(), &metrics)?;
+        let overlay = match &store {
+            Some(store) => overlay::read(store.as_ref()).await?,
+            None => Overlay::default(),
+        };
+        let snapshot = Snapshot::build(
+            Arc::new(sealed(config)),
+            Arc::new(overlay),
+            None,
+            store.clone(),
+            &metrics,
+        )
+        .map_err(|e| format!("{e} (in the profile, or in what the admin API keeps in the store)"))?;
         snapshot.auth.reload().await;
         snapshot.auth.start_reloading();
         let gateway = Arc::new(Self {
@@ -120,16 +133,41 @@ impl Gateway {
     pub async fn apply(&self, mut config: Config) -> Result<Vec<&'static str>, String> {
         let _one_at_a_time = self.reloading.lock().await;
         let running = self.live.load_full();
-        let kept = config.keep_restart_only(&running.config);
-        let snapshot = Snapshot::build(config, Some(&running), self.store.clone(), &self.metrics)?;
+        let kept = config.keep_restart_only(&running.profile);
+        let profile = Arc::new(sealed(config));
+        self.swap_in(&running, profile, running.overlay.clone()).await?;
+        Ok(kept)
+    }
+
+    /// Changes what the admin API keeps in the store: `edit` changes a copy of the
+    /// overlay; the result must build a working snapshot, else nothing is written. Then
+    /// the store is written and the snapshot swapped in, so the next request sees it.
+    pub async fn change(&self, edit: impl FnOnce(&mut Overlay) -> Result<(), String>) -> Result<(), String> {
+        let Some(store) = &self.store else {
+            return Err("there is no store (store.data_dir is empty), so nothing can be kept".into());
+        };
+        let _one_at_a_time = self.reloading.lock().await;
+        let running = self.live.load_full();
+        let mut overlay = Overlay::clone(&running.overlay);
+        edit(&mut overlay)?;
+        // Checked whole before anything is written.
+        overlay.apply(&running.profile).map_err(|e| e.to_string())?;
+        overlay::write(store.as_ref(), &running.overlay, &overlay).await?;
+        self.swap_in(&running, running.profile.clone(), Arc::new(overlay))
+            .await
+    }
+
+    /// Builds a snapshot on top of `running` and swaps it in.
+    async fn swap_in(&self, running: &Snapshot, profile: Arc<Config>, overlay: Arc<Overlay>) -> Result<(), String> {
+        let snapshot = Snapshot::build(profile, overlay, Some(running), self.store.clone(), &self.metrics)?;
         // The store's tokens are in before the snapshot takes any request.
         snapshot.auth.reload().await;
         snapshot.auth.start_reloading();
         self.live.store(Arc::new(snapshot));
-        Ok(kept)
+        Ok(())
     }
 
-    /// Starts the active health checks (a model-list fetch per channel, which also keeps
+        /// Starts the active health checks (a model-list fetch per channel, which also keeps
     /// the catalog fresh), on whatever channels the live snapshot has at each tick. They
     /// stop when the gateway is dropped.
     /// With one channel there is nothing to fail over to, so none run: a check would only
@@ -693,4 +731,14 @@ fn within_bounds(server: &crate::config::ServerConfig, request: &ChatRequest) ->
         ));
     }
     Ok(())
+}
+
+/// `config` with an admin password given in clear replaced by its argon2id hash, so the
+/// clear one is never kept.
+fn sealed(mut config: Config) -> Config {
+    let password = std::mem::take(&mut config.admin.password);
+    if !password.is_empty() {
+        config.admin.password_hash = crate::store::secrets::hash_password(&password);
+    }
+    config
 }

@@ -1,5 +1,6 @@
 //! Secrets: API tokens are generated here, kept only as SHA-256 digests, shown only by
-//! a short prefix, and compared in constant time.
+//! a short prefix, and compared in constant time; the admin password is kept only as an
+//! argon2id hash.
 
 use rand::Rng;
 use rand::distr::Alphanumeric;
@@ -44,6 +45,35 @@ pub fn same(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
+/// The argon2id hash of `password` (default parameters, a random salt), as a PHC string.
+/// Takes tens of milliseconds by design: call it off the async threads.
+pub fn hash_password(password: &str) -> String {
+    use argon2::password_hash::PasswordHasher;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes())
+        .map(|hash| hash.to_string())
+        .expect("argon2 hashes with its default parameters")
+}
+
+/// Whether `password` is the one `hash` (a PHC string) was made from; a hash that cannot
+/// be read matches nothing. As slow as hashing.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::PasswordVerifier;
+    use argon2::password_hash::phc::PasswordHash;
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
+}
+
+/// A random value for sessions and CSRF tokens: 32 random bytes, URL-safe base64.
+pub fn random_secret() -> String {
+    use base64::Engine;
+    let bytes: [u8; 32] = rand::rng().random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +89,16 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(display_prefix(&token), token[..7]);
+    }
+
+    #[test]
+    fn passwords_are_kept_as_argon2id_hashes() {
+        let hash = hash_password("correct horse");
+        assert!(hash.starts_with("$argon2id$v=19$"), "{hash}");
+        assert!(!hash.contains("correct"));
+        assert_ne!(hash, hash_password("correct horse"), "a random salt each time");
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("correct horsE", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
     }
 }
