@@ -1,5 +1,6 @@
-//! The `token` and `usage` commands: manage API tokens in the store and read usage.
-//! A new token is printed once; the store keeps only its digest.
+//! The `token`, `admin` and `usage` commands: manage API tokens and the admin password in
+//! the store, and read usage. A new token is printed once; the store keeps only its
+//! digest, and of the password only its argon2id hash.
 
 use clap::{Args, Subcommand};
 
@@ -289,4 +290,65 @@ pub async fn usage(store: &dyn Store, days: u32, json: bool) -> Result<String, S
         ));
     }
     Ok(out)
+}
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Set the admin password (read from the terminal without echo, or from standard
+    /// input): kept in the store as an argon2id hash; a running diglot uses it at the
+    /// next sign-in. `[admin] password_hash` or DIGLOT_ADMIN__PASSWORD win over it.
+    SetPassword,
+    /// Print the argon2id hash of a password (read as for set-password), for a profile's
+    /// `[admin] password_hash`.
+    HashPassword,
+}
+
+/// The shortest admin password accepted.
+const MIN_PASSWORD: usize = 12;
+
+/// A new password from the terminal (asked twice, not echoed) or one line of stdin.
+fn read_new_password() -> Result<String, String> {
+    use std::io::IsTerminal;
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("New admin password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the two passwords differ; nothing changed".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(format!("the password is shorter than {MIN_PASSWORD} characters; nothing changed"));
+    }
+    Ok(password)
+}
+
+/// Runs an admin command; `store` is the profile's.
+pub async fn admin(store: &dyn Store, config: &Config, command: AdminCommand) -> Result<String, String> {
+    let password = read_new_password()?;
+    let hash = tokio::task::spawn_blocking(move || crate::store::secrets::hash_password(&password))
+        .await
+        .map_err(|e| e.to_string())?;
+    match command {
+        AdminCommand::HashPassword => Ok(format!("{hash}\n")),
+        AdminCommand::SetPassword => {
+            let value = serde_json::to_string(&hash).map_err(|e| e.to_string())?;
+            store
+                .put_document(crate::admin::PASSWORD_KIND, crate::admin::PASSWORD_KEY, Some(&value))
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out = "Admin password set (kept as an argon2id hash). Sign in at /admin.\n".to_owned();
+            if !config.admin.password_hash.is_empty() {
+                out.push_str(
+                    "Note: this configuration sets [admin] password_hash (or DIGLOT_ADMIN__PASSWORD), which \
+                     wins over the stored one.\n",
+                );
+            }
+            Ok(out)
+        }
+    }
 }

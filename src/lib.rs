@@ -6,9 +6,10 @@
 //! it; a backend (`protocol::*::client`) sends it upstream and decodes the answer into IR
 //! events; the first protocol's encoder (`protocol::*::encode`) writes them back.
 //!
-//! Layers, each importing only those below it: `cli` and `http`; `gateway`; `protocol`;
+//! Layers, each importing only those below it: `cli` and `http`; `admin`; `gateway`; `protocol`;
 //! `telemetry`; `store`; `config`; `ir`.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod gateway;

@@ -72,6 +72,9 @@ enum Command {
     /// Manage API tokens in the store (`store.data_dir` of the profile).
     #[command(subcommand)]
     Token(diglot::cli::TokenCommand),
+    /// The admin API's password (kept in the store as an argon2id hash).
+    #[command(subcommand)]
+    Admin(diglot::cli::AdminCommand),
     /// Usage per token per day, from the store.
     Usage {
         /// How many days back.
@@ -138,6 +141,7 @@ fn main() -> std::process::ExitCode {
         }
         Command::Serve(_) => run(config, source),
         Command::Token(command) => with_store(&config, async |store| diglot::cli::token(store, &config, command).await),
+        Command::Admin(command) => with_store(&config, async |store| diglot::cli::admin(store, &config, command).await),
         Command::Usage { days, json } => with_store(&config, async |store| diglot::cli::usage(store, days, json).await),
         Command::HealthCheck { timeout } => health_check(&config, timeout),
     }

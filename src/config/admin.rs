@@ -66,6 +66,12 @@ impl AdminConfig {
                         `diglot admin hash-password`"
                 .into());
         }
+        for net in &self.allow_ips {
+            let ok = net.parse::<ipnet::IpNet>().is_ok() || net.parse::<std::net::IpAddr>().is_ok();
+            if !ok {
+                return Err(format!("admin.allow_ips: '{net}' is neither an IP address nor a CIDR range"));
+            }
+        }
         if !(1..=24 * 365).contains(&self.session_hours) {
             return Err(format!(
                 "admin.session_hours: {} is not between 1 and 8760 (a year)",

@@ -10,7 +10,7 @@ use crate::ir::{Reasoning, Sampling};
 
 /// Policy and facts for the models a `[models."PATTERN"]` key matches: the name a client
 /// uses (an alias included), or the upstream's name for it; exact, or a glob.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, salvo::oapi::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelSettings {
     /// Shown by `/v1/models` (`name`), `/api/tags` (`display_name`) and `/api/show`

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::ConfigError;
 use super::routing::secs;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, salvo::oapi::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamKind {
     Ollama,
@@ -32,7 +32,7 @@ impl UpstreamKind {
 
 /// A channel: one upstream server (or several sharing a kind, models and limits, when
 /// keys carry their own URLs), the models it serves and how much of the traffic it gets.
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize, salvo::oapi::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Shown in logs, `/health` and metrics; unique among channels.
@@ -48,6 +48,7 @@ pub struct UpstreamConfig {
     /// `URL#KEY` or `URL/KEY` (a key with its own base URL). Never logged.
     pub keys: Vec<String>,
     /// A file of such lines (`#` starts a comment), read at start.
+    #[salvo(schema(value_type = Option<String>))]
     pub keys_file: Option<PathBuf>,
     /// Models served: exact names, globs (`llama*`), or `*` for all the upstream lists.
     pub models: Vec<String>,

@@ -326,6 +326,11 @@ impl Auth {
         });
     }
 
+    /// Whether `peer` is a proxy whose forwarded headers are believed.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        contains(&self.trust_proxy, canonical(peer))
+    }
+
     /// The client's address: the peer, or — when the peer is a trusted proxy — the
     /// nearest address in `X-Forwarded-For` that is not one.
     pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
@@ -360,25 +365,30 @@ impl Auth {
                 cache: Default::default(),
             });
         }
-        let none_exists = || {
-            Error::new(
-                ErrorKind::Unauthorized,
-                format!(
-                    "an API token is required, and none exists yet ({}). Create one on the server with \
-                     `diglot token create --name NAME` and send it as `Authorization: Bearer TOKEN`",
-                    self.why_required()
-                ),
-            )
-        };
         let Some(presented) = presented.map(str::trim).filter(|t| !t.is_empty()) else {
             if self.tokens.read().expect("tokens lock").is_empty() {
-                return Err(none_exists());
+                return Err(self.none_exists());
             }
             return Err(Error::new(
                 ErrorKind::Unauthorized,
                 "an API token is required: send it as `Authorization: Bearer TOKEN` (or `X-API-Key`)",
             ));
         };
+        let token = self.identify(ip, presented).await?;
+        Ok(Caller {
+            ip,
+            frontend,
+            token: Some(token),
+            restricted: false,
+            exchange: None,
+            cache: Default::default(),
+        })
+    }
+
+    /// The token `presented` is, if it may be used now from `ip`: known (re-reading the
+    /// store for one made a moment ago), enabled, unexpired, and allowed from `ip`.
+    /// Whether tokens are required does not matter here (the admin API asks this).
+    pub async fn identify(&self, ip: IpAddr, presented: &str) -> Result<Arc<TokenRecord>, Error> {
         let wanted = digest(presented);
         let mut token = self.find(&wanted);
         if token.is_none() {
@@ -393,12 +403,39 @@ impl Auth {
                 token = self.find(&wanted);
             }
         }
-        if token.is_none() && self.tokens.read().expect("tokens lock").is_empty() {
-            return Err(none_exists());
+        if token.is_none() && self.tokens.read().expect("tokens lock").is_empty() && self.required() {
+            return Err(self.none_exists());
         }
         let Some(token) = token else {
             return Err(Error::new(ErrorKind::Unauthorized, "the API token is not valid"));
         };
+        self.usable(&token, ip)?;
+        Ok(token)
+    }
+
+    fn none_exists(&self) -> Error {
+        Error::new(
+            ErrorKind::Unauthorized,
+            format!(
+                "an API token is required, and none exists yet ({}). Create one on the server with \
+                 `diglot token create --name NAME` and send it as `Authorization: Bearer TOKEN`",
+                self.why_required()
+            ),
+        )
+    }
+
+    /// The token with `digest` as known now, if it may be used from `ip` (a session
+    /// signed in with a token asks on every call, so a revoked token ends it).
+    pub fn by_digest(&self, wanted: &str, ip: IpAddr) -> Result<Arc<TokenRecord>, Error> {
+        let token = self
+            .find(wanted)
+            .ok_or_else(|| Error::new(ErrorKind::Unauthorized, "the API token is not valid any more"))?;
+        self.usable(&token, ip)?;
+        Ok(token)
+    }
+
+    /// Enabled, unexpired, and allowed from `ip`.
+    fn usable(&self, token: &TokenRecord, ip: IpAddr) -> Result<(), Error> {
         if !token.enabled {
             return Err(Error::new(
                 ErrorKind::Unauthorized,
@@ -419,14 +456,7 @@ impl Auth {
                 format!("the API token '{}' may not be used from {ip}", token.name),
             ));
         }
-        Ok(Caller {
-            ip,
-            frontend,
-            token: Some(token),
-            restricted: false,
-            exchange: None,
-            cache: Default::default(),
-        })
+        Ok(())
     }
 
     /// The global address rules (`allow_ips`, `deny_ips`).

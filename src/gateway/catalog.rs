@@ -158,6 +158,25 @@ impl Snapshot {
         card
     }
 
+    /// Every model with the channels that serve it and the name each knows it by, for
+    /// the admin API.
+    pub async fn catalog(&self) -> Result<Vec<(ModelCard, Vec<(String, String)>)>, Error> {
+        let models = self.all_models().await?;
+        let listings = self.listings().await;
+        Ok(models
+            .iter()
+            .map(|card| {
+                let served = self
+                    .candidates(&card.id, &listings)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|c| (self.router.channels[c.channel].name.clone(), c.model))
+                    .collect();
+                (card.clone(), served)
+            })
+            .collect())
+    }
+
     /// One model by the name a client used, in any of its spellings.
     pub async fn model(&self, name: &str, caller: &Caller) -> Result<ModelCard, Error> {
         caller.check_model(name)?;

@@ -167,7 +167,13 @@ impl Gateway {
         Ok(())
     }
 
-        /// Starts the active health checks (a model-list fetch per channel, which also keeps
+        /// The store's tokens changed here: the next request sees them (other processes'
+    /// changes are seen within `auth::RELOAD_EVERY`).
+    pub async fn tokens_changed(&self) {
+        self.snapshot().auth.reload().await;
+    }
+
+    /// Starts the active health checks (a model-list fetch per channel, which also keeps
     /// the catalog fresh), on whatever channels the live snapshot has at each tick. They
     /// stop when the gateway is dropped.
     /// With one channel there is nothing to fail over to, so none run: a check would only

@@ -132,6 +132,8 @@ impl Meter {
     pub fn start(log: Arc<UsageLog>, metrics: Arc<Metrics>, caller: &Caller, model: &str) -> Self {
         let token = caller.token.as_ref();
         let exchange = caller.exchange.clone();
+        let request_id = exchange.as_ref().and_then(|e| e.request_id().map(str::to_owned));
+        let trace_id = exchange.as_ref().and_then(|e| e.trace_id().map(str::to_owned));
         Self {
             log,
             metrics,
@@ -144,6 +146,8 @@ impl Meter {
                 client_ip: Some(caller.ip.to_string()),
                 frontend: caller.frontend.as_str(),
                 model: model.to_owned(),
+                request_id,
+                trace_id,
                 ..Default::default()
             },
             reservation: None,
@@ -180,6 +184,7 @@ impl Meter {
 
     /// An attempt that failed after `took` waiting on its upstream.
     pub fn waited(&mut self, took: Duration) {
+        self.record.attempts += 1;
         self.upstream_wait += took;
     }
 
@@ -188,6 +193,7 @@ impl Meter {
     pub fn routed(&mut self, channel: &str, backend: &'static str, upstream_model: &str, took: Duration, span: Span) {
         self.record.channel = Some(channel.to_owned());
         self.record.upstream_model = Some(upstream_model.to_owned());
+        self.record.attempts += 1;
         self.backend = backend;
         self.upstream_wait += took;
         self.answering_since = Some(Instant::now());

@@ -31,6 +31,7 @@ use drain::Drain;
 pub use frames::Coalesce;
 use listener::{Connections, Listener};
 
+use crate::admin::Admin;
 use crate::config::{Config, Source};
 use crate::gateway::Gateway;
 use crate::telemetry::exchange::Observer;
@@ -38,6 +39,7 @@ use crate::telemetry::exchange::Observer;
 /// Everything a request handler needs.
 pub struct App {
     pub gateway: Arc<Gateway>,
+    admin: Arc<Admin>,
     /// What every request's exchange reports to.
     pub observer: Observer,
     routes: Vec<routes::Route>,
@@ -57,8 +59,11 @@ impl App {
         let observer = Observer {
             metrics: gateway.metrics.clone(),
             access_log: observer_log,
+            tail: Default::default(),
         };
+        let admin = Admin::new(gateway.clone(), observer.tail.clone());
         Ok(Arc::new(Self {
+            admin,
             gateway,
             observer,
             routes: routes::table(),
@@ -81,6 +86,7 @@ impl App {
                 &self.routes,
                 &config.base_path(),
                 config.metrics.enabled,
+                crate::admin::router(self.admin.clone()),
             ))
     }
 

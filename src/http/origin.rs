@@ -14,7 +14,7 @@ use wildmatch::WildMatch;
 
 use super::request::app;
 use super::respond::write_error;
-use super::routes::{Route, frontend_of, route_of};
+use super::routes::{Access, Route, frontend_of, route_of};
 use crate::config::{CorsConfig, DEFAULT_ORIGINS, ServerConfig};
 use crate::gateway::Snapshot;
 use crate::ir::{Error, ErrorKind};
@@ -81,6 +81,19 @@ pub async fn guard(req: &mut Request, depot: &mut Depot, res: &mut Response, ctr
     }
 
     let origin = header(header::ORIGIN).map(str::to_owned);
+    if let (Some(origin), Some(Access::Admin)) = (&origin, route.map(|r| r.access)) {
+        // Signed-in pages may change diglot: only diglot's own pages may call, never
+        // another origin, not even another port of this machine.
+        let host = header(header::HOST).unwrap_or_default();
+        if !same_origin(origin, host) {
+            let error = Error::new(
+                ErrorKind::Forbidden,
+                format!("the origin '{origin}' may not call /admin: only pages diglot serves itself may"),
+            );
+            return refuse(res, error);
+        }
+        return;
+    }
     if let Some(origin) = &origin {
         let Some(allowed) = allowed_origin(&config.cors, origin) else {
             let error = Error::new(
@@ -125,6 +138,23 @@ pub async fn guard(req: &mut Request, depot: &mut Depot, res: &mut Response, ctr
         );
         refuse(res, error);
     }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the host the request was sent to.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let Some((_, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = |scheme_is_https: bool| if scheme_is_https { ":443" } else { ":80" };
+    let https = origin.starts_with("https://");
+    let with_port = |h: &str| {
+        if h.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())) && !h.ends_with(']') {
+            h.to_ascii_lowercase()
+        } else {
+            format!("{}{}", h.to_ascii_lowercase(), default_port(https))
+        }
+    };
+    !host.is_empty() && with_port(authority) == with_port(host)
 }
 
 /// 204 with the route's methods and the requested headers diglot accepts.

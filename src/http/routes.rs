@@ -21,6 +21,9 @@ pub enum Access {
     Metrics,
     /// Callers with a valid token, when tokens are required.
     Api,
+    /// The admin API and its reference: signed in on their own terms (`admin::session`),
+    /// and only from pages of diglot's own origin.
+    Admin,
 }
 
 pub struct Route {
@@ -139,15 +142,28 @@ pub fn table() -> Vec<Route> {
         access: Access::Metrics,
         ..route(GET, "/metrics", OpenAi, service::prometheus)
     });
+    // The admin router (`admin::router`) serves what is under `/admin`; these entries
+    // name it for spans, metrics and the hoops.
+    for path in ["/admin", "/admin/{**rest}"] {
+        routes.push(Route {
+            access: Access::Admin,
+            label: "/admin",
+            json_body: false,
+            ..route(ADMIN, path, OpenAi, service::no_route)
+        });
+    }
     routes
 }
 
-/// The table as a salvo router: every route at the root and under `base` (a base path
-/// like `/ollama`, or ""), `/metrics` only when `metrics` are on, and a 404 in OpenAI's
-/// shape for anything else.
-pub fn router(routes: &[Route], base: &str, metrics: bool) -> Router {
-    let mut root = Router::new();
-    for route in routes.iter().filter(|r| metrics || r.access != Access::Metrics) {
+const ADMIN: &[Method] = &[Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
+
+/// The table as a salvo router: `admin` (the admin API's own router), every route at the
+/// root and under `base` (a base path like `/ollama`, or ""), `/metrics` only when
+/// `metrics` are on, and a 404 in OpenAI's shape for anything else.
+pub fn router(routes: &[Route], base: &str, metrics: bool, admin: Router) -> Router {
+    let mut root = Router::new().push(admin);
+    let served_here = |r: &&Route| (metrics || r.access != Access::Metrics) && r.access != Access::Admin;
+    for route in routes.iter().filter(served_here) {
         let mut prefixes = vec![""];
         if !base.is_empty() && matches!(route.access, Access::Public | Access::Api) {
             prefixes.push(base);
@@ -245,5 +261,7 @@ mod tests {
         }
         assert_eq!(access("/api/tags"), Some(Access::Api));
         assert_eq!(access("/metrics"), Some(Access::Metrics));
+        assert_eq!(access("/admin"), Some(Access::Admin));
+        assert_eq!(access("/admin/api/tokens/3"), Some(Access::Admin));
     }
 }

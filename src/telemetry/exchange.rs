@@ -18,8 +18,12 @@ pub struct Exchange {
     route: &'static str,
     path: String,
     trace_id: Option<String>,
+    /// The caller's `x-request-id`, when it sent one.
+    request_id: Option<String>,
     metrics: Arc<Metrics>,
     access_log: bool,
+    /// Where the access line goes besides the log, when someone watched as it started.
+    tail: Option<super::tail::Tail>,
     state: Mutex<State>,
 }
 
@@ -51,6 +55,7 @@ pub struct Outcome {
 pub struct Observer {
     pub metrics: Arc<Metrics>,
     pub access_log: bool,
+    pub tail: super::tail::Tail,
 }
 
 impl std::fmt::Debug for Exchange {
@@ -74,25 +79,41 @@ impl Exchange {
     ) -> Arc<Self> {
         let span = super::spans::server_span(method, route, headers);
         // What only the access line needs is kept only when it is written.
+        let tail = observer.tail.watched().then(|| observer.tail.clone());
         let access_log = observer.access_log;
-        let trace_id = access_log.then(|| super::spans::trace_id(&span, headers)).flatten();
+        let line = access_log || tail.is_some();
+        let trace_id = super::spans::trace_id(&span, headers);
         observer.metrics.request_started();
         Arc::new(Self {
             started: Instant::now(),
             span,
             frontend,
-            method: if access_log { method.to_owned() } else { String::new() },
+            method: if line { method.to_owned() } else { String::new() },
             route,
-            path: if access_log { path.to_owned() } else { String::new() },
+            path: if line { path.to_owned() } else { String::new() },
             trace_id,
+            request_id: headers
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(128).collect()),
             metrics: observer.metrics.clone(),
             access_log,
+            tail,
             state: Mutex::new(State::default()),
         })
     }
 
     pub fn span(&self) -> &Span {
         &self.span
+    }
+
+    /// The trace this request belongs to (the caller's, or the one its span started).
+    pub fn trace_id(&self) -> Option<&str> {
+        self.trace_id.as_deref()
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
     }
 
     /// The caller's token, by its shown prefix.
@@ -146,11 +167,36 @@ impl Drop for Exchange {
             self.span.record("error.type", status.to_string());
             self.span.record("otel.status_code", "error");
         }
-        if !self.access_log {
+        if !self.access_log && self.tail.is_none() {
             return;
         }
         let latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let outcome = state.outcome.unwrap_or_default();
+        if let Some(tail) = &self.tail {
+            let line = serde_json::json!({
+                "at_ms": chrono::Utc::now().timestamp_millis(),
+                "trace_id": self.trace_id,
+                "request_id": self.request_id,
+                "method": self.method,
+                "path": self.path,
+                "route": self.route,
+                "status": status,
+                "latency_ms": (latency_ms * 1000.0).round() / 1000.0,
+                "frontend": self.frontend,
+                "token_prefix": state.token_prefix,
+                "model": Some(&outcome.model).filter(|m| !m.is_empty()),
+                "channel": outcome.channel,
+                "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens,
+                "estimated": outcome.estimated,
+                "cached": outcome.cached,
+                "ttft_ms": outcome.ttft_ms,
+            });
+            tail.send(line.to_string());
+        }
+        if !self.access_log {
+            return;
+        }
         tracing::info!(
             target: "diglot::access",
             trace_id = self.trace_id,

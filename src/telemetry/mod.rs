@@ -7,6 +7,7 @@
 //! their call sites are disabled and cost nothing.
 
 pub mod exchange;
+pub mod tail;
 pub mod metrics;
 pub mod spans;
 
