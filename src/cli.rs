@@ -322,7 +322,9 @@ fn read_new_password() -> Result<String, String> {
         line.trim_end_matches(['\r', '\n']).to_owned()
     };
     if password.chars().count() < MIN_PASSWORD {
-        return Err(format!("the password is shorter than {MIN_PASSWORD} characters; nothing changed"));
+        return Err(format!(
+            "the password is shorter than {MIN_PASSWORD} characters; nothing changed"
+        ));
     }
     Ok(password)
 }

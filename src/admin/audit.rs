@@ -7,9 +7,9 @@ use salvo::prelude::*;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::admin;
 use super::error::ApiResult;
 use super::tokens::store;
-use super::admin;
 
 #[derive(Serialize, ToSchema)]
 pub struct AuditView {
@@ -38,11 +38,17 @@ pub struct AuditPage {
 
 /// The changes made through the admin API, newest first.
 #[endpoint(tags("audit"))]
-pub async fn list(before: QueryParam<i64, false>, limit: QueryParam<u32, false>, depot: &mut Depot) -> ApiResult<Json<AuditPage>> {
+pub async fn list(
+    before: QueryParam<i64, false>,
+    limit: QueryParam<u32, false>,
+    depot: &mut Depot,
+) -> ApiResult<Json<AuditPage>> {
     let admin = admin(depot);
     let limit = limit.into_inner().unwrap_or(100).clamp(1, 1000);
     let entries = store(&admin)?.audit(before.into_inner(), limit).await?;
-    let next = (entries.len() == limit as usize).then(|| entries.last().map(|e| e.id)).flatten();
+    let next = (entries.len() == limit as usize)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
     let parse = |text: Option<String>| text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
     Ok(Json(AuditPage {
         data: entries

@@ -43,6 +43,7 @@ pub struct ChannelList {
 /// `keys_text` for keys in the import formats, one per line (`sk-...`, `URL|KEY`,
 /// `KEY|URL`, `URL#KEY`, `URL/KEY`; `#` starts a comment).
 #[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // The body's documentation: `read_input` reads it field by field.
 pub struct ChannelInput {
     #[serde(flatten)]
     pub config: UpstreamConfig,
@@ -104,13 +105,17 @@ fn rejected(message: String) -> ApiError {
 /// The view of `config` with the live channel's health.
 fn view(admin: &Admin, config: &UpstreamConfig, source: &'static str) -> ChannelView {
     let live = admin.gateway.snapshot();
-    let health = live.channels().iter().find(|c| c.name == config.name).map_or(Value::Null, |c| {
-        let mut report = c.health.report();
-        if let Value::Object(map) = &mut report {
-            map.insert("in_flight".into(), json!(c.in_flight()));
-        }
-        report
-    });
+    let health = live
+        .channels()
+        .iter()
+        .find(|c| c.name == config.name)
+        .map_or(Value::Null, |c| {
+            let mut report = c.health.report();
+            if let Value::Object(map) = &mut report {
+                map.insert("in_flight".into(), json!(c.in_flight()));
+            }
+            report
+        });
     let key_prefixes = config
         .endpoints()
         .map(|endpoints| {
@@ -171,7 +176,12 @@ fn read_input(mut object: Map<String, Value>) -> ApiResult<(UpstreamConfig, bool
         match parse_key_line(line) {
             None => {}
             Some(Ok(_)) => config.keys.push(line.trim().to_owned()),
-            Some(Err(why)) => return Err(ApiError::invalid("keys_text", format!("keys_text line {}: {why}", i + 1))),
+            Some(Err(why)) => {
+                return Err(ApiError::invalid(
+                    "keys_text",
+                    format!("keys_text line {}: {why}", i + 1),
+                ));
+            }
         }
     }
     Ok((config, keys_given))
@@ -185,20 +195,30 @@ fn object(value: Value) -> ApiResult<Map<String, Value>> {
 }
 
 fn is_profile_channel(admin: &Admin, name: &str) -> bool {
-    admin.gateway.snapshot().profile.channels().iter().any(|c| c.name == name)
+    admin
+        .gateway
+        .snapshot()
+        .profile
+        .channels()
+        .iter()
+        .any(|c| c.name == name)
 }
 
 fn read_only(name: &str) -> ApiError {
     ApiError::conflict(
         None,
-        format!("the channel '{name}' comes from the profile and is read-only here: edit the profile file (it reloads)"),
+        format!(
+            "the channel '{name}' comes from the profile and is read-only here: edit the profile file (it reloads)"
+        ),
     )
 }
 
 /// Every channel: the profile's (read-only here) and the store's, with live health.
 #[endpoint(tags("channels"))]
 pub async fn list(depot: &mut Depot) -> ApiResult<Json<ChannelList>> {
-    Ok(Json(ChannelList { data: all(&admin(depot)) }))
+    Ok(Json(ChannelList {
+        data: all(&admin(depot)),
+    }))
 }
 
 /// One channel.
@@ -223,7 +243,10 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         return Err(ApiError::invalid("name", "a channel needs a name"));
     }
     if is_profile_channel(&admin, &name) || admin.gateway.snapshot().overlay.channels.iter().any(|c| c.name == name) {
-        return Err(ApiError::conflict(Some("name"), format!("a channel named '{name}' exists already")));
+        return Err(ApiError::conflict(
+            Some("name"),
+            format!("a channel named '{name}' exists already"),
+        ));
     }
     let added = config.clone();
     admin
@@ -250,15 +273,28 @@ pub async fn update(name: PathParam<String>, req: &mut Request, depot: &mut Depo
     if is_profile_channel(&admin, &name) {
         return Err(read_only(&name));
     }
-    let Some(before) = admin.gateway.snapshot().overlay.channels.iter().find(|c| c.name == name).cloned() else {
+    let Some(before) = admin
+        .gateway
+        .snapshot()
+        .overlay
+        .channels
+        .iter()
+        .find(|c| c.name == name)
+        .cloned()
+    else {
         return Err(ApiError::not_found(format!("no channel is named '{name}'")));
     };
     let changes = object(json_body(req, MAX_BODY).await?)?;
     if changes.get("name").is_some_and(|n| n.as_str() != Some(name.as_str())) {
-        return Err(ApiError::invalid("name", "a channel cannot be renamed: create a new one"));
+        return Err(ApiError::invalid(
+            "name",
+            "a channel cannot be renamed: create a new one",
+        ));
     }
     let mut merged = object(serde_json::to_value(&before).map_err(|e| ApiError::internal(e.to_string()))?)?;
-    let keys_given = ["api_key", "keys", "keys_text"].iter().any(|k| changes.contains_key(*k));
+    let keys_given = ["api_key", "keys", "keys_text"]
+        .iter()
+        .any(|k| changes.contains_key(*k));
     if keys_given {
         merged.remove("api_key");
         merged.remove("keys");
@@ -277,7 +313,15 @@ pub async fn update(name: PathParam<String>, req: &mut Request, depot: &mut Depo
         .await
         .map_err(rejected)?;
     let (was, now) = (view(&admin, &before, "store"), view(&admin, &after, "store"));
-    audit(&admin, &who, "channel.update", &name, Some(audited(&was)), Some(audited(&now))).await;
+    audit(
+        &admin,
+        &who,
+        "channel.update",
+        &name,
+        Some(audited(&was)),
+        Some(audited(&now)),
+    )
+    .await;
     Ok(Json(now))
 }
 
@@ -290,7 +334,15 @@ pub async fn delete(name: PathParam<String>, depot: &mut Depot) -> ApiResult<Sta
     if is_profile_channel(&admin, &name) {
         return Err(read_only(&name));
     }
-    let Some(before) = admin.gateway.snapshot().overlay.channels.iter().find(|c| c.name == name).cloned() else {
+    let Some(before) = admin
+        .gateway
+        .snapshot()
+        .overlay
+        .channels
+        .iter()
+        .find(|c| c.name == name)
+        .cloned()
+    else {
         return Err(ApiError::not_found(format!("no channel is named '{name}'")));
     };
     let shown = view(&admin, &before, "store");

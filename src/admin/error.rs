@@ -78,10 +78,7 @@ impl ApiError {
             .unwrap_or(&message);
         let field = fields
             .iter()
-            .filter(|f| {
-                after_subject.starts_with(**f)
-                    && after_subject[f.len()..].starts_with([' ', ':', '.', '['])
-            })
+            .filter(|f| after_subject.starts_with(**f) && after_subject[f.len()..].starts_with([' ', ':', '.', '[']))
             .max_by_key(|f| f.len());
         Self {
             field: field.map(|f| f.to_string()),
@@ -138,9 +135,15 @@ impl EndpointOutRegister for ApiError {
         for (status, what) in [
             ("400", "Invalid request: the message says why, `field` names the field"),
             ("401", "Not signed in"),
-            ("403", "Not allowed: CSRF token missing, a user token, or an address not allowed"),
+            (
+                "403",
+                "Not allowed: CSRF token missing, a user token, or an address not allowed",
+            ),
             ("404", "Not found"),
-            ("409", "Conflict: the name is taken, or the object comes from the profile"),
+            (
+                "409",
+                "Conflict: the name is taken, or the object comes from the profile",
+            ),
             ("429", "Too many sign-in attempts; see Retry-After"),
             ("503", "No admin password is set"),
         ] {

@@ -6,11 +6,11 @@ use salvo::oapi::ToSchema;
 use salvo::prelude::*;
 use serde::Serialize;
 
+use super::admin;
 use super::error::{ApiError, ApiResult};
 use super::session::{Principal, principal};
 use super::tokens::{store, used_this_month};
 use super::usage::{LogPage, LogQuery, answer};
-use super::admin;
 use crate::store::Role;
 
 /// The caller's own token: limits, quota used and left, expiry, allowed models.

@@ -48,7 +48,7 @@ impl Admin {
 /// The admin state a handler runs with.
 fn admin(depot: &Depot) -> Arc<Admin> {
     depot
-        .obtain::<Arc<Admin>>()
+        .get_typed::<Arc<Admin>>()
         .cloned()
         .expect("the admin router injects its state")
 }
@@ -61,15 +61,12 @@ fn api() -> Router {
     let admin_only = Router::new()
         .hoop(session::admins_only)
         .push(
-            Router::with_path("tokens")
-                .get(tokens::list)
-                .post(tokens::create)
-                .push(
-                    Router::with_path("{id}")
-                        .get(tokens::get)
-                        .patch(tokens::update)
-                        .delete(tokens::delete),
-                ),
+            Router::with_path("tokens").get(tokens::list).post(tokens::create).push(
+                Router::with_path("{id}")
+                    .get(tokens::get)
+                    .patch(tokens::update)
+                    .delete(tokens::delete),
+            ),
         )
         .push(
             Router::with_path("channels")
@@ -83,9 +80,11 @@ fn api() -> Router {
                         .push(Router::with_path("test").post(channels::test)),
                 ),
         )
-        .push(Router::with_path("models").get(models::list).push(
-            Router::with_path("{pattern}").put(models::put).delete(models::delete),
-        ))
+        .push(
+            Router::with_path("models")
+                .get(models::list)
+                .push(Router::with_path("{pattern}").put(models::put).delete(models::delete)),
+        )
         .push(
             Router::with_path("logs")
                 .get(usage::logs)
@@ -114,9 +113,11 @@ fn document(api: &Router) -> OpenApi {
     OpenApi::new("diglot admin API", env!("CARGO_PKG_VERSION"))
         .add_security_scheme(
             "bearer",
-            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer).description(
-                "An API token with role \"admin\" (a role \"user\" token reaches only /admin/api/me*)",
-            )),
+            SecurityScheme::Http(
+                Http::new(HttpAuthScheme::Bearer).description(
+                    "An API token with role \"admin\" (a role \"user\" token reaches only /admin/api/me*)",
+                ),
+            ),
         )
         .add_security_scheme(
             "session",
@@ -139,8 +140,8 @@ fn document(api: &Router) -> OpenApi {
 pub fn router(admin: Arc<Admin>) -> Router {
     let api = api();
     let document = document(&api);
-    let docs = SwaggerUi::new(SwaggerConfig::new(["/admin/api/openapi.json"]).validator_url("none"))
-        .title("diglot admin API");
+    let docs =
+        SwaggerUi::new(SwaggerConfig::new(["/admin/api/openapi.json"]).validator_url("none")).title("diglot admin API");
     Router::new()
         .hoop(affix_state::inject(admin))
         .hoop(session::gate)
@@ -154,7 +155,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
 /// `/admin` itself: the reference, until there is a console.
 #[handler]
 async fn to_docs(res: &mut Response) {
-    res.render(Redirect::see_other("/admin/docs/"));
+    res.render(Redirect::other("/admin/docs/"));
 }
 
 #[handler]

@@ -54,7 +54,9 @@ pub struct ModelList {
 }
 
 fn matches(pattern: &str, names: &[&str]) -> bool {
-    names.iter().any(|n| *n == pattern || WildMatch::new(pattern).matches(n))
+    names
+        .iter()
+        .any(|n| *n == pattern || WildMatch::new(pattern).matches(n))
 }
 
 /// The catalog, with the settings that apply to each model.
@@ -68,7 +70,11 @@ pub async fn list(depot: &mut Depot) -> ApiResult<Json<ModelList>> {
         .iter()
         .map(|(pattern, settings)| PolicyView {
             pattern: pattern.clone(),
-            source: if live.overlay.models.contains_key(pattern) { "store" } else { "profile" },
+            source: if live.overlay.models.contains_key(pattern) {
+                "store"
+            } else {
+                "profile"
+            },
             settings: settings.clone(),
         })
         .collect();
@@ -156,7 +162,10 @@ pub async fn put(pattern: PathParam<String>, req: &mut Request, depot: &mut Depo
         .await
         .map_err(|message| {
             // The configuration names the entry, then the field: `models."p".defaults: ...`.
-            let after_pattern = message.split_once("\".").map_or(message.as_str(), |(_, rest)| rest).to_owned();
+            let after_pattern = message
+                .split_once("\".")
+                .map_or(message.as_str(), |(_, rest)| rest)
+                .to_owned();
             let field = FIELDS.iter().find(|f| after_pattern.starts_with(**f));
             ApiError {
                 field: field.map(|f| f.to_string()),

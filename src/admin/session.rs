@@ -78,7 +78,9 @@ impl Sessions {
                 retry_after: Some(wait.as_secs().max(1)),
                 ..ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    format!("more than {ATTEMPTS_PER_MINUTE} sign-in attempts in a minute from this address; wait and retry"),
+                    format!(
+                        "more than {ATTEMPTS_PER_MINUTE} sign-in attempts in a minute from this address; wait and retry"
+                    ),
                 )
             });
         }
@@ -179,11 +181,12 @@ pub async fn log_in(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             None
         }
         (None, Some(token)) => {
-            let token = live
-                .auth
-                .identify(ip, token.trim())
-                .await
-                .map_err(|e| ApiError::new(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED), e.message))?;
+            let token = live.auth.identify(ip, token.trim()).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                    e.message,
+                )
+            })?;
             Some(token)
         }
         _ => return Err(ApiError::invalid("password", "send either \"password\" or \"token\"")),
@@ -280,11 +283,12 @@ async fn who(req: &mut Request, depot: &Depot) -> ApiResult<Principal> {
     let (ip, _) = client(req, &live);
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
     if let Some(presented) = presented_token(header("authorization"), header("x-api-key"), None) {
-        let token = live
-            .auth
-            .identify(ip, &presented)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED), e.message))?;
+        let token = live.auth.identify(ip, &presented).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+                e.message,
+            )
+        })?;
         return Ok(Principal {
             role: token.role,
             actor: format!("token {}", token.prefix),
@@ -293,7 +297,11 @@ async fn who(req: &mut Request, depot: &Depot) -> ApiResult<Principal> {
             session: None,
         });
     }
-    let Some(cookie) = req.cookie(COOKIE).map(|c| c.value().to_owned()).filter(|v| !v.is_empty()) else {
+    let Some(cookie) = req
+        .cookie(COOKIE)
+        .map(|c| c.value().to_owned())
+        .filter(|v| !v.is_empty())
+    else {
         if password_hash(&admin, &live).await.is_none() {
             return Err(no_password());
         }
@@ -343,7 +351,8 @@ pub async fn admins_only(depot: &mut Depot, res: &mut Response, ctrl: &mut FlowC
     let role = depot.get_typed::<Principal>().map(|p| p.role);
     if role.ok() != Some(Role::Admin) {
         ctrl.skip_rest();
-        let error = ApiError::forbidden("this needs an admin: a user token may read only /admin/api/me and /admin/api/me/logs");
+        let error =
+            ApiError::forbidden("this needs an admin: a user token may read only /admin/api/me and /admin/api/me/logs");
         super::error::write(res, &error);
     }
 }
@@ -359,7 +368,11 @@ pub async fn gate(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl
         super::error::write(res, &error);
     };
     if !settings.enabled {
-        return refuse(res, ctrl, ApiError::not_found("the admin API is off ([admin] enabled = false)"));
+        return refuse(
+            res,
+            ctrl,
+            ApiError::not_found("the admin API is off ([admin] enabled = false)"),
+        );
     }
     let (ip, _) = client(req, &live);
     if !settings.allow_ips.is_empty() {

@@ -68,7 +68,10 @@ pub async fn update(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Sett
             let known: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
             return Err(ApiError::invalid(
                 key.clone(),
-                format!("'{key}' is not a setting the admin API changes; these are: {}", known.join(", ")),
+                format!(
+                    "'{key}' is not a setting the admin API changes; these are: {}",
+                    known.join(", ")
+                ),
             ));
         }
     }
@@ -88,13 +91,25 @@ pub async fn update(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Sett
         })
         .await
         .map_err(|message| {
-            let field = changes.keys().filter(|k| message.starts_with(k.as_str())).max_by_key(|k| k.len()).cloned();
+            let field = changes
+                .keys()
+                .filter(|k| message.starts_with(k.as_str()))
+                .max_by_key(|k| k.len())
+                .cloned();
             ApiError {
                 field,
                 ..ApiError::new(salvo::http::StatusCode::BAD_REQUEST, message)
             }
         })?;
     let after = admin.gateway.snapshot().overlay.settings.clone();
-    audit(&admin, &who, "settings.update", "settings", Some(json!(before)), Some(json!(after))).await;
+    audit(
+        &admin,
+        &who,
+        "settings.update",
+        "settings",
+        Some(json!(before)),
+        Some(json!(after)),
+    )
+    .await;
     Ok(Json(current(&admin)))
 }

@@ -98,9 +98,7 @@ pub(super) async fn views(admin: &Admin, tokens: Vec<TokenRecord>) -> ApiResult<
 /// not counted, as quotas count them).
 pub(super) async fn used_this_month(store: &dyn Store) -> ApiResult<HashMap<String, u64>> {
     let month = crate::gateway::limits::month_start_ms();
-    let top = store
-        .usage_top(month, crate::store::Dimension::Token, u32::MAX)
-        .await?;
+    let top = store.usage_top(month, crate::store::Dimension::Token, u32::MAX).await?;
     Ok(top
         .into_iter()
         .filter_map(|t| Some((t.token_digest?, t.prompt_tokens + t.completion_tokens)))
@@ -166,7 +164,15 @@ pub async fn update(id: PathParam<i64>, req: &mut Request, depot: &mut Depot) ->
     let fields: TokenFields = json_body(req, MAX_BODY).await?;
     let (before, after) = tokens::update(store(&admin)?, *id, &fields).await?;
     admin.gateway.tokens_changed().await;
-    audit(&admin, &who, "token.update", &id.to_string(), Some(audited(&before)), Some(audited(&after))).await;
+    audit(
+        &admin,
+        &who,
+        "token.update",
+        &id.to_string(),
+        Some(audited(&before)),
+        Some(audited(&after)),
+    )
+    .await;
     Ok(Json(view(&admin, after).await?))
 }
 
@@ -177,6 +183,14 @@ pub async fn delete(id: PathParam<i64>, depot: &mut Depot) -> ApiResult<StatusCo
     let who = principal(depot)?;
     let token = tokens::revoke(store(&admin)?, *id).await?;
     admin.gateway.tokens_changed().await;
-    audit(&admin, &who, "token.delete", &id.to_string(), Some(audited(&token)), None).await;
+    audit(
+        &admin,
+        &who,
+        "token.delete",
+        &id.to_string(),
+        Some(audited(&token)),
+        None,
+    )
+    .await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -115,7 +115,12 @@ pub(super) async fn filter(admin: &Admin, query: &LogQuery, only_token: Option<&
 }
 
 /// A page of the log as JSON, or every matching record as CSV with `format=csv`.
-pub(super) async fn answer(admin: &Admin, query: &LogQuery, only_token: Option<&str>, res: &mut Response) -> ApiResult<()> {
+pub(super) async fn answer(
+    admin: &Admin,
+    query: &LogQuery,
+    only_token: Option<&str>,
+    res: &mut Response,
+) -> ApiResult<()> {
     let mut filter = filter(admin, query, only_token).await?;
     let store = store(admin)?;
     let names: HashMap<String, String> = store.tokens().await?.into_iter().map(|t| (t.digest, t.name)).collect();
@@ -138,7 +143,9 @@ pub(super) async fn answer(admin: &Admin, query: &LogQuery, only_token: Option<&
         return Ok(());
     }
     let page = store.usage_page(&filter).await?;
-    let next = (page.len() == filter.limit as usize).then(|| page.last().map(|r| r.id)).flatten();
+    let next = (page.len() == filter.limit as usize)
+        .then(|| page.last().map(|r| r.id))
+        .flatten();
     res.render(Json(LogPage {
         data: page.into_iter().map(|r| entry(r, &names)).collect(),
         next,
@@ -368,4 +375,3 @@ pub async fn dashboard(window: QueryParam<String, false>, depot: &mut Depot) -> 
             .collect(),
     }))
 }
-

@@ -41,7 +41,10 @@ impl std::fmt::Debug for AdminConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminConfig")
             .field("enabled", &self.enabled)
-            .field("password_set", &(!self.password.is_empty() || !self.password_hash.is_empty()))
+            .field(
+                "password_set",
+                &(!self.password.is_empty() || !self.password_hash.is_empty()),
+            )
             .field("secure_cookies", &self.secure_cookies)
             .field("allow_ips", &self.allow_ips)
             .field("session_hours", &self.session_hours)
@@ -52,7 +55,13 @@ impl std::fmt::Debug for AdminConfig {
 impl AdminConfig {
     /// A copy safe to show.
     pub fn redacted(&self) -> Self {
-        let hide = |s: &str| if s.is_empty() { String::new() } else { "<redacted>".into() };
+        let hide = |s: &str| {
+            if s.is_empty() {
+                String::new()
+            } else {
+                "<redacted>".into()
+            }
+        };
         Self {
             password: hide(&self.password),
             password_hash: hide(&self.password_hash),
@@ -62,14 +71,18 @@ impl AdminConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         if !self.password_hash.is_empty() && !self.password_hash.starts_with("$argon2id$") {
-            return Err("admin.password_hash: not an argon2id hash ($argon2id$...); make one with \
+            return Err(
+                "admin.password_hash: not an argon2id hash ($argon2id$...); make one with \
                         `diglot admin hash-password`"
-                .into());
+                    .into(),
+            );
         }
         for net in &self.allow_ips {
             let ok = net.parse::<ipnet::IpNet>().is_ok() || net.parse::<std::net::IpAddr>().is_ok();
             if !ok {
-                return Err(format!("admin.allow_ips: '{net}' is neither an IP address nor a CIDR range"));
+                return Err(format!(
+                    "admin.allow_ips: '{net}' is neither an IP address nor a CIDR range"
+                ));
             }
         }
         if !(1..=24 * 365).contains(&self.session_hours) {

@@ -20,8 +20,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "limits.default_max_tokens",
         "Completion size reserved against token limits when a request sets none.",
     ),
-    ("limits.token_rpm", "Requests per minute for tokens that set none; 0: none."),
-    ("limits.token_tpm", "Tokens per minute for tokens that set none; 0: none."),
+    (
+        "limits.token_rpm",
+        "Requests per minute for tokens that set none; 0: none.",
+    ),
+    (
+        "limits.token_tpm",
+        "Tokens per minute for tokens that set none; 0: none.",
+    ),
     (
         "limits.token_monthly_quota",
         "Tokens per calendar month for tokens that set no quota; 0: none.",
@@ -30,7 +36,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "limits.token_max_concurrent",
         "Requests at once for tokens that set none; 0: no limit.",
     ),
-    ("auth.allow_ips", "Addresses and CIDRs that may call at all; empty: any."),
+    (
+        "auth.allow_ips",
+        "Addresses and CIDRs that may call at all; empty: any.",
+    ),
     ("auth.deny_ips", "Addresses and CIDRs that may not call."),
     (
         "auth.trust_proxy",
@@ -42,8 +51,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "cache.chat_nondeterministic",
         "Also cache chats that sample at random (no temperature 0, no seed).",
     ),
-    ("cache.max_bytes", "What the cache holds at most, in bytes, for chats and for embeddings each."),
-    ("cache.ttl_secs", "How long an answer is served from the cache, in seconds."),
+    (
+        "cache.max_bytes",
+        "What the cache holds at most, in bytes, for chats and for embeddings each.",
+    ),
+    (
+        "cache.ttl_secs",
+        "How long an answer is served from the cache, in seconds.",
+    ),
 ];
 
 /// The store's part of the configuration.
@@ -72,7 +87,9 @@ impl Overlay {
         let mut tree = serde_json::to_value(profile).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         for (key, value) in &self.settings {
             if !SETTINGS.iter().any(|(k, _)| k == key) {
-                return Err(ConfigError::Invalid(format!("{key}: not a setting the admin API may change")));
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: not a setting the admin API may change"
+                )));
             }
             let slot = key
                 .split('.')
@@ -142,7 +159,9 @@ mod tests {
         let profile = Config::from_toml("[limits]\nrpm = 10\n[upstream]\nurl = \"http://a:1\"\n").unwrap();
         let mut overlay = Overlay::default();
         overlay.settings.insert("limits.tpm".into(), Value::from(500));
-        overlay.settings.insert("auth.deny_ips".into(), serde_json::json!(["10.0.0.0/8"]));
+        overlay
+            .settings
+            .insert("auth.deny_ips".into(), serde_json::json!(["10.0.0.0/8"]));
         overlay.channels.push(UpstreamConfig {
             name: "extra".into(),
             url: "http://b:1".into(),
@@ -160,7 +179,12 @@ mod tests {
         assert_eq!(config.auth.deny_ips, ["10.0.0.0/8"]);
         let names: Vec<String> = config.channels().into_iter().map(|c| c.name).collect();
         assert_eq!(names, ["default", "extra"]);
-        assert!(config.channels().iter().all(|c| c.aliases.get("fast").map(String::as_str) == Some("llama3")));
+        assert!(
+            config
+                .channels()
+                .iter()
+                .all(|c| c.aliases.get("fast").map(String::as_str) == Some("llama3"))
+        );
 
         let origins: BTreeMap<&str, Origin> = overlay
             .settings_in_force(&profile)

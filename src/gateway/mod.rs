@@ -153,8 +153,7 @@ impl Gateway {
         // Checked whole before anything is written.
         overlay.apply(&running.profile).map_err(|e| e.to_string())?;
         overlay::write(store.as_ref(), &running.overlay, &overlay).await?;
-        self.swap_in(&running, running.profile.clone(), Arc::new(overlay))
-            .await
+        self.swap_in(&running, running.profile.clone(), Arc::new(overlay)).await
     }
 
     /// Builds a snapshot on top of `running` and swaps it in.
@@ -167,7 +166,7 @@ impl Gateway {
         Ok(())
     }
 
-        /// The store's tokens changed here: the next request sees them (other processes'
+    /// The store's tokens changed here: the next request sees them (other processes'
     /// changes are seen within `auth::RELOAD_EVERY`).
     pub async fn tokens_changed(&self) {
         self.snapshot().auth.reload().await;

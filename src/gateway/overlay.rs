@@ -59,10 +59,7 @@ pub async fn write(store: &dyn Store, before: &Overlay, after: &Overlay) -> Resu
         (SETTING, settings(before), settings(after)),
     ] {
         for key in old.keys().filter(|k| !new.contains_key(*k)) {
-            store
-                .put_document(kind, key, None)
-                .await
-                .map_err(|e| e.to_string())?;
+            store.put_document(kind, key, None).await.map_err(|e| e.to_string())?;
         }
         for (key, value) in new.iter().filter(|(k, v)| old.get(*k) != Some(v)) {
             store
@@ -72,24 +69,4 @@ pub async fn write(store: &dyn Store, before: &Overlay, after: &Overlay) -> Resu
         }
     }
     Ok(())
-}
-
-// TEMPORARY until the store branch lands (removed at merge).
-pub struct Document {
-    pub key: String,
-    pub value: String,
-}
-#[async_trait::async_trait]
-trait Shim {
-    async fn documents(&self, kind: &str) -> Result<Vec<Document>, crate::store::StoreError>;
-    async fn put_document(&self, kind: &str, key: &str, value: Option<&str>) -> Result<bool, crate::store::StoreError>;
-}
-#[async_trait::async_trait]
-impl Shim for dyn Store {
-    async fn documents(&self, _: &str) -> Result<Vec<Document>, crate::store::StoreError> {
-        Ok(Vec::new())
-    }
-    async fn put_document(&self, _: &str, _: &str, _: Option<&str>) -> Result<bool, crate::store::StoreError> {
-        Ok(false)
-    }
 }

@@ -164,7 +164,11 @@ pub async fn get(store: &dyn Store, id: i64) -> Result<TokenRecord, TokenError> 
 }
 
 /// Changes token `id`: its record before and after.
-pub async fn update(store: &dyn Store, id: i64, fields: &TokenFields) -> Result<(TokenRecord, TokenRecord), TokenError> {
+pub async fn update(
+    store: &dyn Store,
+    id: i64,
+    fields: &TokenFields,
+) -> Result<(TokenRecord, TokenRecord), TokenError> {
     let before = get(store, id).await?;
     if let Some(name) = &fields.name {
         refuse_taken_name(store, name.trim(), Some(id)).await?;

@@ -148,7 +148,10 @@ fn same_origin(origin: &str, host: &str) -> bool {
     let default_port = |scheme_is_https: bool| if scheme_is_https { ":443" } else { ":80" };
     let https = origin.starts_with("https://");
     let with_port = |h: &str| {
-        if h.rsplit_once(':').is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())) && !h.ends_with(']') {
+        if h.rsplit_once(':')
+            .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+            && !h.ends_with(']')
+        {
             h.to_ascii_lowercase()
         } else {
             format!("{}{}", h.to_ascii_lowercase(), default_port(https))

@@ -7,9 +7,9 @@
 //! their call sites are disabled and cost nothing.
 
 pub mod exchange;
-pub mod tail;
 pub mod metrics;
 pub mod spans;
+pub mod tail;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
