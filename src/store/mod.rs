@@ -1,7 +1,9 @@
-//! What diglot keeps across restarts: tokens, usage records and the Responses API's kept
-//! answers. Behind a small trait so a shared store (PostgreSQL, for several replicas) can
-//! sit beside the embedded SQLite.
+//! What diglot keeps across restarts: tokens, usage records (with the rollups the
+//! dashboard reads), the Responses API's kept answers, and what the admin API keeps
+//! (documents, the audit log). Behind a small trait so a shared store (PostgreSQL, for
+//! several replicas) can sit beside the embedded SQLite.
 
+pub mod rollup;
 pub mod secrets;
 mod sqlite;
 
@@ -12,6 +14,7 @@ use serde::Serialize;
 
 /// Tokens are declared in profiles too, so their shape is the configuration's.
 pub use crate::config::{Role, TokenRecord};
+pub use rollup::{Dimension, Histogram, Step, UsagePoint, UsageTop};
 pub use sqlite::SqliteStore;
 
 /// A failure of the store, said with what it was doing.
@@ -46,6 +49,8 @@ impl TokenRecord {
 /// One request, as the usage table keeps it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct UsageRecord {
+    /// The row's id when read back (newer rows have higher ones); ignored when writing.
+    pub id: i64,
     pub at_ms: i64,
     pub token_digest: Option<String>,
     pub token_prefix: Option<String>,
@@ -62,6 +67,67 @@ pub struct UsageRecord {
     /// The upstream reported no usage: the counts are diglot's estimate.
     pub estimated: bool,
     pub cache_hit: bool,
+    /// The request's id (as its answer's `x-request-id` header said).
+    pub request_id: Option<String>,
+    /// Its trace, to find its spans.
+    pub trace_id: Option<String>,
+    /// Upstream attempts made (failover adds some); 0: never routed.
+    pub attempts: u32,
+}
+
+/// The frontends' names as usage records keep them (`protocol::Frontend::as_str`):
+/// records read back carry these static strings.
+pub const FRONTENDS: [&str; 3] = ["openai", "ollama", "anthropic"];
+
+/// The static name of a frontend read back as text; "unknown" for a name this version
+/// does not know (written by a newer one).
+pub fn frontend_name(text: &str) -> &'static str {
+    FRONTENDS.into_iter().find(|name| *name == text).unwrap_or("unknown")
+}
+
+/// Which usage records a page of the request log shows. Every field set narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct UsageFilter {
+    pub token_digest: Option<String>,
+    pub model: Option<String>,
+    pub channel: Option<String>,
+    pub frontend: Option<String>,
+    /// 2, 3, 4 or 5: `status / 100` (a client that hung up, 499, is 4).
+    pub status_class: Option<u16>,
+    pub since_ms: Option<i64>,
+    /// Exclusive.
+    pub until_ms: Option<i64>,
+    /// Only rows with an id below this: the next page when reading newest first.
+    pub before_id: Option<i64>,
+    pub limit: u32,
+}
+
+/// What the admin API keeps besides tokens (a channel, a model, a setting), as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    pub key: String,
+    /// JSON
+    pub value: String,
+    /// Unix seconds.
+    pub updated_at: i64,
+}
+
+/// One change made through the admin API, for the audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
+pub struct AuditEntry {
+    /// 0 when writing.
+    pub id: i64,
+    pub at_ms: i64,
+    /// Who: "admin session", "token dg-AbC1…", ...
+    pub actor: String,
+    pub ip: String,
+    /// e.g. "token.create", "channel.update", "settings.update"
+    pub action: String,
+    /// What it acted on: a token's id, a channel's name, a model pattern, "settings".
+    pub target: String,
+    /// JSON (already without secrets) or None.
+    pub before: Option<String>,
+    pub after: Option<String>,
 }
 
 /// Usage of one token on one day (UTC).
@@ -114,6 +180,18 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_count(&self) -> StoreResult<u64>;
     /// The latest `limit` records, newest first.
     async fn recent_usage(&self, limit: u32) -> StoreResult<Vec<UsageRecord>>;
+    /// Records matching `filter`, newest first (by id), at most `filter.limit`.
+    async fn usage_page(&self, filter: &UsageFilter) -> StoreResult<Vec<UsageRecord>>;
+    /// Per token digest, when it was last used (unix ms).
+    async fn last_used(&self) -> StoreResult<Vec<(String, i64)>>;
+    /// Totals per step from `since_ms` (inclusive) to `until_ms` (exclusive), only the
+    /// steps that had requests, oldest first. Steps are whole: from the one `since_ms`
+    /// falls in to the last that starts before `until_ms`. Per-minute totals are kept for
+    /// the last 48 hours only.
+    async fn usage_series(&self, since_ms: i64, until_ms: i64, step: Step) -> StoreResult<Vec<UsagePoint>>;
+    /// The `limit` busiest keys of `dimension` (by requests) in the hours from `since_ms`
+    /// on (rounded down to its hour).
+    async fn usage_top(&self, since_ms: i64, dimension: Dimension, limit: u32) -> StoreResult<Vec<UsageTop>>;
     /// Keeps a response (replacing one with its id), and drops every expired one.
     async fn save_response(&self, response: &StoredResponse) -> StoreResult<()>;
     /// The response `id` of `owner`, unless it expired before `now` (unix seconds).
@@ -122,6 +200,14 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_response(&self, id: &str, owner: &str) -> StoreResult<bool>;
     /// An item (as JSON) of one of `owner`'s unexpired responses.
     async fn response_item(&self, id: &str, owner: &str, now: i64) -> StoreResult<Option<String>>;
+    /// Every document of `kind` ("channel", "model", "setting", "admin"), by key.
+    async fn documents(&self, kind: &str) -> StoreResult<Vec<Document>>;
+    /// Writes (`Some`) or deletes (`None`) one document; whether one existed before.
+    async fn put_document(&self, kind: &str, key: &str, value: Option<&str>) -> StoreResult<bool>;
+    /// Appends to the audit log; the entry's id.
+    async fn add_audit(&self, entry: &AuditEntry) -> StoreResult<i64>;
+    /// Newest first; rows with id below `before_id` when given.
+    async fn audit(&self, before_id: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEntry>>;
 }
 
 /// Fails for a store file that exists but cannot be read, or stays empty: another

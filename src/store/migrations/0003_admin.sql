@@ -1,0 +1,88 @@
+-- What the admin API reads and keeps: each request's ids and attempts, indexes for the
+-- request log's filters, usage rollups (kept as records are written, so the dashboard
+-- never scans `usage`), documents (channels, models, settings) and the audit log.
+--
+-- The placeholder in the rollup tables below stands for the latency and time-to-first-
+-- token histograms: one INTEGER column per bucket (l0, l1, ... then t0, t1, ...), written
+-- in by the migration from store::rollup::BOUNDS_MS. Its hook then fills the rollups from
+-- the rows already in `usage`.
+
+ALTER TABLE usage ADD COLUMN request_id TEXT;
+ALTER TABLE usage ADD COLUMN trace_id TEXT;
+-- Upstream attempts made; 0: never routed. Older rows that were routed made at least one.
+ALTER TABLE usage ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+UPDATE usage SET attempts = 1 WHERE channel IS NOT NULL;
+
+-- The request log is read newest first (by id) with optional filters: an index that ends
+-- in the id (SQLite's implicit rowid) walks one model's or channel's rows in that order.
+CREATE INDEX usage_by_time ON usage (at_ms);
+CREATE INDEX usage_by_model ON usage (model, at_ms);
+CREATE INDEX usage_by_channel ON usage (channel, at_ms);
+
+-- Totals per minute (kept 48 hours, for short windows) and per hour (kept), `at_ms` the
+-- step's start (unix ms). Tokens of answers from the cache are not in the token sums.
+CREATE TABLE usage_minute (
+    at_ms             INTEGER PRIMARY KEY,
+    requests          INTEGER NOT NULL,
+    errors            INTEGER NOT NULL,     -- status >= 400
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cache_hits        INTEGER NOT NULL,
+    $HISTOGRAMS$
+);
+
+CREATE TABLE usage_hour (
+    at_ms             INTEGER PRIMARY KEY,
+    requests          INTEGER NOT NULL,
+    errors            INTEGER NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cache_hits        INTEGER NOT NULL,
+    $HISTOGRAMS$
+);
+
+-- Per hour and key, for the "top" lists. Absent values are '' (NULLs never match in a
+-- primary key). Clustered by hour, so a window is one range of the table.
+CREATE TABLE usage_hour_key (
+    at_ms             INTEGER NOT NULL,
+    token_digest      TEXT    NOT NULL,     -- '' without a token
+    token_prefix      TEXT    NOT NULL,
+    model             TEXT    NOT NULL,
+    channel           TEXT    NOT NULL,     -- '' when never routed
+    frontend          TEXT    NOT NULL,
+    requests          INTEGER NOT NULL,
+    errors            INTEGER NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cache_hits        INTEGER NOT NULL,
+    $HISTOGRAMS$,
+    PRIMARY KEY (at_ms, token_digest, token_prefix, model, channel, frontend)
+) WITHOUT ROWID;
+
+-- The latest request of each token (unix ms), for the token list.
+CREATE TABLE usage_last_used (
+    token_digest TEXT    PRIMARY KEY,
+    at_ms        INTEGER NOT NULL
+);
+
+-- What the admin API keeps besides tokens, as JSON by kind ('channel', 'model',
+-- 'setting', 'admin') and key.
+CREATE TABLE documents (
+    kind       TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    value      TEXT    NOT NULL,            -- JSON
+    updated_at INTEGER NOT NULL,            -- unix seconds
+    PRIMARY KEY (kind, key)
+);
+
+-- Every change made through the admin API.
+CREATE TABLE audit (
+    id          INTEGER PRIMARY KEY,
+    at_ms       INTEGER NOT NULL,
+    actor       TEXT    NOT NULL,           -- 'admin session', 'token dg-AbC1…', ...
+    ip          TEXT    NOT NULL,
+    action      TEXT    NOT NULL,           -- 'token.create', 'channel.update', ...
+    target      TEXT    NOT NULL,
+    before_json TEXT,                       -- JSON without secrets
+    after_json  TEXT
+);
