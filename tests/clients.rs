@@ -5,25 +5,9 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
 use common::*;
 use serde_json::json;
-
-/// The clients' home, installed once per test process.
-fn clients_home() -> &'static PathBuf {
-    static HOME: OnceLock<PathBuf> = OnceLock::new();
-    HOME.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/setup.sh");
-        let out = Command::new("bash").arg(script).output().expect("bash runs");
-        assert!(
-            out.status.success(),
-            "client setup failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
-    })
-}
 
 /// Runs a client script with the base URL as its argument and fails with its output.
 fn run(program: &str, script: &str, base: &str) -> String {
@@ -32,7 +16,7 @@ fn run(program: &str, script: &str, base: &str) -> String {
         .join(script);
     let home = clients_home();
     let (program, env_key, env_value) = match program {
-        "python" => (home.join("venv/bin/python"), "PYTHONUNBUFFERED", "1".to_string()),
+        "python" => (venv_python(), "PYTHONUNBUFFERED", "1".to_string()),
         _ => (
             PathBuf::from("node"),
             "NODE_PATH",

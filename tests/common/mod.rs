@@ -1615,3 +1615,264 @@ pub async fn read_to_close(stream: &mut tokio::net::TcpStream, limit: Duration) 
     );
     answer
 }
+
+/// The home of the client SDKs and tools the tests drive (`tests/clients/setup.sh`: a
+/// Python venv and an npm folder, pinned), installed once per test process. Blocks for
+/// as long as an install takes: call it off the async threads.
+pub fn clients_home() -> &'static PathBuf {
+    static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/setup.sh");
+        let out = Command::new("bash").arg(script).output().expect("bash runs");
+        assert!(
+            out.status.success(),
+            "client setup failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim())
+    })
+}
+
+/// The Python of the clients' venv (with the pinned SDKs and tools of `setup.sh`).
+pub fn venv_python() -> PathBuf {
+    clients_home().join("venv/bin/python")
+}
+
+// The admin API (`/admin/api`): a gateway with a store and a password, and a caller
+// that signs in as a browser does (session cookie + CSRF header) or sends a token.
+
+/// The password the admin tests set (`[admin] password`, hashed when diglot starts).
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// diglot with its store in a temp dir, the admin password set and one profile channel,
+/// "main", in front of `fake` (an Ollama upstream).
+pub struct AdminGateway {
+    pub base: String,
+    pub fake: FakeUpstream,
+    pub dir: tempfile::TempDir,
+    /// What it was started with, to start another on the same store.
+    pub config: Config,
+}
+
+impl AdminGateway {
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        let fake = FakeUpstream::start().await;
+        let dir = temp_dir();
+        let mut config = Config {
+            channels: vec![channel("main", &fake, diglot::config::UpstreamKind::Ollama)],
+            ..test_config()
+        };
+        config.store.data_dir = dir.path().to_owned();
+        config.admin.password = ADMIN_PASSWORD.into();
+        tweak(&mut config);
+        let addr = diglot::http::spawn(config.clone()).await.unwrap();
+        Self {
+            base: format!("http://{addr}"),
+            fake,
+            dir,
+            config,
+        }
+    }
+
+    /// Another diglot with the same profile and the same store, as after a restart.
+    pub async fn restart(&self) -> String {
+        let addr = diglot::http::spawn(self.config.clone()).await.unwrap();
+        format!("http://{addr}")
+    }
+
+    /// A password session (one login attempt).
+    pub async fn admin(&self) -> Admin {
+        Admin::login(&self.base, ADMIN_PASSWORD).await
+    }
+
+    /// The store, opened beside the running gateway.
+    pub fn store(&self) -> Arc<dyn diglot::store::Store> {
+        diglot::store::open(self.dir.path()).unwrap()
+    }
+}
+
+/// A caller of the admin API: a session (its cookie, sent back as a browser does, and
+/// its CSRF token, sent with every state change) or a bearer token.
+#[derive(Clone)]
+pub struct Admin {
+    pub base: String,
+    /// `diglot_session=...`, as the `Cookie` header carries it.
+    pub cookie: Option<String>,
+    pub csrf: Option<String>,
+    pub bearer: Option<String>,
+}
+
+impl Admin {
+    /// Signs in with the password, which must succeed.
+    pub async fn login(base: &str, password: &str) -> Self {
+        Self::sign_in(base, serde_json::json!({"password": password})).await
+    }
+
+    /// Signs in with an API token, which must succeed.
+    pub async fn login_token(base: &str, token: &str) -> Self {
+        Self::sign_in(base, serde_json::json!({"token": token})).await
+    }
+
+    async fn sign_in(base: &str, body: Value) -> Self {
+        let a = post(base, "/admin/api/login", body).await;
+        assert_eq!(a.status, 200, "signing in should succeed: {}", a.text);
+        let set_cookie = session_cookie(&a)
+            .unwrap_or_else(|| panic!("a login sets the diglot_session cookie; headers: {:?}", a.headers));
+        let pair = set_cookie.split(';').next().unwrap().trim().to_owned();
+        let csrf = a.json()["csrf_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a login answers its csrf_token: {}", a.text))
+            .to_owned();
+        Self {
+            base: base.to_owned(),
+            cookie: Some(pair),
+            csrf: Some(csrf),
+            bearer: None,
+        }
+    }
+
+    /// A caller that sends `Authorization: Bearer TOKEN` and nothing else.
+    pub fn bearer(base: &str, token: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            cookie: None,
+            csrf: None,
+            bearer: Some(token.to_owned()),
+        }
+    }
+
+    /// This session without its CSRF token (as a forged cross-site request would be).
+    pub fn without_csrf(&self) -> Self {
+        Self {
+            csrf: None,
+            ..self.clone()
+        }
+    }
+
+    /// `METHOD base+path` with this caller's credentials; anything but a GET carries the
+    /// CSRF token when there is one.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let unsafe_method = method != reqwest::Method::GET;
+        let mut request = client().request(method, format!("{}{path}", self.base));
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", cookie);
+        }
+        if let Some(token) = &self.bearer {
+            request = request.bearer_auth(token);
+        }
+        if let Some(csrf) = self.csrf.as_ref().filter(|_| unsafe_method) {
+            request = request.header("x-csrf-token", csrf);
+        }
+        request
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    /// `GET path`, which must answer 200: its JSON.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let a = self.get(path).await;
+        assert_eq!(a.status, 200, "GET {path}: {}", a.text);
+        a.json()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        send(self.request(reqwest::Method::POST, path).json(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Answer {
+        send(self.request(reqwest::Method::PUT, path).json(&body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Answer {
+        send(self.request(reqwest::Method::PATCH, path).json(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        send(self.request(reqwest::Method::DELETE, path)).await
+    }
+
+    /// Makes a token with `fields` (201 expected): its record and its secret.
+    pub async fn create_token(&self, fields: Value) -> (Value, String) {
+        let a = self.post("/admin/api/tokens", fields.clone()).await;
+        assert_eq!(a.status, 201, "POST /admin/api/tokens {fields}: {}", a.text);
+        let answer = a.json();
+        let secret = answer["secret"]
+            .as_str()
+            .unwrap_or_else(|| panic!("the create answer holds the secret: {answer}"))
+            .to_owned();
+        (answer["token"].clone(), secret)
+    }
+}
+
+/// An id as a path segment or query value (the API may spell ids as numbers or strings).
+pub fn id_of(record: &Value) -> String {
+    match &record["id"] {
+        Value::String(id) => id.clone(),
+        Value::Number(id) => id.to_string(),
+        other => panic!("a record with an id, not {other}: {record}"),
+    }
+}
+
+/// The `Set-Cookie` header that sets `diglot_session`, whole (with its attributes).
+pub fn session_cookie(a: &Answer) -> Option<String> {
+    a.headers
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.trim_start().starts_with("diglot_session="))
+        .map(str::to_owned)
+}
+
+/// Whether a `Set-Cookie` header has `attribute` (`HttpOnly`, `Path=/admin`...), ignoring
+/// case and spaces.
+pub fn cookie_has(set_cookie: &str, attribute: &str) -> bool {
+    set_cookie
+        .split(';')
+        .skip(1)
+        .any(|a| a.trim().replace(' ', "").eq_ignore_ascii_case(attribute))
+}
+
+/// Checks `a` is an admin API error (`{"error": {"message", "field"}}`) with `status`
+/// and, when `field` is given, naming that field; returns its message.
+pub fn admin_error(a: &Answer, status: u16, field: Option<&str>, what: &str) -> String {
+    assert_eq!(
+        a.status, status,
+        "{what}: expected status {status} (field {field:?}), got {}: {}",
+        a.status, a.text
+    );
+    let body: Value = serde_json::from_str(&a.text).unwrap_or_else(|e| {
+        panic!(
+            "{what}: an error body in JSON ({{\"error\": {{...}}}}), not {e}: {}",
+            a.text
+        )
+    });
+    let message = body["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{what}: error.message is a string: {body}"));
+    assert!(!message.is_empty(), "{what}: the error says what is wrong: {body}");
+    if let Some(field) = field {
+        assert_eq!(
+            body["error"]["field"], field,
+            "{what}: error.field names the field: {body}"
+        );
+    }
+    message.to_owned()
+}
+
+/// The entries of a `{"data": [...]}` answer.
+pub fn data(list: &Value) -> Vec<Value> {
+    list["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a {{\"data\": [...]}} list: {list}"))
+        .clone()
+}
+
+/// Milliseconds since the epoch, as the usage records count time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
