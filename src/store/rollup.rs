@@ -164,9 +164,15 @@ pub enum Step {
 
 pub const MINUTE_MS: i64 = 60_000;
 pub const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 24 * HOUR_MS;
 
-/// Per-minute rows are kept this long (for the short windows); hourly ones for good.
+/// Per-minute rows are kept this long (for the short windows); the others for good.
 pub const MINUTES_KEPT_MS: i64 = 48 * HOUR_MS;
+
+/// The start of the step of `width_ms` that `at_ms` falls in (UTC, from the epoch).
+pub fn floor(at_ms: i64, width_ms: i64) -> i64 {
+    at_ms - at_ms.rem_euclid(width_ms)
+}
 
 impl Step {
     pub fn ms(self) -> i64 {
@@ -178,7 +184,7 @@ impl Step {
 
     /// The start of the step `at_ms` falls in.
     pub fn floor(self, at_ms: i64) -> i64 {
-        at_ms - at_ms.rem_euclid(self.ms())
+        floor(at_ms, self.ms())
     }
 }
 
@@ -204,10 +210,10 @@ pub struct UsageTop {
     pub completion_tokens: u64,
 }
 
-/// The key of an hourly row for "top" lists. Absent values are "" rather than NULL, so
-/// they compare equal in the row's primary key (NULLs never do).
+/// The key of a per-key row for "top" lists (an hour's or a day's). Absent values are ""
+/// rather than NULL, so they compare equal in the row's primary key (NULLs never do).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct HourKey {
+pub struct Key {
     pub at_ms: i64,
     pub token_digest: String,
     pub token_prefix: String,
@@ -221,7 +227,10 @@ pub struct HourKey {
 pub struct Rollups {
     pub minutes: BTreeMap<i64, UsagePoint>,
     pub hours: BTreeMap<i64, UsagePoint>,
-    pub keyed: HashMap<HourKey, UsagePoint>,
+    pub hours_by_key: HashMap<Key, UsagePoint>,
+    /// The same per day: a month's "top" list sums 30 of these per key rather than 720
+    /// hours (only the hours of a window's first, partial day come from `hours_by_key`).
+    pub days_by_key: HashMap<Key, UsagePoint>,
     /// The latest request per token digest.
     pub last_used: HashMap<String, i64>,
 }
@@ -230,20 +239,19 @@ impl Rollups {
     /// Counts `record`; into the per-minute totals only when it is not older than
     /// `minutes_from_ms` (those rows are pruned anyway).
     pub fn add(&mut self, record: &UsageRecord, minutes_from_ms: i64) {
-        let at = |step: Step| {
-            let at_ms = step.floor(record.at_ms);
+        let empty = |at_ms: i64| {
             move || UsagePoint {
                 at_ms,
                 ..Default::default()
             }
         };
         if record.at_ms >= minutes_from_ms {
-            let minute = Step::Minute.floor(record.at_ms);
-            self.minutes.entry(minute).or_insert_with(at(Step::Minute)).add(record);
+            let minute = floor(record.at_ms, MINUTE_MS);
+            self.minutes.entry(minute).or_insert_with(empty(minute)).add(record);
         }
-        let hour = Step::Hour.floor(record.at_ms);
-        self.hours.entry(hour).or_insert_with(at(Step::Hour)).add(record);
-        let key = HourKey {
+        let hour = floor(record.at_ms, HOUR_MS);
+        self.hours.entry(hour).or_insert_with(empty(hour)).add(record);
+        let key = Key {
             at_ms: hour,
             token_digest: record.token_digest.clone().unwrap_or_default(),
             token_prefix: record.token_prefix.clone().unwrap_or_default(),
@@ -251,7 +259,13 @@ impl Rollups {
             channel: record.channel.clone().unwrap_or_default(),
             frontend: record.frontend.to_owned(),
         };
-        self.keyed.entry(key).or_insert_with(at(Step::Hour)).add(record);
+        let day = floor(record.at_ms, DAY_MS);
+        let day_key = Key {
+            at_ms: day,
+            ..key.clone()
+        };
+        self.hours_by_key.entry(key).or_insert_with(empty(hour)).add(record);
+        self.days_by_key.entry(day_key).or_insert_with(empty(day)).add(record);
         if let Some(digest) = &record.token_digest {
             let last = self.last_used.entry(digest.clone()).or_insert(record.at_ms);
             *last = (*last).max(record.at_ms);

@@ -13,11 +13,13 @@ ALTER TABLE usage ADD COLUMN trace_id TEXT;
 ALTER TABLE usage ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
 UPDATE usage SET attempts = 1 WHERE channel IS NOT NULL;
 
--- The request log is read newest first (by id) with optional filters: an index that ends
--- in the id (SQLite's implicit rowid) walks one model's or channel's rows in that order.
+-- The request log is read newest first (by id) with optional filters. An index that ends
+-- in the id serves one token's, model's or channel's rows already in that order: a page
+-- reads its rows and stops, where (model, at_ms) would sort all of the model's rows first.
 CREATE INDEX usage_by_time ON usage (at_ms);
-CREATE INDEX usage_by_model ON usage (model, at_ms);
-CREATE INDEX usage_by_channel ON usage (channel, at_ms);
+CREATE INDEX usage_by_token_newest ON usage (token_digest, id);
+CREATE INDEX usage_by_model ON usage (model, id);
+CREATE INDEX usage_by_channel ON usage (channel, id);
 
 -- Totals per minute (kept 48 hours, for short windows) and per hour (kept), `at_ms` the
 -- step's start (unix ms). Tokens of answers from the cache are not in the token sums.
@@ -49,6 +51,24 @@ CREATE TABLE usage_hour_key (
     token_prefix      TEXT    NOT NULL,
     model             TEXT    NOT NULL,
     channel           TEXT    NOT NULL,     -- '' when never routed
+    frontend          TEXT    NOT NULL,
+    requests          INTEGER NOT NULL,
+    errors            INTEGER NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cache_hits        INTEGER NOT NULL,
+    $HISTOGRAMS$,
+    PRIMARY KEY (at_ms, token_digest, token_prefix, model, channel, frontend)
+) WITHOUT ROWID;
+
+-- The same per day (UTC): a month's "top" list reads 30 of these per key, and only the
+-- hours of its first, partial day from usage_hour_key.
+CREATE TABLE usage_day_key (
+    at_ms             INTEGER NOT NULL,
+    token_digest      TEXT    NOT NULL,
+    token_prefix      TEXT    NOT NULL,
+    model             TEXT    NOT NULL,
+    channel           TEXT    NOT NULL,
     frontend          TEXT    NOT NULL,
     requests          INTEGER NOT NULL,
     errors            INTEGER NOT NULL,

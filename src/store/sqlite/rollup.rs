@@ -12,7 +12,9 @@ use rusqlite_migration::HookResult;
 
 use super::usage::{USAGE_COLUMNS, usage_from_row};
 use super::{Database, failed};
-use crate::store::rollup::{COUNTERS, HourKey, MINUTE_MS, MINUTES_KEPT_MS, Rollups, Step, histogram_columns};
+use crate::store::rollup::{
+    COUNTERS, DAY_MS, Key, MINUTE_MS, MINUTES_KEPT_MS, Rollups, Step, floor, histogram_columns,
+};
 use crate::store::{Dimension, StoreResult, UsagePoint, UsageTop};
 
 /// The histogram columns of the rollup tables' definitions (see the admin migration).
@@ -50,11 +52,12 @@ fn upsert(table: &str, keys: &[&str]) -> String {
     )
 }
 
-const HOUR_KEYS: [&str; 6] = ["at_ms", "token_digest", "token_prefix", "model", "channel", "frontend"];
+const KEYS: [&str; 6] = ["at_ms", "token_digest", "token_prefix", "model", "channel", "frontend"];
 
 static UPSERT_MINUTE: LazyLock<String> = LazyLock::new(|| upsert("usage_minute", &["at_ms"]));
 static UPSERT_HOUR: LazyLock<String> = LazyLock::new(|| upsert("usage_hour", &["at_ms"]));
-static UPSERT_HOUR_KEY: LazyLock<String> = LazyLock::new(|| upsert("usage_hour_key", &HOUR_KEYS));
+static UPSERT_HOUR_KEY: LazyLock<String> = LazyLock::new(|| upsert("usage_hour_key", &KEYS));
+static UPSERT_DAY_KEY: LazyLock<String> = LazyLock::new(|| upsert("usage_day_key", &KEYS));
 /// A step's row as `UsagePoint::from_values` reads it, after its start.
 static POINT_COLUMNS: LazyLock<String> = LazyLock::new(|| value_columns().join(", "));
 
@@ -72,25 +75,30 @@ pub(super) fn add(connection: &Connection, rollups: &Rollups) -> rusqlite::Resul
             ))?;
         }
     }
-    let mut statement = connection.prepare_cached(&UPSERT_HOUR_KEY)?;
-    for (key, point) in &rollups.keyed {
-        let HourKey {
-            at_ms,
-            token_digest,
-            token_prefix,
-            model,
-            channel,
-            frontend,
-        } = key;
-        let keys = [
-            Value::Integer(*at_ms),
-            Value::Text(token_digest.clone()),
-            Value::Text(token_prefix.clone()),
-            Value::Text(model.clone()),
-            Value::Text(channel.clone()),
-            Value::Text(frontend.clone()),
-        ];
-        statement.execute(params_from_iter(keys.into_iter().chain(counted(point))))?;
+    for (sql, rows) in [
+        (&*UPSERT_HOUR_KEY, &rollups.hours_by_key),
+        (&*UPSERT_DAY_KEY, &rollups.days_by_key),
+    ] {
+        let mut statement = connection.prepare_cached(sql)?;
+        for (key, point) in rows {
+            let Key {
+                at_ms,
+                token_digest,
+                token_prefix,
+                model,
+                channel,
+                frontend,
+            } = key;
+            let keys = [
+                Value::Integer(*at_ms),
+                Value::Text(token_digest.clone()),
+                Value::Text(token_prefix.clone()),
+                Value::Text(model.clone()),
+                Value::Text(channel.clone()),
+                Value::Text(frontend.clone()),
+            ];
+            statement.execute(params_from_iter(keys.into_iter().chain(counted(point))))?;
+        }
     }
     let mut statement = connection.prepare_cached(
         "INSERT INTO usage_last_used (token_digest, at_ms) VALUES (?1, ?2) ON CONFLICT (token_digest) \
@@ -167,6 +175,8 @@ impl Database {
         })
     }
 
+    /// Sums the window's whole days from the per-day rows and the hours of its first,
+    /// partial day from the per-hour rows: about 30 rows per key for a month.
     pub(super) fn usage_top(&self, since_ms: i64, dimension: Dimension, limit: u32) -> StoreResult<Vec<UsageTop>> {
         // What a row is grouped by, and what names it.
         let (group, label) = match dimension {
@@ -174,15 +184,20 @@ impl Database {
             Dimension::Model => ("model", "model"),
             Dimension::Channel => ("channel", "channel"),
         };
+        let columns = "token_digest, token_prefix, model, channel, requests, errors, prompt_tokens, completion_tokens";
         let sql = format!(
             "SELECT {group}, {label}, SUM(requests) AS total, SUM(errors), SUM(prompt_tokens), \
-             SUM(completion_tokens) FROM usage_hour_key WHERE at_ms >= ?1 GROUP BY {group} \
-             ORDER BY total DESC, {group} LIMIT ?2"
+             SUM(completion_tokens) FROM (\
+             SELECT {columns} FROM usage_day_key WHERE at_ms >= ?1 UNION ALL \
+             SELECT {columns} FROM usage_hour_key WHERE at_ms >= ?2 AND at_ms < ?1\
+             ) AS hours_and_days GROUP BY {group} ORDER BY total DESC, {group} LIMIT ?3"
         );
+        let since_hour = Step::Hour.floor(since_ms);
+        let first_whole_day = floor(since_hour + DAY_MS - 1, DAY_MS);
         self.with(|c| {
             let mut statement = c.prepare_cached(&sql).map_err(failed("rank usage"))?;
             let rows = statement
-                .query_map(params![Step::Hour.floor(since_ms), limit], |row| {
+                .query_map(params![first_whole_day, since_hour, limit], |row| {
                     let n = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
                     let grouped: String = row.get(0)?;
                     Ok(UsageTop {

@@ -214,7 +214,9 @@ async fn assert_rollups_match(store: &SqliteStore, records: &[UsageRecord], now_
     assert_eq!(sum(&hourly).latency.total(), records.len() as u64);
 
     for dimension in [Dimension::Token, Dimension::Model, Dimension::Channel] {
-        for since in [now_ms - 100 * HOUR_MS, now_ms - 10 * HOUR_MS + 1] {
+        // Whole days and hours of a partial one; hours only; from a day's start.
+        let day_start = crate::store::rollup::floor(now_ms - 30 * HOUR_MS, crate::store::rollup::DAY_MS);
+        for since in [now_ms - 100 * HOUR_MS, now_ms - 10 * HOUR_MS + 1, day_start] {
             let top = store.usage_top(since, dimension, 100).await.unwrap();
             assert_eq!(top, scan_top(records, since, dimension), "{dimension:?}");
             let first_two = store.usage_top(since, dimension, 2).await.unwrap();
