@@ -22,8 +22,10 @@ use crate::store::secrets::display_prefix;
 /// prefixes; where it comes from; and its live health.
 #[derive(Serialize, ToSchema)]
 pub struct ChannelView {
+    /// Every `[[channels]]` setting but `api_key` and `keys`, which are never shown.
     #[serde(flatten)]
-    pub config: UpstreamConfig,
+    #[salvo(schema(value_type = Object))]
+    pub config: Map<String, Value>,
     /// The start of each key (`sk-proj`), never the keys.
     pub key_prefixes: Vec<String>,
     /// "profile" (read-only here: edit the file, it reloads) or "store".
@@ -125,9 +127,12 @@ fn view(admin: &Admin, config: &UpstreamConfig, source: &'static str) -> Channel
                 .collect()
         })
         .unwrap_or_default();
-    let mut shown = config.redacted();
-    shown.api_key = None;
-    shown.keys = Vec::new();
+    let mut shown = match serde_json::to_value(config.redacted()) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    shown.remove("api_key");
+    shown.remove("keys");
     ChannelView {
         config: shown,
         key_prefixes,
@@ -226,13 +231,13 @@ pub async fn list(depot: &mut Depot) -> ApiResult<Json<ChannelList>> {
 pub async fn get(name: PathParam<String>, depot: &mut Depot) -> ApiResult<Json<ChannelView>> {
     all(&admin(depot))
         .into_iter()
-        .find(|c| c.config.name == *name)
+        .find(|c| c.config.get("name").and_then(Value::as_str) == Some(name.as_str()))
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no channel is named '{}'", *name)))
 }
 
 /// Adds a channel, kept in the store; it serves at once.
-#[endpoint(tags("channels"), request_body = ChannelInput, status_codes(201))]
+#[endpoint(tags("channels"), request_body = ChannelInput, status_codes(201, 400, 401, 403, 409, 413, 503))]
 pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<Json<ChannelView>> {
     let admin = admin(depot);
     let who = principal(depot)?;
@@ -326,7 +331,7 @@ pub async fn update(name: PathParam<String>, req: &mut Request, depot: &mut Depo
 }
 
 /// Removes a store channel; its models are no longer served through it.
-#[endpoint(tags("channels"), status_codes(204))]
+#[endpoint(tags("channels"), status_codes(204, 401, 403, 404, 409, 503))]
 pub async fn delete(name: PathParam<String>, depot: &mut Depot) -> ApiResult<StatusCode> {
     let admin = admin(depot);
     let who = principal(depot)?;

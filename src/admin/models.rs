@@ -27,6 +27,15 @@ pub struct ModelView {
     pub aliases: Vec<String>,
     pub capabilities: Vec<String>,
     pub context_length: Option<u64>,
+    /// Options used when a client sends none, from every entry that applies (the more
+    /// specific wins).
+    #[salvo(schema(value_type = Object))]
+    pub defaults: serde_json::Map<String, serde_json::Value>,
+    /// Options that replace what a client sends, likewise.
+    #[salvo(schema(value_type = Object))]
+    pub forced: serde_json::Map<String, serde_json::Value>,
+    /// Where the most specific entry is kept: "profile", "store", or null for none.
+    pub policy_source: Option<&'static str>,
     /// The `[models]` entries that apply to it, most specific last.
     pub policies: Vec<PolicyView>,
 }
@@ -97,16 +106,27 @@ pub async fn list(depot: &mut Depot) -> ApiResult<Json<ModelList>> {
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
                 .collect();
+            let mut applying: Vec<PolicyView> = policies
+                .iter()
+                .filter(|p| matches(&p.pattern, &names))
+                .map(|p| PolicyView {
+                    pattern: p.pattern.clone(),
+                    source: p.source,
+                    settings: p.settings.clone(),
+                })
+                .collect();
+            // As policy.rs ranks them: exact names over globs, longer globs over shorter.
+            applying.sort_by_key(|p| (!p.pattern.contains(['*', '?']), p.pattern.len()));
+            let (mut defaults, mut forced) = (serde_json::Map::new(), serde_json::Map::new());
+            for p in &applying {
+                defaults.extend(p.settings.defaults.iter().map(|(k, v)| (k.clone(), v.clone())));
+                forced.extend(p.settings.forced.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
             ModelView {
-                policies: policies
-                    .iter()
-                    .filter(|p| matches(&p.pattern, &names))
-                    .map(|p| PolicyView {
-                        pattern: p.pattern.clone(),
-                        source: p.source,
-                        settings: p.settings.clone(),
-                    })
-                    .collect(),
+                defaults,
+                forced,
+                policy_source: applying.last().map(|p| p.source),
+                policies: applying,
                 name: card.id,
                 display_name: card.display_name,
                 description: card.description,
@@ -189,7 +209,7 @@ pub async fn put(pattern: PathParam<String>, req: &mut Request, depot: &mut Depo
 }
 
 /// Removes the store's entry for the pattern (the profile's, if any, applies again).
-#[endpoint(tags("models"), status_codes(204))]
+#[endpoint(tags("models"), status_codes(204, 401, 403, 404, 409, 503))]
 pub async fn delete(pattern: PathParam<String>, depot: &mut Depot) -> ApiResult<StatusCode> {
     let admin = admin(depot);
     let who = principal(depot)?;

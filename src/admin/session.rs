@@ -218,7 +218,7 @@ pub async fn log_in(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
 }
 
 /// Ends the session and clears its cookie.
-#[endpoint(tags("session"), status_codes(204))]
+#[endpoint(tags("session"), status_codes(204, 401, 403))]
 pub async fn log_out(depot: &mut Depot, res: &mut Response) -> ApiResult<StatusCode> {
     let admin = admin(depot);
     if let Ok(principal) = depot.get_typed::<Principal>()

@@ -131,7 +131,7 @@ pub async fn list(depot: &mut Depot) -> ApiResult<Json<TokenList>> {
 }
 
 /// Makes a token; its secret is in the answer, once.
-#[endpoint(tags("tokens"), request_body = TokenFields, status_codes(201))]
+#[endpoint(tags("tokens"), request_body = TokenFields, status_codes(201, 400, 401, 403, 409, 413, 503))]
 pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<Json<CreatedToken>> {
     let admin = admin(depot);
     let who = principal(depot)?;
@@ -177,7 +177,7 @@ pub async fn update(id: PathParam<i64>, req: &mut Request, depot: &mut Depot) ->
 }
 
 /// Revokes a token: its next request gets 401. Its usage records stay.
-#[endpoint(tags("tokens"), status_codes(204))]
+#[endpoint(tags("tokens"), status_codes(204, 401, 403, 404, 409, 503))]
 pub async fn delete(id: PathParam<i64>, depot: &mut Depot) -> ApiResult<StatusCode> {
     let admin = admin(depot);
     let who = principal(depot)?;

@@ -274,6 +274,8 @@ pub struct Top {
 #[derive(Serialize, ToSchema)]
 pub struct ChannelHealth {
     pub name: String,
+    /// "profile" or "store".
+    pub source: &'static str,
     #[salvo(schema(value_type = Object))]
     pub health: serde_json::Value,
 }
@@ -369,6 +371,11 @@ pub async fn dashboard(window: QueryParam<String, false>, depot: &mut Depot) -> 
             .channels()
             .iter()
             .map(|c| ChannelHealth {
+                source: if live.overlay.channels.iter().any(|o| o.name == c.name) {
+                    "store"
+                } else {
+                    "profile"
+                },
                 name: c.name.clone(),
                 health: c.health.report(),
             })

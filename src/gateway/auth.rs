@@ -90,6 +90,9 @@ impl Caller {
 
     /// Ties the call to its HTTP request, and names the token there.
     pub fn with_exchange(self, exchange: Option<Arc<crate::telemetry::Exchange>>) -> Self {
+        if let Some(exchange) = &exchange {
+            exchange.client_ip(self.ip);
+        }
         if let (Some(exchange), Some(token)) = (&exchange, &self.token) {
             exchange.token(&token.prefix);
         }

@@ -132,7 +132,7 @@ impl Meter {
     pub fn start(log: Arc<UsageLog>, metrics: Arc<Metrics>, caller: &Caller, model: &str) -> Self {
         let token = caller.token.as_ref();
         let exchange = caller.exchange.clone();
-        let request_id = exchange.as_ref().and_then(|e| e.request_id().map(str::to_owned));
+        let request_id = exchange.as_ref().map(|e| e.request_id().to_owned());
         let trace_id = exchange.as_ref().and_then(|e| e.trace_id().map(str::to_owned));
         Self {
             log,

@@ -51,6 +51,7 @@ pub async fn observe(req: &mut Request, depot: &mut Depot, res: &mut Response, c
     if let Some(cache) = exchange.cache_status_shown() {
         let _ = res.add_header("x-diglot-cache", cache, true);
     }
+    let _ = res.add_header("x-request-id", exchange.request_id(), true);
 }
 
 /// Turns a request away with 503 (in the protocol of its path, closing its connection)

@@ -18,8 +18,8 @@ pub struct Exchange {
     route: &'static str,
     path: String,
     trace_id: Option<String>,
-    /// The caller's `x-request-id`, when it sent one.
-    request_id: Option<String>,
+    /// The caller's `x-request-id`, or one made here; answered in `x-request-id`.
+    request_id: String,
     metrics: Arc<Metrics>,
     access_log: bool,
     /// Where the access line goes besides the log, when someone watched as it started.
@@ -32,6 +32,7 @@ struct State {
     status: u16,
     streaming: bool,
     token_prefix: Option<String>,
+    client_ip: Option<std::net::IpAddr>,
     outcome: Option<Outcome>,
     cache_status: Option<&'static str>,
 }
@@ -95,7 +96,8 @@ impl Exchange {
             request_id: headers
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
-                .map(|v| v.chars().take(128).collect()),
+                .filter(|v| !v.is_empty())
+                .map_or_else(new_request_id, |v| v.chars().take(128).collect()),
             metrics: observer.metrics.clone(),
             access_log,
             tail,
@@ -112,8 +114,13 @@ impl Exchange {
         self.trace_id.as_deref()
     }
 
-    pub fn request_id(&self) -> Option<&str> {
-        self.request_id.as_deref()
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The caller's address, as the gateway believes it (through trusted proxies).
+    pub fn client_ip(&self, ip: std::net::IpAddr) {
+        self.state.lock().expect("exchange lock").client_ip = Some(ip);
     }
 
     /// The caller's token, by its shown prefix.
@@ -149,6 +156,11 @@ impl Exchange {
     }
 }
 
+/// A request id for a request that came without one: `req_` and 16 hex digits.
+fn new_request_id() -> String {
+    format!("req_{:016x}", rand::random::<u64>())
+}
+
 impl Drop for Exchange {
     fn drop(&mut self) {
         let state = std::mem::take(self.state.get_mut().expect("exchange lock"));
@@ -181,7 +193,8 @@ impl Drop for Exchange {
                 "path": self.path,
                 "route": self.route,
                 "status": status,
-                "latency_ms": (latency_ms * 1000.0).round() / 1000.0,
+                "duration_ms": latency_ms.round() as u64,
+                "client_ip": state.client_ip,
                 "frontend": self.frontend,
                 "token_prefix": state.token_prefix,
                 "model": Some(&outcome.model).filter(|m| !m.is_empty()),
@@ -200,6 +213,7 @@ impl Drop for Exchange {
         tracing::info!(
             target: "diglot::access",
             trace_id = self.trace_id,
+            request_id = self.request_id,
             method = self.method,
             path = self.path,
             status,
