@@ -163,6 +163,16 @@ async fn the_log_shows_each_request_and_filters_by_token_model_channel_status_fr
         &first["cache_hit"],
     );
     assert_eq!(counts, (&json!(31), &json!(7), &json!(false), &json!(false)), "{first}");
+    assert_eq!(first["attempts"], 1, "one upstream attempt: {first}");
+    assert!(
+        first["request_id"].as_str().is_some_and(|id| id.starts_with("req_")),
+        "a request id made by diglot (none was sent): {first}"
+    );
+    let ghost = all
+        .iter()
+        .find(|e| e["status"] == 404)
+        .expect("the unknown model's record");
+    assert_eq!(ghost["attempts"], 0, "an unknown model reaches no upstream: {ghost}");
 
     let cases: [(&str, Pick, usize); 7] = [
         ("model=oai-text", Box::new(|e| e["model"] == "oai-text"), 2),

@@ -410,7 +410,7 @@ impl Gateway {
                     break (events.instrument(span), lease, plan.filter(|p| p.store).map(|p| p.key));
                 }
                 Err(error) => {
-                    meter.waited(attempts.elapsed());
+                    meter.attempt_failed(attempts.elapsed());
                     spans::record_error(&span, &error_type(&error), &error.message);
                     attempts.failed(lease, error)?
                 }
@@ -496,7 +496,7 @@ impl Gateway {
                     break answer;
                 }
                 Err(error) => {
-                    meter.waited(attempts.elapsed());
+                    meter.attempt_failed(attempts.elapsed());
                     spans::record_error(&span, &error_type(&error), &error.message);
                     attempts.failed(lease, error)?
                 }

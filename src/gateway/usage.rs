@@ -182,8 +182,13 @@ impl Meter {
         self.prompt_estimate = prompt_estimate;
     }
 
-    /// An attempt that failed after `took` waiting on its upstream.
+    /// Time waited on upstreams outside an attempt (a backoff before the next one).
     pub fn waited(&mut self, took: Duration) {
+        self.upstream_wait += took;
+    }
+
+    /// An upstream attempt that failed after `took`.
+    pub fn attempt_failed(&mut self, took: Duration) {
         self.record.attempts += 1;
         self.upstream_wait += took;
     }
