@@ -277,3 +277,60 @@ async fn no_usage_record_is_lost_when_the_server_stops_under_load() {
     let ok = written.iter().filter(|r| r.status == 200).count();
     assert_eq!(ok, answered, "every answered request has its record");
 }
+
+/// Runs `diglot ARGS` against the store in `dir` with `input` on stdin.
+fn diglot_cli_with_input(dir: &std::path::Path, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_diglot"))
+        .args(args)
+        .env("DIGLOT_STORE__DATA_DIR", dir)
+        .env_remove("DIGLOT_PROFILE")
+        .env_remove("DIGLOT_ADMIN__PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_password_set_on_the_command_line_signs_in_and_is_kept_only_as_a_hash() {
+    let fake = FakeUpstream::start().await;
+    let dir = temp_dir();
+    let dir = dir.path();
+    let short = diglot_cli_with_input(dir, &["admin", "set-password"], "short\n");
+    assert!(!short.status.success(), "a short password is refused");
+    assert!(String::from_utf8_lossy(&short.stderr).contains("shorter than 12"));
+
+    let password = "a long enough admin password";
+    let set = diglot_cli_with_input(dir, &["admin", "set-password"], &format!("{password}\n"));
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let mut file = std::fs::read(dir.join("diglot.db")).unwrap();
+    file.extend(std::fs::read(dir.join("diglot.db-wal")).unwrap_or_default());
+    let bytes = String::from_utf8_lossy(&file);
+    assert!(!bytes.contains(password), "the password is not stored");
+    assert!(bytes.contains("$argon2id$v=19$"), "its argon2id hash is");
+
+    let hashed = diglot_cli_with_input(dir, &["admin", "hash-password"], &format!("{password}\n"));
+    let hash = String::from_utf8_lossy(&hashed.stdout).trim().to_owned();
+    assert!(
+        hash.starts_with("$argon2id$v=19$") && !hash.contains(password),
+        "{hash}"
+    );
+
+    // A running gateway on the same store signs in with it (and not with another).
+    let server = serve(dir, &fake.url(), &[]).await;
+    let login = |password: &str| {
+        client()
+            .post(format!("{}/admin/api/login", server.base))
+            .json(&json!({ "password": password }))
+            .send()
+    };
+    assert_eq!(login("not the password").await.unwrap().status(), 401);
+    let ok = login(password).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let answer: serde_json::Value = ok.json().await.unwrap();
+    assert_eq!(answer["role"], "admin", "{answer}");
+}

@@ -209,13 +209,19 @@ fn is_profile_channel(admin: &Admin, name: &str) -> bool {
         .any(|c| c.name == name)
 }
 
-fn read_only(name: &str) -> ApiError {
-    ApiError::conflict(
-        None,
-        format!(
-            "the channel '{name}' comes from the profile and is read-only here: edit the profile file (it reloads)"
-        ),
-    )
+/// The store's channel `name`: 409 for one of the profile's (read-only here), else 404.
+fn stored(admin: &Admin, name: &str) -> ApiResult<UpstreamConfig> {
+    if is_profile_channel(admin, name) {
+        return Err(ApiError::conflict(
+            None,
+            format!(
+                "the channel '{name}' comes from the profile and is read-only here: edit the profile file (it reloads)"
+            ),
+        ));
+    }
+    let live = admin.gateway.snapshot();
+    let found = live.overlay.channels.iter().find(|c| c.name == name).cloned();
+    found.ok_or_else(|| ApiError::not_found(format!("no channel is named '{name}'")))
 }
 
 /// Every channel: the profile's (read-only here) and the store's, with live health.
@@ -275,20 +281,7 @@ pub async fn update(name: PathParam<String>, req: &mut Request, depot: &mut Depo
     let admin = admin(depot);
     let who = principal(depot)?;
     let name = name.into_inner();
-    if is_profile_channel(&admin, &name) {
-        return Err(read_only(&name));
-    }
-    let Some(before) = admin
-        .gateway
-        .snapshot()
-        .overlay
-        .channels
-        .iter()
-        .find(|c| c.name == name)
-        .cloned()
-    else {
-        return Err(ApiError::not_found(format!("no channel is named '{name}'")));
-    };
+    let before = stored(&admin, &name)?;
     let changes = object(json_body(req, MAX_BODY).await?)?;
     if changes.get("name").is_some_and(|n| n.as_str() != Some(name.as_str())) {
         return Err(ApiError::invalid(
@@ -336,20 +329,7 @@ pub async fn delete(name: PathParam<String>, depot: &mut Depot) -> ApiResult<Sta
     let admin = admin(depot);
     let who = principal(depot)?;
     let name = name.into_inner();
-    if is_profile_channel(&admin, &name) {
-        return Err(read_only(&name));
-    }
-    let Some(before) = admin
-        .gateway
-        .snapshot()
-        .overlay
-        .channels
-        .iter()
-        .find(|c| c.name == name)
-        .cloned()
-    else {
-        return Err(ApiError::not_found(format!("no channel is named '{name}'")));
-    };
+    let before = stored(&admin, &name)?;
     let shown = view(&admin, &before, "store");
     let gone = name.clone();
     admin

@@ -9,28 +9,17 @@ use serde::Serialize;
 use super::admin;
 use super::error::{ApiError, ApiResult};
 use super::session::{Principal, principal};
-use super::tokens::{store, used_this_month};
+use super::tokens::{TokenView, views};
 use super::usage::{LogPage, LogQuery, answer};
-use crate::store::Role;
+use crate::store::TokenRecord;
 
-/// The caller's own token: limits, quota used and left, expiry, allowed models.
+/// The caller's own token: limits (as they apply, defaults included), quota used and
+/// left, expiry, allowed models.
 #[derive(Serialize, ToSchema)]
 pub struct Me {
-    pub name: String,
-    pub prefix: String,
-    pub role: Role,
-    pub enabled: bool,
-    /// Model names and globs it may use; empty: every model.
-    pub models: Vec<String>,
-    pub ips: Vec<String>,
-    pub rpm: Option<u64>,
-    pub tpm: Option<u64>,
-    pub max_concurrent: Option<u32>,
-    pub monthly_quota: Option<u64>,
-    pub used_this_month: u64,
+    #[serde(flatten)]
+    pub token: TokenView,
     pub quota_left: Option<u64>,
-    /// Unix seconds.
-    pub expires_at: Option<i64>,
 }
 
 fn own(principal: &Principal) -> ApiResult<std::sync::Arc<crate::store::TokenRecord>> {
@@ -47,25 +36,11 @@ fn own(principal: &Principal) -> ApiResult<std::sync::Arc<crate::store::TokenRec
 pub async fn me(depot: &mut Depot) -> ApiResult<Json<Me>> {
     let admin = admin(depot);
     let token = own(&principal(depot)?)?;
-    let used = used_this_month(store(&admin)?)
-        .await?
-        .get(&token.digest)
-        .copied()
-        .unwrap_or(0);
+    let mut views = views(&admin, vec![TokenRecord::clone(&token)]).await?;
+    let token = views.remove(0);
     Ok(Json(Me {
-        name: token.name.clone(),
-        prefix: token.prefix.clone(),
-        role: token.role,
-        enabled: token.enabled,
-        models: token.models.clone(),
-        ips: token.ips.clone(),
-        rpm: token.rpm,
-        tpm: token.tpm,
-        max_concurrent: token.max_concurrent,
-        monthly_quota: token.monthly_quota,
-        used_this_month: used,
-        quota_left: token.monthly_quota.map(|q| q.saturating_sub(used)),
-        expires_at: token.expires_at,
+        quota_left: token.monthly_quota.map(|q| q.saturating_sub(token.used_this_month)),
+        token,
     }))
 }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ApiResult};
 use super::tokens::store;
 use super::{Admin, admin};
-use crate::store::{Dimension, Histogram, Step, UsageFilter, UsagePoint, UsageRecord};
+use crate::store::{Dimension, Step, UsageFilter, UsagePoint, UsageRecord};
 
 /// Filters of the request log.
 #[derive(Deserialize, ToParameters, Default)]
@@ -245,15 +245,15 @@ pub async fn stream(depot: &mut Depot, res: &mut Response) {
     res.stream(events);
 }
 
-#[derive(Serialize, ToSchema, Default)]
+/// Sums over a step (or the whole window) with latency and time-to-first-token
+/// percentiles.
+#[derive(Serialize, ToSchema)]
 pub struct Point {
-    /// The start of the step, unix milliseconds (for the totals: the window's start).
-    pub at_ms: i64,
-    pub requests: u64,
-    pub errors: u64,
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cache_hits: u64,
+    /// at_ms (the step's start, unix milliseconds), requests, errors, prompt_tokens,
+    /// completion_tokens, cache_hits.
+    #[serde(flatten)]
+    #[salvo(schema(value_type = Object))]
+    pub sums: UsagePoint,
     pub latency_p50_ms: Option<u64>,
     pub latency_p95_ms: Option<u64>,
     pub ttft_p50_ms: Option<u64>,
@@ -294,24 +294,19 @@ pub struct Dashboard {
 }
 
 fn point(at_ms: i64, points: &[&UsagePoint]) -> Point {
-    let (mut latency, mut ttft) = (Histogram::default(), Histogram::default());
-    let mut sum = Point {
+    let mut sums = UsagePoint {
         at_ms,
-        ..Point::default()
+        ..UsagePoint::default()
     };
     for p in points {
-        sum.requests += p.requests;
-        sum.errors += p.errors;
-        sum.prompt_tokens += p.prompt_tokens;
-        sum.completion_tokens += p.completion_tokens;
-        sum.cache_hits += p.cache_hits;
-        latency.merge(&p.latency);
-        ttft.merge(&p.ttft);
+        sums.merge(p);
     }
-    sum.latency_p50_ms = latency.quantile(0.5);
-    sum.latency_p95_ms = latency.quantile(0.95);
-    sum.ttft_p50_ms = ttft.quantile(0.5);
-    sum
+    Point {
+        latency_p50_ms: sums.latency.quantile(0.5),
+        latency_p95_ms: sums.latency.quantile(0.95),
+        ttft_p50_ms: sums.ttft.quantile(0.5),
+        sums,
+    }
 }
 
 /// Totals, a series and the top tokens, models and channels over the last hour, day,

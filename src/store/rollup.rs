@@ -120,6 +120,17 @@ impl UsagePoint {
         }
     }
 
+    /// Adds `other`'s counts to these (steps folded into a longer one, a window's totals).
+    pub fn merge(&mut self, other: &UsagePoint) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.prompt_tokens += other.prompt_tokens;
+        self.completion_tokens += other.completion_tokens;
+        self.cache_hits += other.cache_hits;
+        self.latency.merge(&other.latency);
+        self.ttft.merge(&other.ttft);
+    }
+
     /// The counters then both histograms, in the order of `COUNTERS` and
     /// `histogram_columns`, as a database takes them (saturated to its signed integers).
     pub fn values(&self) -> impl Iterator<Item = i64> + '_ {
