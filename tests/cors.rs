@@ -194,6 +194,39 @@ async fn listed_origins_and_the_star() {
 }
 
 #[tokio::test]
+async fn diglots_own_pages_may_call_v1_by_any_name_it_answers_to() {
+    // The admin UI's playground calls /v1 from the page diglot served, under whatever name
+    // diglot is reached by: its own origin is allowed without a [cors] entry.
+    let fake = FakeUpstream::start().await;
+    let base = diglot(&fake.url(), |c| c.server.allowed_hosts = vec!["gateway.example".into()]).await;
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let chat = |host: String, origin: String| {
+        send(
+            client()
+                .post(format!("{base}/v1/chat/completions"))
+                .header("host", host)
+                .header("origin", origin)
+                .json(&chat_body(false)),
+        )
+    };
+    let own = format!("http://gateway.example:{port}");
+    let answer = chat(format!("gateway.example:{port}"), own.clone()).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.header("access-control-allow-origin"), Some(own.as_str()));
+    // Another port of the same name is another origin.
+    let answer = chat(format!("gateway.example:{port}"), "http://gateway.example:9".into()).await;
+    assert_eq!(answer.status, 403, "{}", answer.text);
+    // A rebinding page is of its own origin too, and its Host is refused on loopback.
+    let answer = chat(
+        format!("rebind.evil.example:{port}"),
+        format!("http://rebind.evil.example:{port}"),
+    )
+    .await;
+    assert_eq!(answer.status, 403, "{}", answer.text);
+    assert_eq!(fake.calls(), 1);
+}
+
+#[tokio::test]
 async fn a_foreign_host_is_refused_on_loopback_unless_listed() {
     let fake = FakeUpstream::start().await;
     let base = diglot(&fake.url(), |c| c.server.allowed_hosts = vec!["gateway.example".into()]).await;

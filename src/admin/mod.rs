@@ -1,5 +1,6 @@
 //! The admin REST API under `/admin/api` (tokens, channels, models, usage, settings, the
-//! audit log, a live tail), its OpenAPI document, and the reference at `/admin/docs`.
+//! audit log, a live tail), its OpenAPI document, the reference at `/admin/docs`, and
+//! the web UI (`ui`) at `/admin`.
 //! It changes diglot only through the gateway (the live overlay, the shared token
 //! implementation) and the store, so a change applies at once and survives restarts.
 
@@ -11,6 +12,7 @@ mod models;
 mod session;
 mod settings;
 mod tokens;
+mod ui;
 mod usage;
 
 use std::sync::Arc;
@@ -135,8 +137,9 @@ fn document(api: &Router) -> OpenApi {
         .merge_router(api)
 }
 
-/// `/admin`: the API, its OpenAPI document at `/admin/api/openapi.json`, and Swagger UI
-/// (assets embedded in the binary) at `/admin/docs`.
+/// `/admin`: the API, its OpenAPI document at `/admin/api/openapi.json`, Swagger UI
+/// (assets embedded in the binary) at `/admin/docs`, and the web UI at `/admin` and every
+/// other path under it.
 pub fn router(admin: Arc<Admin>) -> Router {
     let api = api();
     let document = document(&api);
@@ -148,20 +151,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .push(document.into_router("admin/api/openapi.json"))
         .push(api)
         .push(Router::with_path("admin/docs/{**}").goal(docs))
-        .push(Router::with_path("admin").get(to_docs))
-        .push(Router::with_path("admin/{**rest}").goal(not_found))
-}
-
-/// `/admin` itself: the reference, until there is a console.
-#[handler]
-async fn to_docs(res: &mut Response) {
-    res.render(Redirect::other("/admin/docs/"));
-}
-
-#[handler]
-async fn not_found(req: &mut Request, res: &mut Response) {
-    let error = ApiError::not_found(format!("no admin route {} {}", req.method(), req.uri().path()));
-    error::write(res, &error);
+        .push(Router::with_path("admin").goal(ui::serve))
+        .push(Router::with_path("admin/{**rest}").goal(ui::serve))
 }
 
 /// Writes one audit entry for a change `principal` made (the values already without

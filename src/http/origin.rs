@@ -95,7 +95,15 @@ pub async fn guard(req: &mut Request, depot: &mut Depot, res: &mut Response, ctr
         return;
     }
     if let Some(origin) = &origin {
-        let Some(allowed) = allowed_origin(&config.cors, origin) else {
+        // diglot's own pages (the admin UI's playground calls /v1) are of the origin the
+        // request was sent to, whatever name diglot is reached by; a rebinding page cannot
+        // pass for one, as the Host check above (on loopback) or tokens (elsewhere) stop it.
+        let own_page = same_origin(origin, header(header::HOST).unwrap_or_default());
+        let allowed = match own_page {
+            true => HeaderValue::from_str(origin).ok(),
+            false => allowed_origin(&config.cors, origin),
+        };
+        let Some(allowed) = allowed else {
             let error = Error::new(
                 ErrorKind::Forbidden,
                 format!("the origin '{origin}' may not call diglot: add it to [cors] allow_origins"),
