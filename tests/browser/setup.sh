@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the browser test needs, outside the repository: Debian's chromium (apt,
-# when missing; playwright's own browser download is not used) and playwright-core,
-# pinned, in an npm folder under $DIGLOT_BROWSER_HOME (default ~/.cache/diglot/browser).
+# when missing; playwright's own browser download is not used), playwright-core and
+# axe-core (for the admin UI test), pinned, in an npm folder under $DIGLOT_BROWSER_HOME
+# (default ~/.cache/diglot/browser).
 # Idempotent: a stamp of the pinned version skips work when nothing changed.
 # Prints the home directory on its last line.
 set -euo pipefail
 
 HOME_DIR="${DIGLOT_BROWSER_HOME:-$HOME/.cache/diglot/browser}"
-NPM_PINS="playwright-core@1.52.0"
+NPM_PINS="playwright-core@1.52.0 axe-core@4.14.1"
 STAMP="$HOME_DIR/.stamp"
 
 if [ ! -x /usr/bin/chromium ]; then

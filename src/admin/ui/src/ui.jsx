@@ -241,6 +241,7 @@ function cssVar(name) {
  * each y with a colour variable (`--c1`..`--c4`) and a unit for its axis.
  */
 export function Chart({ title, data, series, unit = '', theme, height = 180 }) {
+  const caption = unit ? `${title} (${unit.trim()})` : title;
   const box = useRef(null);
   const plot = useRef(null);
   useEffect(() => {
@@ -260,8 +261,8 @@ export function Chart({ title, data, series, unit = '', theme, height = 180 }) {
           stroke: text,
           grid: { stroke: grid },
           ticks: { stroke: grid },
-          size: 56,
-          values: (u, splits) => splits.map((v) => (v >= 1e4 ? `${(v / 1e3).toFixed(0)}k` : `${+v.toFixed(2)}`) + unit),
+          size: 50,
+          values: (u, splits) => splits.map((v) => (v >= 1e4 ? `${+(v / 1e3).toFixed(1)}k` : `${+v.toFixed(2)}`)),
         },
       ],
       series: [
@@ -272,7 +273,8 @@ export function Chart({ title, data, series, unit = '', theme, height = 180 }) {
           fill: s.fill ? `${cssVar(s.color)}22` : undefined,
           width: 2,
           spanGaps: true,
-          points: { show: false },
+          // Shown where points are few (a lone step with requests draws no line).
+          points: { size: 5 },
         })),
       ],
     };
@@ -294,7 +296,7 @@ export function Chart({ title, data, series, unit = '', theme, height = 180 }) {
   return (
     <figure class="chart">
       <figcaption>
-        <span class="chart-title">{title}</span>
+        <span class="chart-title">{caption}</span>
         <span class="legend">
           {series.map((s) => (
             <span key={s.label}>
@@ -304,7 +306,7 @@ export function Chart({ title, data, series, unit = '', theme, height = 180 }) {
           ))}
         </span>
       </figcaption>
-      <div ref={box} class="plot" role="img" aria-label={`${title} over time`} />
+      <div ref={box} class="plot" role="img" aria-label={`${caption} over time`} />
     </figure>
   );
 }

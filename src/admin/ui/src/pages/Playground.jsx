@@ -127,7 +127,7 @@ export function Playground({ session }) {
     const history = [...messages.filter((m) => !m.error), { role: 'user', content: input }];
     const body = requestBody(history);
     const metrics = { startAt: performance.now(), firstAt: 0, endAt: 0, prompt: null, completion: null };
-    const answer = { role: 'assistant', content: '', reasoning: '', metrics };
+    const answer = { role: 'assistant', model, content: '', reasoning: '', metrics };
     setMessages([...history, answer]);
     setInput('');
     setBusy(true);
@@ -240,7 +240,7 @@ export function Playground({ session }) {
             {messages.length === 0 && <p class="muted">Send a message to start. Each answer shows its time to first token, speed and token counts.</p>}
             {messages.map((m, i) => (
               <div key={i} class={`message ${m.role}`} data-testid={m.role === 'assistant' ? 'answer' : undefined}>
-                <div class="who small">{m.role === 'user' ? 'You' : model}</div>
+                <div class="who small">{m.role === 'user' ? 'You' : m.model}</div>
                 {m.reasoning && (
                   <details class="reasoning">
                     <summary>Reasoning</summary>
