@@ -226,10 +226,10 @@ export function TableWrap({ label, children }) {
 /** A health report's state as a badge. */
 export function HealthBadge({ health }) {
   if (!health) return <Badge>unknown</Badge>;
+  // "healthy", "half_open" (probing after failures), "open" or "down".
   const state = health.state || 'unknown';
-  const kind = !health.usable ? 'bad' : state === 'closed' ? 'good' : 'warn';
-  const text = state === 'closed' ? 'healthy' : state.replace('_', ' ');
-  return <Badge kind={kind}>{text}</Badge>;
+  const kind = !health.usable ? 'bad' : state === 'healthy' ? 'good' : 'warn';
+  return <Badge kind={kind}>{state.replace('_', ' ')}</Badge>;
 }
 
 function cssVar(name) {
@@ -273,8 +273,9 @@ export function Chart({ title, data, series, unit = '', theme, height = 180 }) {
           fill: s.fill ? `${cssVar(s.color)}22` : undefined,
           width: 2,
           spanGaps: true,
-          // Shown where points are few (a lone step with requests draws no line).
-          points: { size: 5 },
+          // Percentiles and rates exist only for steps with requests: dots, so a lone
+          // step still shows.
+          points: { show: !!s.sparse, size: 5 },
         })),
       ],
     };

@@ -19,7 +19,7 @@ function columns(dash, span) {
   const byStep = new Map(dash.series.map((p) => [Math.floor(p.at_ms / 1000 / step) * step, p]));
   const xs = [];
   const cols = { requests: [], errors: [], rate: [], tin: [], tout: [], p50: [], p95: [], ttft: [] };
-  for (let t = start + step; t <= now + step - 1; t += step) {
+  for (let t = start + step; t <= now; t += step) {
     const p = byStep.get(t);
     xs.push(t);
     cols.requests.push(p ? p.requests : 0);
@@ -173,7 +173,7 @@ export function Dashboard({ theme }) {
             title="Error rate"
             unit="%"
             data={[cols.xs, cols.rate]}
-            series={[{ label: 'errors / requests', color: '--c3', fill: true }]}
+            series={[{ label: 'errors / requests', color: '--c3', sparse: true }]}
           />
           <Chart
             theme={theme}
@@ -181,8 +181,8 @@ export function Dashboard({ theme }) {
             unit=" ms"
             data={[cols.xs, cols.p50, cols.p95]}
             series={[
-              { label: 'p50', color: '--c1' },
-              { label: 'p95', color: '--c4' },
+              { label: 'p50', color: '--c1', sparse: true },
+              { label: 'p95', color: '--c4', sparse: true },
             ]}
           />
           <Chart
@@ -190,7 +190,7 @@ export function Dashboard({ theme }) {
             title="Time to first token"
             unit=" ms"
             data={[cols.xs, cols.ttft]}
-            series={[{ label: 'p50', color: '--c2' }]}
+            series={[{ label: 'p50', color: '--c2', sparse: true }]}
           />
         </div>
       )}

@@ -18,7 +18,7 @@ function series(entries, span, step) {
   const req = [];
   const tin = [];
   const tout = [];
-  for (let t = start + step; t <= now + step - 1; t += step) {
+  for (let t = start + step; t <= now; t += step) {
     xs.push(t);
     req.push(0);
     tin.push(0);

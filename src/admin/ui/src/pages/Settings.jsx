@@ -48,8 +48,9 @@ export function Settings() {
     send(body);
   };
 
-  const groups = {};
+  const groups = { limits: [], auth: [], cache: [] };
   for (const [k, v] of Object.entries(settings)) (groups[k.split('.')[0]] ||= []).push([k, v]);
+  for (const k of Object.keys(groups)) if (!groups[k].length) delete groups[k];
 
   return (
     <section>
