@@ -156,6 +156,33 @@ async fn an_alias_added_by_editing_the_file_works_within_two_seconds() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_the_profile_reloads_nothing_and_two_diglots_on_one_profile_stay_quiet() {
+    // The watch also sees the file opened for reading: by another diglot on the same
+    // profile (whose own reloads read it again), an editor, `cat`. None of that is an edit.
+    let fake = FakeUpstream::start().await;
+    let profile = Profile::new(&channel_toml("a", &fake, &["chat-text"], ""));
+    let (_, first) = profile.start().await;
+    let (_, second) = profile.start().await;
+    let (a, b) = (first.gateway.snapshot(), second.gateway.snapshot());
+    for _ in 0..5 {
+        std::fs::read(&profile.path).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        Arc::ptr_eq(&a, &first.gateway.snapshot()) && Arc::ptr_eq(&b, &second.gateway.snapshot()),
+        "reading the profile reloaded it"
+    );
+    // An edit still reloads both.
+    profile.write(&channel_toml("a", &fake, &["chat-text"], "weight = 2"));
+    let saved = Instant::now();
+    while Arc::ptr_eq(&a, &first.gateway.snapshot()) || Arc::ptr_eq(&b, &second.gateway.snapshot()) {
+        assert!(saved.elapsed() < Duration::from_secs(5), "the edit was not taken up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_through_a_removed_channel_finishes() {
     let (kept, removed) = (FakeUpstream::start().await, FakeUpstream::start().await);
     removed.set_line_delay(Duration::from_millis(100));

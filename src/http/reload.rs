@@ -88,8 +88,18 @@ pub fn watch(app: &Arc<App>) -> Option<Debouncer<RecommendedWatcher>> {
         return None;
     }
     let app = Arc::downgrade(app);
+    let watched = file.clone();
     tokio::spawn(async move {
+        // The watch also reports the file being opened for reading (by another diglot on
+        // the same profile, an editor, `cat`, a reload itself): only new bytes reload, or
+        // two diglots would reload each other forever.
+        let mut last = tokio::fs::read(&watched).await.ok();
         while changes.recv().await.is_some() {
+            let now = tokio::fs::read(&watched).await.ok();
+            if now.is_some() && now == last {
+                continue;
+            }
+            last = now;
             let Some(app) = app.upgrade() else { return };
             let _ = app.reload("the profile changed").await;
         }
