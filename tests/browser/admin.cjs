@@ -7,13 +7,14 @@
 // Playground. Every page is checked in the light and dark themes and at 375 px: no console
 // error, no serious or critical axe-core violation, no sideways scrolling of the page;
 // a screenshot of each goes to SHOTS.
-// Usage: node admin.cjs DIGLOT_URL ADMIN_PASSWORD SECOND_UPSTREAM_URL SHOTS_DIR
+// A second diglot without an admin password shows the page that says how to set one.
+// Usage: node admin.cjs DIGLOT_URL ADMIN_PASSWORD SECOND_UPSTREAM_URL SHOTS_DIR NO_PASSWORD_URL
 'use strict';
 const assert = require('node:assert/strict');
 const path = require('node:path');
 const { chromium } = require('playwright-core');
 
-const [diglot, password, secondUpstream, shots] = process.argv.slice(2);
+const [diglot, password, secondUpstream, shots, noPassword] = process.argv.slice(2);
 const AXE = require.resolve('axe-core/axe.min.js');
 const ADMIN_PAGES = ['', 'tokens', 'channels', 'models', 'logs', 'settings', 'audit', 'playground'];
 
@@ -203,6 +204,10 @@ async function createToken(page, name, fill = async () => {}) {
 
     // The Playground streams an answer through /v1 with the token.
     await open(page, 'playground');
+    // An admin may make a short-lived user token for it (the session does not reach /v1).
+    await page.getByRole('button', { name: 'Make a playground token' }).click();
+    await page.getByRole('dialog').getByRole('button', { name: 'Make token' }).click();
+    await page.waitForFunction(() => document.querySelector('#main input[type=password]')?.value.startsWith('dg-'));
     await page.getByLabel('API token for /v1').fill(secret);
     await page.getByLabel('Model', { exact: true }).selectOption(model);
     await page.getByLabel('System prompt').fill('Answer briefly.');
@@ -340,6 +345,23 @@ async function createToken(page, name, fill = async () => {}) {
     }
     console.log('a user token sees its own usage and the Playground only');
     noConsoleErrors('as a token holder');
+
+    // No password set: the page says how to set one (the session probe's 503 is expected).
+    const fresh = await browser.newContext({ viewport: { width: 375, height: 900 }, bypassCSP: true });
+    const unset = await fresh.newPage();
+    watch(unset, 'no password');
+    await expecting([{ status: 503, path: '/admin/api/session' }], async () => {
+      await unset.goto(`${noPassword}/admin/`);
+      await unset.getByRole('heading', { name: 'No admin password is set' }).waitFor();
+    });
+    const howTo = await unset.locator('main').textContent();
+    for (const hint of ['diglot admin set-password', 'DIGLOT_ADMIN__PASSWORD']) assert.ok(howTo.includes(hint), howTo);
+    assert.equal(await unset.getByLabel('API token').count(), 1, 'a token may still sign in');
+    await axe(unset, 'the no-password page');
+    await shot(unset, 'no-password-375');
+    await fresh.close();
+    noConsoleErrors('on the no-password page');
+    console.log('without a password: the page says how to set one');
     console.log('no console errors');
   } finally {
     await browser.close();

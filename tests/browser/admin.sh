@@ -49,10 +49,16 @@ env $(compgen -e | grep '^DIGLOT_' | sed 's/^/-u /') DIGLOT_STORE__DATA_DIR="$WO
   "$BIN/diglot" --listen "127.0.0.1:$P_DIGLOT" --target "http://127.0.0.1:$P_MOCK" > "$WORK/diglot.log" 2>&1 &
 PIDS+=($!)
 wait_for "http://127.0.0.1:$P_DIGLOT/api/version"
+# And one with no admin password at all (an empty store of its own).
+P_NOPW="$(free_port)"
+env $(compgen -e | grep '^DIGLOT_' | sed 's/^/-u /') DIGLOT_STORE__DATA_DIR="$WORK/store-nopw" \
+  "$BIN/diglot" --listen "127.0.0.1:$P_NOPW" --target "http://127.0.0.1:$P_MOCK" > "$WORK/diglot-nopw.log" 2>&1 &
+PIDS+=($!)
+wait_for "http://127.0.0.1:$P_NOPW/api/version"
 
 status=0
 NODE_PATH="$BROWSER_HOME/node/node_modules" node $HERE/admin.cjs \
-  "http://127.0.0.1:$P_DIGLOT" "$PASSWORD" "http://127.0.0.1:$P_MOCK2" "$SHOTS" || status=$?
+  "http://127.0.0.1:$P_DIGLOT" "$PASSWORD" "http://127.0.0.1:$P_MOCK2" "$SHOTS" "http://127.0.0.1:$P_NOPW" || status=$?
 if [ "$status" -ne 0 ]; then
   echo "--- diglot log" >&2
   tail -n 40 "$WORK/diglot.log" >&2
