@@ -17,7 +17,10 @@ function useModels(session, token) {
     let live = true;
     const load =
       session.role === 'admin'
-        ? get('/models').then((m) => m.data.map((x) => x.name))
+        ? get('/models').then((m) =>
+            // Embedding models do not chat.
+            m.data.filter((x) => !(x.capabilities.length === 1 && x.capabilities[0] === 'embedding')).map((x) => x.name),
+          )
         : fetch('/v1/models', { headers: token ? { authorization: `Bearer ${token}` } : {} }).then(async (res) => {
             const body = await res.json().catch(() => null);
             if (!res.ok) throw new Error(body?.error?.message || `GET /v1/models: ${res.status}`);

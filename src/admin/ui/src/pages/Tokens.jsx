@@ -91,6 +91,16 @@ function TokenForm({ token, onSaved, onClose }) {
             <input value={form.ips} onInput={set('ips')} placeholder="10.0.0.0/8, 192.0.2.7" />
           </Field>
           <Check label="Enabled" checked={form.enabled} onChange={(v) => setForm({ ...form, enabled: v })} />
+          {token && (
+            <div class="field wide">
+              <span class="label">Used this month</span>
+              <QuotaBar
+                used={token.used_this_month}
+                quota={form.monthly_quota === '' ? null : Number(form.monthly_quota)}
+                label={`Quota used by ${token.name}`}
+              />
+            </div>
+          )}
         </div>
         <ErrorNote error={error} />
         <footer class="dialog-foot">
