@@ -9,6 +9,7 @@ cd "$(dirname "$0")/../.."
 HERE=tests/browser
 BROWSER_HOME="$(bash $HERE/setup.sh | tail -n 1)"
 cargo build --bin diglot --example mock_upstream >&2
+BIN="${CARGO_TARGET_DIR:-target}/debug"
 
 WORK="$(mktemp -d)"
 PIDS=()
@@ -31,7 +32,7 @@ wait_for() {
 }
 
 P_MOCK="$(free_port)"
-target/debug/examples/mock_upstream --listen "127.0.0.1:$P_MOCK" --chunks 5 --delay-ms 50 \
+"$BIN/examples/mock_upstream" --listen "127.0.0.1:$P_MOCK" --chunks 5 --delay-ms 50 \
   > "$WORK/mock.log" 2>&1 &
 PIDS+=($!)
 wait_for "http://127.0.0.1:$P_MOCK/api/version"
@@ -39,7 +40,7 @@ wait_for "http://127.0.0.1:$P_MOCK/api/version"
 # No DIGLOT_* from the caller's environment; no store.
 P_DIGLOT="$(free_port)"
 env $(compgen -e | grep '^DIGLOT_' | sed 's/^/-u /') DIGLOT_STORE__DATA_DIR= \
-  DIGLOT_LOG__FORMAT=json target/debug/diglot --listen "127.0.0.1:$P_DIGLOT" \
+  DIGLOT_LOG__FORMAT=json "$BIN/diglot" --listen "127.0.0.1:$P_DIGLOT" \
   --target "http://127.0.0.1:$P_MOCK" > "$WORK/diglot.log" 2>&1 &
 PIDS+=($!)
 wait_for "http://127.0.0.1:$P_DIGLOT/api/version"
