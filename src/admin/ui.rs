@@ -58,7 +58,8 @@ pub async fn serve(req: &mut Request, res: &mut Response) {
     let path = req
         .uri()
         .path()
-        .trim_start_matches("/admin")
+        .strip_prefix("/admin")
+        .unwrap_or_default()
         .trim_start_matches('/')
         .to_owned();
     let is_read = matches!(*req.method(), salvo::http::Method::GET | salvo::http::Method::HEAD);

@@ -231,6 +231,43 @@ async function createToken(page, name, fill = async () => {}) {
     await shot(page, 'playground-answer');
     console.log(`the Playground streamed an answer: ${stats}`);
 
+    // Edits through every editor, each seen in its page and in the audit log.
+    await open(page, 'channels');
+    await page.locator('tr[data-channel="second"]').getByRole('button', { name: 'Edit' }).click();
+    dialog = page.getByRole('dialog');
+    await dialog.getByLabel('Weight').fill('3');
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await page.locator('tr[data-channel="second"]').filter({ hasText: 'weight 3' }).waitFor();
+    assert.ok((await page.locator('tr[data-channel="second"]').textContent()).includes('sk-test'), 'the keys stay');
+    await open(page, 'tokens');
+    await page.locator('tr[data-token="ci-ui"]').getByRole('button', { name: 'Edit' }).click();
+    dialog = page.getByRole('dialog');
+    await dialog.getByLabel('Requests a minute').fill('600');
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await page.locator('tr[data-token="ci-ui"]').filter({ hasText: 'rpm: 600' }).waitFor();
+    await open(page, 'models');
+    await page.getByRole('row').filter({ hasText: model }).first().getByRole('button', { name: 'Edit' }).click();
+    dialog = page.getByRole('dialog');
+    await dialog.getByLabel('Display name').fill('Llama UI');
+    await dialog.getByLabel('Defaults (JSON)').fill('{"temperature": 0.5}');
+    await dialog.getByRole('button', { name: 'Save' }).click();
+    await page.getByRole('row').filter({ hasText: 'Llama UI' }).filter({ hasText: 'temperature=0.5' }).first().waitFor();
+    await open(page, 'settings');
+    await page.getByLabel('limits.rpm').fill('5000');
+    await page.getByRole('button', { name: /Save 1 change/ }).click();
+    await page.getByRole('status').filter({ hasText: 'Saved and applied' }).waitFor();
+    const rpmRow = page.locator('tr[data-setting="limits.rpm"]');
+    await rpmRow.filter({ hasText: 'store' }).waitFor();
+    await rpmRow.getByRole('button', { name: 'Reset' }).click();
+    await rpmRow.filter({ hasText: 'default' }).waitFor();
+    await open(page, 'audit');
+    const audit = await page.locator('main table').textContent();
+    for (const action of ['token.create', 'token.update', 'channel.create', 'channel.update', 'model.put', 'settings.update']) {
+      assert.ok(audit.includes(action), `the audit log has ${action}: ${audit}`);
+    }
+    assert.ok(!audit.includes(secret), 'no secret in the audit log');
+    console.log('edits of a channel, a token, a model and a setting apply and are audited');
+
     // A user token for the token holder's view.
     const userSecret = await createToken(page, 'ci-user', async (d) => {
       await d.getByLabel('Monthly quota (tokens)').fill('5000');
