@@ -318,6 +318,19 @@ async fn a_channel_added_through_the_api_serves_at_once_hides_its_keys_and_survi
         "says why: {t}"
     );
 
+    // Disabled, it serves nothing (and says so in its view); enabled, it serves again.
+    let a = admin
+        .patch("/admin/api/channels/second", json!({"enabled": false}))
+        .await;
+    assert_eq!((a.status, &a.json()["enabled"]), (200, &json!(false)), "{}", a.text);
+    let refused = post(&gw.base, "/v1/chat/completions", openai("m2")).await;
+    assert_eq!(refused.status, 404, "no channel serves m2 now: {}", refused.text);
+    let a = admin
+        .patch("/admin/api/channels/second", json!({"enabled": true}))
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(post(&gw.base, "/v1/chat/completions", openai("m2")).await.status, 200);
+
     // A change merges; the keys stay unless new ones are given, then apply at once.
     let a = admin.patch("/admin/api/channels/second", json!({"weight": 3})).await;
     assert_eq!(a.status, 200, "{}", a.text);

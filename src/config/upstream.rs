@@ -37,6 +37,8 @@ impl UpstreamKind {
 pub struct UpstreamConfig {
     /// Shown in logs, `/health` and metrics; unique among channels.
     pub name: String,
+    /// Route requests to it; false keeps it configured but out of service.
+    pub enabled: bool,
     pub kind: UpstreamKind,
     #[serde(alias = "base_url")]
     pub url: String,
@@ -96,6 +98,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             name: String::new(),
+            enabled: true,
             kind: UpstreamKind::Ollama,
             url: "http://127.0.0.1:11434".into(),
             api_key: None,

@@ -53,6 +53,7 @@ impl Snapshot {
         let channels = config
             .channels()
             .iter()
+            .filter(|wanted| wanted.enabled)
             .map(|wanted| {
                 let before = previous.and_then(|p| p.channel(&wanted.name));
                 match before {
