@@ -76,7 +76,7 @@ impl Gateway {
             None => Overlay::default(),
         };
         let snapshot = Snapshot::build(
-            Arc::new(sealed(config)),
+            Arc::new(live::sealed(config)),
             Arc::new(overlay),
             None,
             store.clone(),
@@ -125,51 +125,6 @@ impl Gateway {
     /// The configuration in force now.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.live.load_full()
-    }
-
-    /// Builds a snapshot of `config` on top of the running one and swaps it in. Settings
-    /// that cannot change while running keep their running values and are named in the
-    /// answer; an invalid `config` changes nothing.
-    pub async fn apply(&self, mut config: Config) -> Result<Vec<&'static str>, String> {
-        let _one_at_a_time = self.reloading.lock().await;
-        let running = self.live.load_full();
-        let kept = config.keep_restart_only(&running.profile);
-        let profile = Arc::new(sealed(config));
-        self.swap_in(&running, profile, running.overlay.clone()).await?;
-        Ok(kept)
-    }
-
-    /// Changes what the admin API keeps in the store: `edit` changes a copy of the
-    /// overlay; the result must build a working snapshot, else nothing is written. Then
-    /// the store is written and the snapshot swapped in, so the next request sees it.
-    pub async fn change(&self, edit: impl FnOnce(&mut Overlay) -> Result<(), String>) -> Result<(), String> {
-        let Some(store) = &self.store else {
-            return Err("there is no store (store.data_dir is empty), so nothing can be kept".into());
-        };
-        let _one_at_a_time = self.reloading.lock().await;
-        let running = self.live.load_full();
-        let mut overlay = Overlay::clone(&running.overlay);
-        edit(&mut overlay)?;
-        // Checked whole before anything is written.
-        overlay.apply(&running.profile).map_err(|e| e.to_string())?;
-        overlay::write(store.as_ref(), &running.overlay, &overlay).await?;
-        self.swap_in(&running, running.profile.clone(), Arc::new(overlay)).await
-    }
-
-    /// Builds a snapshot on top of `running` and swaps it in.
-    async fn swap_in(&self, running: &Snapshot, profile: Arc<Config>, overlay: Arc<Overlay>) -> Result<(), String> {
-        let snapshot = Snapshot::build(profile, overlay, Some(running), self.store.clone(), &self.metrics)?;
-        // The store's tokens are in before the snapshot takes any request.
-        snapshot.auth.reload().await;
-        snapshot.auth.start_reloading();
-        self.live.store(Arc::new(snapshot));
-        Ok(())
-    }
-
-    /// The store's tokens changed here: the next request sees them (other processes'
-    /// changes are seen within `auth::RELOAD_EVERY`).
-    pub async fn tokens_changed(&self) {
-        self.snapshot().auth.reload().await;
     }
 
     /// Starts the active health checks (a model-list fetch per channel, which also keeps
@@ -736,14 +691,4 @@ fn within_bounds(server: &crate::config::ServerConfig, request: &ChatRequest) ->
         ));
     }
     Ok(())
-}
-
-/// `config` with an admin password given in clear replaced by its argon2id hash, so the
-/// clear one is never kept.
-fn sealed(mut config: Config) -> Config {
-    let password = std::mem::take(&mut config.admin.password);
-    if !password.is_empty() {
-        config.admin.password_hash = crate::store::secrets::hash_password(&password);
-    }
-    config
 }
