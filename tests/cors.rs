@@ -227,6 +227,57 @@ async fn diglots_own_pages_may_call_v1_by_any_name_it_answers_to() {
 }
 
 #[tokio::test]
+async fn beyond_loopback_an_own_origin_passes_only_where_rebinding_cannot_forge_it() {
+    // Listening on every address with no token required, a page of a rebinding name is
+    // "same origin" too: it must not pass for one of diglot's own pages. An address, or a
+    // name listed in [server] allowed_hosts, is no DNS name an attacker controls.
+    let fake = FakeUpstream::start().await;
+    let chat = |base: String, host: String, token: Option<&'static str>| {
+        let mut request = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .header("host", &host)
+            .header("origin", format!("http://{host}"))
+            .json(&chat_body(false));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        send(request)
+    };
+    let base = diglot(&fake.url(), |c| {
+        c.listen = "0.0.0.0:0".into();
+        c.auth.mode = diglot::config::AuthMode::None;
+        c.server.allowed_hosts = vec!["gateway.example".into()];
+    })
+    .await;
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let a = chat(base.clone(), format!("rebind.evil.example:{port}"), None).await;
+    assert_eq!(a.status, 403, "{}", a.text);
+    let a = chat(base.clone(), format!("10.1.2.3:{port}"), None).await;
+    assert_eq!(
+        (a.status, a.header("access-control-allow-origin")),
+        (200, Some(format!("http://10.1.2.3:{port}").as_str())),
+        "{}",
+        a.text
+    );
+    let a = chat(base.clone(), format!("gateway.example:{port}"), None).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+
+    // With tokens required, the name does not matter: a rebinding page has no token.
+    let secret = "dg-beyond-loopback-000000000000000000000000000";
+    let base = diglot(&fake.url(), |c| {
+        c.listen = "0.0.0.0:0".into();
+        c.tokens = vec![TokenRecord::for_secret("t", secret, Role::User)];
+    })
+    .await;
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let a = chat(base.clone(), format!("any.name.example:{port}"), Some(secret)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = chat(base.clone(), format!("any.name.example:{port}"), None).await;
+    assert_eq!(a.status, 401, "{}", a.text);
+    assert_eq!(fake.calls(), 3);
+}
+
+#[tokio::test]
 async fn a_foreign_host_is_refused_on_loopback_unless_listed() {
     let fake = FakeUpstream::start().await;
     let base = diglot(&fake.url(), |c| c.server.allowed_hosts = vec!["gateway.example".into()]).await;

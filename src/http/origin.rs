@@ -96,9 +96,14 @@ pub async fn guard(req: &mut Request, depot: &mut Depot, res: &mut Response, ctr
     }
     if let Some(origin) = &origin {
         // diglot's own pages (the admin UI's playground calls /v1) are of the origin the
-        // request was sent to, whatever name diglot is reached by; a rebinding page cannot
-        // pass for one, as the Host check above (on loopback) or tokens (elsewhere) stop it.
-        let own_page = same_origin(origin, header(header::HOST).unwrap_or_default());
+        // request was sent to, whatever name diglot is reached by, as long as a DNS
+        // rebinding page cannot pass for one: on loopback the Host check above stops it;
+        // elsewhere tokens must be required, or the name be an address or a listed one.
+        let host = header(header::HOST).unwrap_or_default();
+        let own_page = same_origin(origin, host)
+            && (live.auth.required()
+                || config.listen_addr().is_ok_and(|a| a.ip().is_loopback())
+                || names_no_dns(host, &config.server));
         let allowed = match own_page {
             true => HeaderValue::from_str(origin).ok(),
             false => allowed_origin(&config.cors, origin),
@@ -227,14 +232,7 @@ fn host_allowed(host: &str, server: &ServerConfig, listen: SocketAddr) -> bool {
     if !listen.ip().is_loopback() {
         return true;
     }
-    let name = match host.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        },
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let name = host_name(host);
     if name.is_empty() || name == "localhost" {
         return true;
     }
@@ -257,6 +255,29 @@ fn host_allowed(host: &str, server: &ServerConfig, listen: SocketAddr) -> bool {
         let allowed = allowed.to_ascii_lowercase();
         allowed == name || (allowed.contains('*') && WildMatch::new(&allowed).matches(&name))
     })
+}
+
+/// Whether `host` is an address or a name in `[server] allowed_hosts`: no foreign site's
+/// DNS can make a browser send it.
+fn names_no_dns(host: &str, server: &ServerConfig) -> bool {
+    let name = host_name(host);
+    name.parse::<IpAddr>().is_ok()
+        || server
+            .allowed_hosts
+            .iter()
+            .any(|allowed| !allowed.contains('*') && allowed.eq_ignore_ascii_case(&name))
+}
+
+/// The name or address in a `Host` value, without port, brackets or final dot, lowercased.
+fn host_name(host: &str) -> String {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// Addresses no DNS name of a foreign site can make a browser treat as its own page's:

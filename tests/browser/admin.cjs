@@ -239,6 +239,14 @@ async function createToken(page, name, fill = async () => {}) {
     await dialog.getByRole('button', { name: 'Save' }).click();
     await page.locator('tr[data-channel="second"]').filter({ hasText: 'weight 3' }).waitFor();
     assert.ok((await page.locator('tr[data-channel="second"]').textContent()).includes('sk-test'), 'the keys stay');
+    // Disabled, the channel says so (and the API agrees); enabled, it is healthy again.
+    const second = page.locator('tr[data-channel="second"]');
+    await second.getByRole('button', { name: 'Disable' }).click();
+    await second.filter({ hasText: 'disabled' }).getByRole('button', { name: 'Enable' }).waitFor();
+    const view = await page.evaluate(async () => (await fetch('/admin/api/channels', { credentials: 'same-origin' })).json());
+    assert.equal(view.data.find((c) => c.name === 'second').enabled, false, 'the API shows it disabled');
+    await second.getByRole('button', { name: 'Enable' }).click();
+    await second.getByRole('button', { name: 'Disable' }).waitFor();
     await open(page, 'tokens');
     await page.locator('tr[data-token="ci-ui"]').getByRole('button', { name: 'Edit' }).click();
     dialog = page.getByRole('dialog');

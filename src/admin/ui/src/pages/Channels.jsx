@@ -21,6 +21,7 @@ const NUMBERS = [
 ];
 const DEFAULTS = {
   name: '',
+  enabled: true,
   kind: 'openai',
   url: '',
   api_key_env: '',
@@ -78,6 +79,7 @@ function formOf(c) {
 function bodyOf(form, original) {
   const body = {
     name: form.name.trim(),
+    enabled: form.enabled,
     kind: form.kind,
     url: form.url.trim(),
     api_key_env: form.api_key_env.trim() || null,
@@ -190,6 +192,7 @@ function ChannelForm({ channel, onSaved, onClose }) {
           <Field label="Ollama options passed on" wide error={fieldError('pass_options')} hint="OpenAI-compatible upstreams, comma-separated">
             <input value={form.pass_options} onInput={set('pass_options')} />
           </Field>
+          <Check label="Enabled (serves requests)" checked={form.enabled} onChange={(v) => setForm({ ...form, enabled: v })} />
           <Check label="Move <think> tags into reasoning" checked={form.think_tags} onChange={(v) => setForm({ ...form, think_tags: v })} />
         </div>
         <ErrorNote error={error} />
@@ -274,7 +277,17 @@ export function Channels() {
   const [editing, setEditing] = useState(null);
   const [testing, setTesting] = useState(null);
   const [deleting, setDeleting] = useState(null);
+  const [toggleError, setToggleError] = useState(null);
   const channels = data?.data ?? [];
+  const toggle = async (c) => {
+    setToggleError(null);
+    try {
+      await patch(`/channels/${encodeURIComponent(c.name)}`, { enabled: c.enabled === false });
+      reload();
+    } catch (err) {
+      setToggleError(err);
+    }
+  };
   return (
     <section>
       <div class="page-head">
@@ -287,9 +300,9 @@ export function Channels() {
       </div>
       <p class="muted">
         Channels from the profile are read-only here (edit the file: it reloads). Channels made here live in the store and serve at
-        once. The API has no enable switch for a channel: delete it, or narrow its models, to take it out of service.
+        once. A disabled channel stays configured but is sent nothing.
       </p>
-      <ErrorNote error={error} />
+      <ErrorNote error={error || toggleError} />
       {data && channels.length === 0 && <p class="muted">No channel.</p>}
       {channels.length > 0 && (
         <TableWrap label="Channels">
@@ -325,7 +338,7 @@ export function Channels() {
                   )}
                 </td>
                 <td>
-                  <HealthBadge health={c.health} />
+                  {c.enabled === false ? <Badge>disabled</Badge> : <HealthBadge health={c.health} />}
                   <div class="muted small">
                     {c.health?.window?.requests ?? 0} req, {c.health?.window?.failures ?? 0} fail
                     {c.health?.in_flight ? `, ${c.health.in_flight} in flight` : ''}
@@ -346,6 +359,9 @@ export function Channels() {
                     <>
                       <button type="button" class="small" onClick={() => setEditing(c)}>
                         Edit
+                      </button>
+                      <button type="button" class="small" onClick={() => toggle(c)}>
+                        {c.enabled === false ? 'Enable' : 'Disable'}
                       </button>
                       <button type="button" class="small danger" onClick={() => setDeleting(c)}>
                         Delete
