@@ -17,6 +17,7 @@ mod frontends;
 mod models;
 mod observability;
 mod overlay;
+mod redis;
 mod reload;
 mod responses;
 mod routing;
@@ -31,6 +32,7 @@ pub use frontends::*;
 pub use models::*;
 pub use observability::*;
 pub use overlay::*;
+pub use redis::*;
 pub use reload::*;
 pub use responses::*;
 pub use routing::*;
@@ -75,6 +77,8 @@ pub struct Config {
     pub reload: ReloadConfig,
     pub responses: ResponsesConfig,
     pub admin: AdminConfig,
+    /// Shared limits and state for several replicas.
+    pub redis: RedisConfig,
 }
 
 impl Default for Config {
@@ -104,6 +108,7 @@ impl Default for Config {
             reload: ReloadConfig::default(),
             responses: ResponsesConfig::default(),
             admin: AdminConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -253,6 +258,7 @@ impl Config {
             metrics: self.metrics.redacted(),
             telemetry: self.telemetry.redacted(),
             admin: self.admin.redacted(),
+            redis: self.redis.redacted(),
             ..self.clone()
         };
         shown.ollama.fallback_url = shown.ollama.fallback_url.as_deref().map(redact_password);
@@ -354,6 +360,7 @@ impl Config {
         self.server.validate().map_err(ConfigError::Invalid)?;
         self.cors.validate().map_err(ConfigError::Invalid)?;
         self.admin.validate().map_err(ConfigError::Invalid)?;
+        self.redis.validate().map_err(ConfigError::Invalid)?;
         if !self.channels.is_empty() && self.upstream != UpstreamConfig::default() {
             return Err(ConfigError::Invalid(
                 "both [upstream] and [[channels]] are set: move the upstream into [[channels]]".into(),

@@ -81,6 +81,8 @@ pub struct Lease {
     /// This request is the probe of a half-open circuit, the channel's or the model's.
     pub probe: Option<Probe>,
     _slots: (Option<OwnedSemaphorePermit>, Option<OwnedSemaphorePermit>),
+    /// The channel's slot among the fleet's, when replicas share `max_concurrency`.
+    pub fleet_slot: Option<crate::gateway::fleet::SlotGuard>,
 }
 
 impl Lease {
@@ -248,6 +250,20 @@ impl Channel {
         *self.keys[key].benched_until.lock().expect("key lock") = Some(until);
     }
 
+    /// Names key `key` among replicas without saying it: a digest of its URL and key.
+    pub fn key_fingerprint(&self, key: usize) -> String {
+        let endpoint = &self.keys[key].endpoint;
+        let text = format!("{}\n{}", endpoint.url, endpoint.key.as_deref().unwrap_or_default());
+        crate::store::secrets::digest(&text)[..16].to_owned()
+    }
+
+    /// Leaves out the key another replica benched, found by its fingerprint.
+    pub fn bench_fingerprint(&self, fingerprint: &str, until: Instant) {
+        if let Some(key) = (0..self.keys.len()).find(|&k| self.key_fingerprint(k) == fingerprint) {
+            self.bench_key(key, until);
+        }
+    }
+
     /// Takes a slot on the next key in rotation that is neither benched nor in `tried`,
     /// without waiting.
     pub fn try_lease(
@@ -327,6 +343,7 @@ impl Channel {
                 model: model.to_owned(),
                 probe,
                 _slots: (channel_slot, key_slot),
+                fleet_slot: None,
             });
         }
         Err(if any_usable { NoSlot::Full } else { NoSlot::NoKey })

@@ -256,6 +256,35 @@ impl Health {
         changes
     }
 
+    /// Another replica saw a circuit (the channel's, or `model`'s) open for `open_for`,
+    /// or close (`None`): this one follows, so the fleet skips a dead upstream at once.
+    pub fn adopt(&self, model: Option<&str>, open_for: Option<Duration>, error: Option<String>) {
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("health lock");
+        let state = &mut *state;
+        let breaker = match model {
+            None => &mut state.channel,
+            Some(model) if state.models.contains_key(model) || state.models.len() < MAX_MODELS => {
+                state.models.entry(model.to_owned()).or_default()
+            }
+            Some(_) => return,
+        };
+        match open_for {
+            Some(cooldown) => {
+                breaker.outcomes.clear();
+                breaker.circuit = Circuit::Open { until: now + cooldown };
+                if let Some(error) = error {
+                    breaker.last_error = Some((format!("{error} (seen by another replica)"), SystemTime::now()));
+                }
+            }
+            None if breaker.circuit != Circuit::Closed => breaker.close(),
+            None => {}
+        }
+        if model.is_some_and(|m| state.models.get(m).is_some_and(Breaker::is_clean)) {
+            state.models.remove(model.unwrap_or_default());
+        }
+    }
+
     /// Notes a model-list check. Only an upstream that cannot be reached (or fails with
     /// 5xx) is down: a server without a model list still serves completions.
     /// The first check's result is not a change (the start-up line says it).

@@ -11,6 +11,7 @@ use super::Gateway;
 use super::auth::Auth;
 use super::cache::ResponseCache;
 use super::channel::Channel;
+use super::fleet::Fleet;
 use super::overlay;
 use super::policy::Policies;
 use super::routing::Router;
@@ -49,6 +50,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         store: Option<Arc<dyn Store>>,
         metrics: &Arc<Metrics>,
+        fleet: Option<&Arc<Fleet>>,
     ) -> Result<Self, String> {
         let config = overlay.apply(&profile).map_err(|e| e.to_string())?;
         let images_same = previous.is_some_and(|p| p.config.images == config.images);
@@ -72,7 +74,7 @@ impl Snapshot {
         };
         let model_manager = model_manager(&config, &channels)?;
         Ok(Self {
-            router: Router::new(channels, config.routing.clone(), metrics.clone()),
+            router: Router::new(channels, config.routing.clone(), metrics.clone(), fleet.cloned()),
             policies,
             auth,
             cache,
@@ -87,7 +89,7 @@ impl Snapshot {
     /// Whether `config` would make a working gateway, without a store (`check-config`).
     pub fn check(config: &Config) -> Result<(), String> {
         let metrics = Arc::new(Metrics::new(false));
-        Self::build(Arc::new(config.clone()), Default::default(), None, None, &metrics).map(|_| ())
+        Self::build(Arc::new(config.clone()), Default::default(), None, None, &metrics, None).map(|_| ())
     }
 
     fn channel(&self, name: &str) -> Option<&Arc<Channel>> {
@@ -158,7 +160,14 @@ impl Gateway {
 
     /// Builds a snapshot on top of `running` and swaps it in.
     async fn swap_in(&self, running: &Snapshot, profile: Arc<Config>, overlay: Arc<Overlay>) -> Result<(), String> {
-        let snapshot = Snapshot::build(profile, overlay, Some(running), self.store.clone(), &self.metrics)?;
+        let snapshot = Snapshot::build(
+            profile,
+            overlay,
+            Some(running),
+            self.store.clone(),
+            &self.metrics,
+            self.fleet.as_ref(),
+        )?;
         // The store's tokens are in before the snapshot takes any request.
         snapshot.auth.reload().await;
         snapshot.auth.start_reloading();

@@ -9,6 +9,7 @@ pub mod cache;
 mod catalog;
 pub mod channel;
 mod circuit;
+pub mod fleet;
 pub mod health;
 pub mod limits;
 mod live;
@@ -35,7 +36,8 @@ use crate::store::Store;
 use crate::telemetry::{Metrics, spans};
 use auth::Caller;
 use channel::Channel;
-use limits::{Limiter, MemoryLimiter};
+use fleet::Fleet;
+use limits::{Limiter, MemoryLimiter, RedisLimiter};
 use tracing_futures::Instrument;
 use usage::{Meter, UsageLog};
 
@@ -50,6 +52,8 @@ pub struct Gateway {
     limiter: Arc<dyn Limiter>,
     pub usage: Arc<UsageLog>,
     pub store: Option<Arc<dyn Store>>,
+    /// The other replicas (through Redis), when `[redis] url` is set.
+    pub fleet: Option<Arc<Fleet>>,
     recent: RecentModels,
     /// Reloads one at a time, so each builds on the snapshot before it.
     reloading: tokio::sync::Mutex<()>,
@@ -65,12 +69,22 @@ impl Gateway {
             Some(crate::store::open(&config.store.data_dir).map_err(|e| e.to_string())?)
         };
         let metrics = Arc::new(Metrics::new(config.metrics.enabled));
-        let limiter = MemoryLimiter::new(metrics.clone());
-        if let Some(store) = &store {
-            let month = limits::month_start_ms();
-            let used = store.tokens_used_since(month).await.map_err(|e| e.to_string())?;
-            limiter.set_used_before(month, used.into_iter().collect());
-        }
+        let fleet = match config.redis.enabled() {
+            true => Some(Fleet::start(&config.redis, metrics.clone())?),
+            false => None,
+        };
+        let limiter: Arc<dyn Limiter> = match &fleet {
+            Some(fleet) => Arc::new(RedisLimiter::new(fleet.clone(), store.clone(), metrics.clone())),
+            None => {
+                let limiter = MemoryLimiter::new(metrics.clone());
+                if let Some(store) = &store {
+                    let month = limits::month_start_ms();
+                    let used = store.tokens_used_since(month).await.map_err(|e| e.to_string())?;
+                    limiter.set_used_before(month, used.into_iter().collect());
+                }
+                Arc::new(limiter)
+            }
+        };
         let overlay = match &store {
             Some(store) => overlay::read(store.as_ref()).await?,
             None => Overlay::default(),
@@ -81,20 +95,23 @@ impl Gateway {
             None,
             store.clone(),
             &metrics,
+            fleet.as_ref(),
         )
         .map_err(|e| format!("{e} (in the profile, or in what the admin API keeps in the store)"))?;
         snapshot.auth.reload().await;
         snapshot.auth.start_reloading();
         let gateway = Arc::new(Self {
             live: ArcSwap::from_pointee(snapshot),
-            limiter: Arc::new(limiter),
+            limiter,
             usage: Arc::new(UsageLog::start(store.clone())),
             store,
+            fleet,
             metrics,
             recent: RecentModels::default(),
             reloading: tokio::sync::Mutex::new(()),
         });
         gateway.start_checks();
+        gateway.follow_the_fleet();
         Ok(gateway)
     }
 
@@ -120,6 +137,30 @@ impl Gateway {
             }
         }))
         .await;
+    }
+
+    /// Applies what other replicas learn about upstreams to this one's channels.
+    fn follow_the_fleet(self: &Arc<Self>) {
+        let Some(fleet) = &self.fleet else { return };
+        let gateway = Arc::downgrade(self);
+        fleet.listen(move |event| {
+            let Some(gateway) = gateway.upgrade() else { return };
+            let live = gateway.snapshot();
+            let Some(channel) = live.channels().iter().find(|c| c.name == event.channel) else {
+                return;
+            };
+            match event.what {
+                fleet::What::Opened { model, for_ms, error } => {
+                    channel
+                        .health
+                        .adopt(model.as_deref(), Some(Duration::from_millis(for_ms)), error)
+                }
+                fleet::What::Closed { model } => channel.health.adopt(model.as_deref(), None, None),
+                fleet::What::Benched { key, for_ms } => {
+                    channel.bench_fingerprint(&key, std::time::Instant::now() + Duration::from_millis(for_ms))
+                }
+            }
+        });
     }
 
     /// The configuration in force now.
@@ -613,6 +654,42 @@ impl Gateway {
         let usable = channels.iter().any(|c| c["usable"] == true);
         let status = if usable { "ok" } else { "unavailable" };
         (usable, json!({"status": status, "channels": channels}))
+    }
+
+    /// For `/health/ready`: whether this replica should get traffic now. It needs a
+    /// usable channel, its store, and Redis when `[redis] on_error = "reject"` (with
+    /// "local" it serves on its own share of the limits, so it stays ready).
+    pub async fn readiness(&self) -> (bool, Value) {
+        let (channels_ok, _) = self.health();
+        let store = match &self.store {
+            None => None,
+            Some(store) => Some(
+                tokio::time::timeout(Duration::from_secs(2), store.documents("readiness"))
+                    .await
+                    .is_ok_and(|read| read.is_ok()),
+            ),
+        };
+        let redis = match &self.fleet {
+            None => None,
+            Some(fleet) => Some(fleet.ping().await),
+        };
+        let redis_required = self
+            .fleet
+            .as_ref()
+            .is_some_and(|f| f.on_error == crate::config::RedisFallback::Reject);
+        let ready = channels_ok && store != Some(false) && !(redis_required && redis == Some(false));
+        let state = |up: Option<bool>| match up {
+            None => "not configured",
+            Some(true) => "ok",
+            Some(false) => "unreachable",
+        };
+        let report = json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "channels": if channels_ok { "ok" } else { "none usable" },
+            "store": state(store),
+            "redis": state(redis),
+        });
+        (ready, report)
     }
 
     /// `GET /metrics`: the Prometheus text, with each channel's health read now.

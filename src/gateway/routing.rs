@@ -11,8 +11,9 @@ use rand::{Rng, SeedableRng};
 use tracing::{info, warn};
 
 use super::channel::{Channel, Lease, NoSlot};
-use super::health::{Admission, Scope};
-use crate::config::RoutingConfig;
+use super::fleet::{Down, Fleet, What};
+use super::health::{Admission, Change, Scope};
+use crate::config::{RedisFallback, RoutingConfig};
 use crate::ir::{Error, ErrorKind};
 use crate::telemetry::Metrics;
 
@@ -31,6 +32,8 @@ pub struct Router {
     pub config: RoutingConfig,
     rng: Mutex<StdRng>,
     metrics: Arc<Metrics>,
+    /// The other replicas, when they share slots and circuit state.
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// One request's way through the channels: each `next` leases a channel and key not yet
@@ -112,7 +115,7 @@ impl Attempts<'_> {
             lease.probe.as_ref(),
             &self.router.config,
         ) {
-            change.log(&channel.name);
+            self.router.tell(channel, change);
         }
         if let Some(failed) = self.first_failed.as_ref().filter(|f| !Arc::ptr_eq(f, channel)) {
             self.router.metrics.failover(&failed.name);
@@ -159,17 +162,17 @@ impl Attempts<'_> {
                     .health
                     .answered(&lease.model, took, lease.probe.as_ref(), config)
                 {
-                    change.log(&channel.name);
+                    self.router.tell(channel, change);
                 }
                 return Err(error);
             }
             Failure::BadKey => {
-                channel.bench_key(lease.key, Instant::now() + config.bad_key());
+                self.router.bench(channel, lease.key, config.bad_key());
                 self.tried_keys.push((index, lease.key));
             }
             Failure::Throttled => {
                 if let Some(after) = error.retry_after {
-                    channel.bench_key(lease.key, Instant::now() + after);
+                    self.router.bench(channel, lease.key, after);
                 }
                 self.tried_keys.push((index, lease.key));
             }
@@ -178,7 +181,7 @@ impl Attempts<'_> {
                     .health
                     .failed(&lease.model, &error, scope, lease.probe.as_ref(), config)
                 {
-                    change.log(&channel.name);
+                    self.router.tell(channel, change);
                 }
                 self.tried_channels.push(index);
             }
@@ -241,7 +244,12 @@ pub fn mid_stream_scope(error: &Error) -> Option<Scope> {
 }
 
 impl Router {
-    pub fn new(channels: Vec<Arc<Channel>>, config: RoutingConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        channels: Vec<Arc<Channel>>,
+        config: RoutingConfig,
+        metrics: Arc<Metrics>,
+        fleet: Option<Arc<Fleet>>,
+    ) -> Self {
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -251,6 +259,7 @@ impl Router {
             config,
             rng: Mutex::new(rng),
             metrics,
+            fleet,
         }
     }
 
@@ -327,7 +336,11 @@ impl Router {
                 continue;
             }
             match channel.try_lease(tried_keys, candidate.channel, &candidate.model, probe.clone()) {
-                Ok(lease) => return Ok((lease, candidate)),
+                Ok(mut lease) => match self.fleet_slot(&mut lease).await? {
+                    true => return Ok((lease, candidate)),
+                    // Full across the fleet (dropping the lease gives its probe back).
+                    false => full.push(candidate),
+                },
                 Err(no_slot) => {
                     if let Some(probe) = &probe {
                         channel.health.probe_abandoned(probe);
@@ -356,11 +369,92 @@ impl Router {
             }
             return Err(busy());
         }
-        let lease = channel
+        let deadline = Instant::now() + timeout;
+        let mut lease = channel
             .wait_lease(tried_keys, first.channel, &first.model, timeout)
             .await;
+        let mut fleet_said = Ok(());
+        while let Some(held) = &mut lease {
+            match self.fleet_slot(held).await {
+                Ok(true) => break,
+                Ok(false) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(false) => lease = None,
+                Err(error) => {
+                    fleet_said = Err(error);
+                    lease = None;
+                }
+            }
+        }
         channel.waiting.fetch_sub(1, Ordering::SeqCst);
+        fleet_said?;
         lease.map(|lease| (lease, *first)).ok_or_else(busy)
+    }
+
+    /// Takes the lease's channel slot among the fleet's, when replicas share
+    /// `max_concurrency`: false when the fleet has none free. While Redis is down, this
+    /// process keeps to its share (`[redis] on_error = "local"`) or refuses (`"reject"`).
+    async fn fleet_slot(&self, lease: &mut Lease) -> Result<bool, Error> {
+        let max = lease.channel.config.max_concurrency;
+        let Some(fleet) = self.fleet.as_ref().filter(|_| max > 0 && lease.fleet_slot.is_none()) else {
+            return Ok(true);
+        };
+        match fleet.take_slot(&lease.channel.name, max).await {
+            Ok(slot) => {
+                let taken = slot.is_some();
+                lease.fleet_slot = slot;
+                Ok(taken)
+            }
+            Err(Down) => {
+                fleet.fell_back();
+                match fleet.on_error {
+                    RedisFallback::Reject => Err(Error {
+                        retry_after: Some(Duration::from_secs(1)),
+                        ..Error::new(
+                            ErrorKind::Unavailable,
+                            "the gateway's shared concurrency slots (Redis) cannot be reached; try again shortly",
+                        )
+                    }),
+                    // This lease counts in `in_flight` already.
+                    RedisFallback::Local => {
+                        let share = (max / fleet.replicas_hint as usize).max(1);
+                        Ok(lease.channel.in_flight() <= share)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Logs a change of a channel's health and tells the other replicas about circuits.
+    fn tell(&self, channel: &Channel, change: Change) {
+        change.log(&channel.name);
+        let Some(fleet) = &self.fleet else { return };
+        let what = match change {
+            Change::CircuitOpened { model, cooldown, .. } => What::Opened {
+                error: channel.health.last_error(model.as_deref().unwrap_or_default()),
+                model,
+                for_ms: cooldown.as_millis() as u64,
+            },
+            Change::EveryModelFailing { cooldown, .. } => What::Opened {
+                model: None,
+                for_ms: cooldown.as_millis() as u64,
+                error: channel.health.last_error(""),
+            },
+            Change::Recovered { model } => What::Closed { model },
+            Change::Down(_) | Change::Up => return,
+        };
+        fleet.publish(&channel.name, what);
+    }
+
+    /// Leaves a channel's key out for `how_long`, on every replica.
+    fn bench(&self, channel: &Channel, key: usize, how_long: Duration) {
+        channel.bench_key(key, Instant::now() + how_long);
+        if let Some(fleet) = &self.fleet {
+            let what = What::Benched {
+                key: channel.key_fingerprint(key),
+                for_ms: how_long.as_millis() as u64,
+            };
+            fleet.publish(&channel.name, what);
+        }
     }
 
     /// Why nobody can take the request: each channel's last error, and when the first
@@ -452,6 +546,7 @@ mod tests {
                 ..Default::default()
             },
             Default::default(),
+            None,
         );
         let mut counts = [0u32; 3];
         for _ in 0..20_000 {

@@ -139,6 +139,14 @@ pub fn table() -> Vec<Route> {
         ..route(GET, "/health", OpenAi, service::health)
     });
     routes.push(Route {
+        access: Access::Health,
+        ..route(GET, "/health/live", OpenAi, service::alive)
+    });
+    routes.push(Route {
+        access: Access::Health,
+        ..route(GET, "/health/ready", OpenAi, service::readiness)
+    });
+    routes.push(Route {
         access: Access::Metrics,
         ..route(GET, "/metrics", OpenAi, service::prometheus)
     });

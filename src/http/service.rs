@@ -30,6 +30,26 @@ pub async fn health(depot: &mut Depot, res: &mut Response) {
     write_json(res, if usable { 200 } else { 503 }, &report);
 }
 
+/// `GET /health/live`: the process answers (for restarts by an orchestrator; a
+/// replica without usable upstreams is alive, only not ready).
+#[handler]
+pub async fn alive(res: &mut Response) {
+    write_json(res, 200, &serde_json::json!({"status": "alive"}));
+}
+
+/// `GET /health/ready`: whether a load balancer should send requests here now (a
+/// usable channel, the store, Redis as configured; not while draining to stop).
+#[handler]
+pub async fn readiness(depot: &mut Depot, res: &mut Response) {
+    let call = Call::of(depot);
+    let (mut ready, mut report) = call.gateway.readiness().await;
+    if app(depot).drain.is_stopping() {
+        ready = false;
+        report["status"] = "stopping".into();
+    }
+    write_json(res, if ready { 200 } else { 503 }, &report);
+}
+
 /// `GET /metrics` (Prometheus). With `metrics.token` set, scrapers present it; without,
 /// it is open while authentication is off and for admins only when tokens are required.
 #[handler]

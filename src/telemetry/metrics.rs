@@ -87,6 +87,12 @@ pub struct LimitLabels {
     pub scope: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// What `[redis] on_error` did: `local` or `reject`.
+    pub mode: &'static str,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -104,6 +110,8 @@ pub struct Metrics {
     failovers: Family<ChannelLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
+    redis_up: Gauge,
+    redis_fallbacks: Family<FallbackLabels, Counter>,
     channel_state: Family<ChannelLabels, Gauge>,
     channel_up: Family<ChannelLabels, Gauge>,
     resident_memory: Gauge,
@@ -136,6 +144,8 @@ impl Metrics {
         let failovers = Family::default();
         let cache = Family::default();
         let rate_limited = Family::default();
+        let redis_up = Gauge::default();
+        let redis_fallbacks = Family::default();
         let channel_state = Family::default();
         let channel_up = Family::default();
         let resident_memory = Gauge::default();
@@ -206,6 +216,16 @@ impl Metrics {
             rate_limited.clone(),
         );
         registry.register(
+            "redis_up",
+            "1 while Redis (the fleet's shared limits and state) answers; 0 while it does not",
+            redis_up.clone(),
+        );
+        registry.register(
+            "redis_fallbacks",
+            "Limit checks made without Redis, by what [redis] on_error did (local, reject)",
+            redis_fallbacks.clone(),
+        );
+        registry.register(
             "channel_state",
             "Channel health: 0 healthy, 1 half-open (probing), 2 open (taken out), 3 down (failed its check)",
             channel_state.clone(),
@@ -238,6 +258,8 @@ impl Metrics {
             failovers,
             cache,
             rate_limited,
+            redis_up,
+            redis_fallbacks,
             channel_state,
             channel_up,
             resident_memory,
@@ -352,6 +374,20 @@ impl Metrics {
     pub fn rate_limited(&self, scope: &'static str) {
         if self.on {
             self.rate_limited.get_or_create(&LimitLabels { scope }).inc();
+        }
+    }
+
+    /// Whether Redis answers now.
+    pub fn redis_up(&self, up: bool) {
+        if self.on {
+            self.redis_up.set(i64::from(up));
+        }
+    }
+
+    /// A limit check made without Redis: `local` or `reject`.
+    pub fn redis_fallback(&self, mode: &'static str) {
+        if self.on {
+            self.redis_fallbacks.get_or_create(&FallbackLabels { mode }).inc();
         }
     }
 

@@ -2,18 +2,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use chrono::{Datelike, TimeZone, Utc};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::rules::{Rule, WINDOW, month_start_ms, over_quota, too_many_at_once};
 use super::{Limiter, Reservation};
 use crate::config::LimitsConfig;
 use crate::gateway::auth::Caller;
-use crate::ir::{Error, ErrorKind};
+use crate::ir::Error;
 use crate::telemetry::Metrics;
-
-const WINDOW: Duration = Duration::from_secs(60);
 
 /// Counts kept in this process: limits hold per replica, and restart from the store's
 /// usage records (quotas) or from zero (windows).
@@ -44,16 +42,6 @@ struct Quota {
     reserved: u64,
 }
 
-/// One limit that applies to a request.
-struct Rule {
-    key: String,
-    /// `global`, `ip` or `token`, for the metrics.
-    scope: &'static str,
-    what: &'static str,
-    rpm: u64,
-    tpm: u64,
-}
-
 /// What a request holds until it is settled: its reservations and its concurrency slot.
 /// Dropping it unsettled gives the reserved tokens back.
 struct Ticket {
@@ -63,14 +51,6 @@ struct Ticket {
     estimate: u64,
     settled: bool,
     _slot: Option<OwnedSemaphorePermit>,
-}
-
-/// The first instant of the current month (UTC), in unix milliseconds.
-pub fn month_start_ms() -> i64 {
-    let now = Utc::now();
-    Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
-        .single()
-        .map_or(0, |t| t.timestamp_millis())
 }
 
 impl MemoryLimiter {
@@ -84,6 +64,13 @@ impl MemoryLimiter {
         }))
     }
 
+    /// Counts quotas again from `used` (each token's use this month), forgetting what
+    /// this process counted itself: a shared limiter's local share starts from it.
+    pub fn restart_quotas(&self, month: i64, used: HashMap<String, u64>) {
+        self.set_used_before(month, used);
+        self.0.quotas.lock().expect("limits lock").clear();
+    }
+
     /// What the store says each token used this month (read once per month).
     pub fn set_used_before(&self, month: i64, used: HashMap<String, u64>) {
         *self.0.used_before.lock().expect("limits lock") = Some((month, used));
@@ -93,41 +80,6 @@ impl MemoryLimiter {
 impl Counters {
     fn refused(&self, scope: &'static str) {
         self.metrics.rate_limited(scope);
-    }
-
-    /// The limits that apply to `caller` (none allocated when none are set).
-    fn rules(config: &LimitsConfig, caller: &Caller) -> Vec<Rule> {
-        let mut rules = Vec::new();
-        if config.rpm > 0 || config.tpm > 0 {
-            rules.push(Rule {
-                key: "global".into(),
-                scope: "global",
-                what: "the gateway",
-                rpm: config.rpm,
-                tpm: config.tpm,
-            });
-        }
-        if config.ip_rpm > 0 || config.ip_tpm > 0 {
-            rules.push(Rule {
-                key: format!("ip:{}", caller.ip),
-                scope: "ip",
-                what: "your address",
-                rpm: config.ip_rpm,
-                tpm: config.ip_tpm,
-            });
-        }
-        if let Some(token) = &caller.token
-            && (token.rpm.is_some() || token.tpm.is_some())
-        {
-            rules.push(Rule {
-                key: format!("token:{}", token.digest),
-                scope: "token",
-                what: "your API token",
-                rpm: token.rpm.unwrap_or(0),
-                tpm: token.tpm.unwrap_or(0),
-            });
-        }
-        rules
     }
 
     fn left(&self, caller: &Caller) -> Option<u64> {
@@ -176,16 +128,12 @@ impl Counters {
                 };
                 Some(semaphore.try_acquire_owned().map_err(|_| {
                     self.refused("concurrency");
-                    limited(
-                        format!("your API token allows {max} requests at a time; wait for one to finish"),
-                        Duration::from_secs(1),
-                        Vec::new(),
-                    )
+                    too_many_at_once(max)
                 })?)
             }
             None => None,
         };
-        let rules = Self::rules(config, caller);
+        let rules = Rule::all(config, caller);
         let now = Instant::now();
         let mut windows = self.windows.lock().expect("limits lock");
         for rule in &rules {
@@ -202,24 +150,9 @@ impl Counters {
                 };
             }
             let reset = WINDOW.saturating_sub(now.duration_since(window.started));
-            if rule.rpm > 0 && window.requests + 1 > rule.rpm {
+            if let Some(refusal) = rule.refusal(window.requests, window.tokens, estimate, reset) {
                 self.refused(rule.scope);
-                return Err(limited(
-                    format!("rate limit reached: {} requests per minute for {}", rule.rpm, rule.what),
-                    reset,
-                    rate_headers(rule, window, reset),
-                ));
-            }
-            if rule.tpm > 0 && window.tokens + estimate > rule.tpm {
-                self.refused(rule.scope);
-                return Err(limited(
-                    format!(
-                        "rate limit reached: {} tokens per minute for {} (this request may use {estimate})",
-                        rule.tpm, rule.what
-                    ),
-                    reset,
-                    rate_headers(rule, window, reset),
-                ));
+                return Err(refusal);
             }
         }
         // The quota is checked and reserved under the windows' lock, so a request that
@@ -233,14 +166,7 @@ impl Counters {
             let left = quota.saturating_sub(entry.used + entry.reserved);
             if estimate > left {
                 self.refused("quota");
-                return Err(Error {
-                    code: Some("insufficient_quota"),
-                    ..limited(
-                        quota_message(&token.name, quota, left, estimate),
-                        until_next_month(),
-                        Vec::new(),
-                    )
-                });
+                return Err(over_quota(&token.name, quota, left, estimate));
             }
             entry.reserved += estimate;
             quota_key = Some(token.digest.clone());
@@ -310,80 +236,12 @@ impl Drop for Ticket {
     }
 }
 
-fn rate_headers(rule: &Rule, window: &Window, reset: Duration) -> Vec<(String, String)> {
-    let reset = format!("{}s", reset.as_secs().max(1));
-    let mut headers = Vec::new();
-    if rule.rpm > 0 {
-        headers.push(("x-ratelimit-limit-requests".into(), rule.rpm.to_string()));
-        headers.push((
-            "x-ratelimit-remaining-requests".into(),
-            rule.rpm.saturating_sub(window.requests).to_string(),
-        ));
-        headers.push(("x-ratelimit-reset-requests".into(), reset.clone()));
-    }
-    if rule.tpm > 0 {
-        headers.push(("x-ratelimit-limit-tokens".into(), rule.tpm.to_string()));
-        headers.push((
-            "x-ratelimit-remaining-tokens".into(),
-            rule.tpm.saturating_sub(window.tokens).to_string(),
-        ));
-        headers.push(("x-ratelimit-reset-tokens".into(), reset));
-    }
-    headers
-}
-
-fn limited(message: String, retry_after: Duration, headers: Vec<(String, String)>) -> Error {
-    Error {
-        retry_after: Some(retry_after),
-        headers,
-        ..Error::new(ErrorKind::RateLimited, message)
-    }
-}
-
-/// Why a request does not fit the token's monthly quota, and what to do about it.
-fn quota_message(token: &str, quota: u64, left: u64, estimate: u64) -> String {
-    let renews = "the quota renews on the 1st of next month (UTC)";
-    if left == 0 {
-        format!("the API token '{token}' has used all of its monthly quota of {quota} tokens; {renews}")
-    } else {
-        format!(
-            "the API token '{token}' has {left} of its monthly {quota} tokens left, but this request may use {estimate} (its prompt plus max_tokens): ask for fewer tokens, or wait until {renews}"
-        )
-    }
-}
-
-fn until_next_month() -> Duration {
-    let now = Utc::now();
-    let (year, month) = if now.month() == 12 {
-        (now.year() + 1, 1)
-    } else {
-        (now.year(), now.month() + 1)
-    };
-    Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0)
-        .single()
-        .map_or(Duration::from_secs(3600), |next| {
-            (next - now).to_std().unwrap_or(Duration::from_secs(3600))
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_quota_message_says_what_is_left_and_what_to_do() {
-        let partly = quota_message("t", 600, 540, 900);
-        assert_eq!(
-            partly,
-            "the API token 't' has 540 of its monthly 600 tokens left, but this request may use 900 (its prompt plus max_tokens): ask for fewer tokens, or wait until the quota renews on the 1st of next month (UTC)"
-        );
-        let spent = quota_message("t", 600, 0, 10);
-        assert_eq!(
-            spent,
-            "the API token 't' has used all of its monthly quota of 600 tokens; the quota renews on the 1st of next month (UTC)"
-        );
-    }
     use crate::config::{Role, TokenRecord};
+    use crate::ir::ErrorKind;
     use crate::protocol::Frontend;
 
     fn caller(max_concurrent: u32) -> Caller {

@@ -8,12 +8,16 @@
 //! caller's token): a reload changes them at once and never resets a count.
 
 mod memory;
+mod redis;
+mod rules;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Context;
 
-pub use memory::{MemoryLimiter, month_start_ms};
+pub use memory::MemoryLimiter;
+pub use redis::RedisLimiter;
+pub use rules::month_start_ms;
 
 use super::auth::Caller;
 use crate::config::LimitsConfig;
@@ -44,6 +48,11 @@ pub struct Reservation(Option<Box<dyn Held>>);
 impl Reservation {
     pub fn new(held: Box<dyn Held>) -> Self {
         Self(Some(held))
+    }
+
+    /// Holds nothing: no limit applied to the request.
+    pub fn none() -> Self {
+        Self(None)
     }
 
     /// Settles with `used` tokens without making the caller wait: a settlement that
