@@ -4,6 +4,10 @@
 //! deadline instead of sleeping for a guessed time.
 #![allow(dead_code)]
 
+pub mod services;
+#[allow(unused_imports)]
+pub use services::*;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

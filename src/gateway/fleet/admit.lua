@@ -5,7 +5,7 @@
 --       the quota's reservations (members "request|estimate", scored by lease expiry).
 -- ARGV: n, estimate, quota (-1: none), max at once (-1: none), request, lease ms,
 --       then each window's rpm and tpm (0: no limit).
--- Returns {0, committed} admitted; {1} at max at once; {2, i, requests, tokens, reset ms}
+-- Returns {0, used} admitted (used: the quota's settled use); {1} at max at once; {2, i, requests, tokens, reset ms}
 -- window i is full; {3, left} over quota; {4} the quota must be seeded from the store.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -39,13 +39,14 @@ for i = 1, n do
   end
 end
 
-local committed = 0
+local used = 0
 if quota >= 0 then
   if redis.call('EXISTS', seeded) == 0 then
     return {4}
   end
   redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
-  committed = tonumber(redis.call('GET', used_key) or '0')
+  used = tonumber(redis.call('GET', used_key) or '0')
+  local committed = used
   for _, member in ipairs(redis.call('ZRANGE', held, 0, -1)) do
     committed = committed + tonumber(string.match(member, '|(%d+)$'))
   end
@@ -54,7 +55,6 @@ if quota >= 0 then
   end
   redis.call('ZADD', held, now + lease, request .. '|' .. estimate)
   redis.call('PEXPIRE', held, lease * 2)
-  committed = committed + estimate
 end
 
 for i = 1, n do
@@ -70,4 +70,4 @@ if max_at_once >= 0 then
   redis.call('ZADD', slots, now + lease, request)
   redis.call('PEXPIRE', slots, lease * 2)
 end
-return {0, committed}
+return {0, used}

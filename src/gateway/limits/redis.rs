@@ -24,8 +24,8 @@ pub struct RedisLimiter {
     metrics: Arc<Metrics>,
     /// For outages: this process's share of the limits.
     local: MemoryLimiter,
-    /// Each token's quota use (with reservations) as Redis last said, so the local share
-    /// during an outage starts from it.
+    /// Each token's settled quota use as Redis last said, so the local share during an
+    /// outage starts from it.
     known_used: Mutex<HashMap<String, u64>>,
     /// The local share is counting (an outage began and Redis has not answered since).
     in_outage: AtomicBool,
