@@ -10,6 +10,7 @@ mod error;
 mod me;
 mod models;
 mod session;
+mod sessions;
 mod settings;
 mod tokens;
 mod ui;
@@ -32,7 +33,7 @@ use crate::telemetry::tail::Tail;
 /// What the admin API's handlers share.
 pub struct Admin {
     pub gateway: Arc<Gateway>,
-    sessions: session::Sessions,
+    sessions: sessions::Sessions,
     /// Access lines as they are written, for `/admin/api/logs/stream`.
     tail: Tail,
 }
@@ -40,8 +41,8 @@ pub struct Admin {
 impl Admin {
     pub fn new(gateway: Arc<Gateway>, tail: Tail) -> Arc<Self> {
         Arc::new(Self {
+            sessions: sessions::Sessions::new(gateway.store.clone()),
             gateway,
-            sessions: session::Sessions::new(),
             tail,
         })
     }

@@ -1,6 +1,6 @@
 //! Who calls the admin API: a session cookie from signing in (with the admin password,
 //! or with an API token), or an API token sent as `Authorization: Bearer`. Sessions
-//! live in memory with a CSRF token each; sign-ins are limited per address.
+//! (`sessions.rs`) carry a CSRF token each; sign-ins are limited per address.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
@@ -14,6 +14,7 @@ use salvo::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult, json_body};
+use super::sessions::Session;
 use super::{Admin, admin};
 use crate::gateway::Snapshot;
 use crate::gateway::auth::presented_token;
@@ -21,22 +22,6 @@ use crate::store::secrets::{digest, random_secret, same, verify_password};
 use crate::store::{Role, TokenRecord};
 
 pub const COOKIE: &str = "diglot_session";
-/// Sign-in attempts an address may make per minute.
-const ATTEMPTS_PER_MINUTE: usize = 5;
-
-/// Signed-in sessions and recent sign-in attempts.
-pub struct Sessions {
-    /// By the SHA-256 of the cookie's value.
-    live: moka::sync::Cache<String, Arc<Session>>,
-    attempts: moka::sync::Cache<IpAddr, Arc<Mutex<VecDeque<Instant>>>>,
-}
-
-struct Session {
-    /// The token's digest for a token sign-in; none for the password.
-    token: Option<String>,
-    csrf: String,
-    expires_at: i64,
-}
 
 /// Who is calling, for handlers and the audit log.
 #[derive(Clone)]
@@ -48,45 +33,6 @@ pub struct Principal {
     pub ip: IpAddr,
     /// The session's cookie digest and CSRF token, when signed in with a cookie.
     session: Option<(String, String)>,
-}
-
-impl Sessions {
-    pub fn new() -> Self {
-        Self {
-            live: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(366 * 86_400))
-                .build(),
-            attempts: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_idle(Duration::from_secs(60))
-                .build(),
-        }
-    }
-
-    /// Counts an attempt from `ip`; past the limit, 429 with the seconds to wait.
-    fn attempt(&self, ip: IpAddr) -> ApiResult<()> {
-        let window = Duration::from_secs(60);
-        let times = self.attempts.get_with(ip, Default::default);
-        let mut times = times.lock().expect("attempts lock");
-        while times.front().is_some_and(|t| t.elapsed() >= window) {
-            times.pop_front();
-        }
-        if times.len() >= ATTEMPTS_PER_MINUTE {
-            let wait = window.saturating_sub(times.front().map_or(Duration::ZERO, |t| t.elapsed()));
-            return Err(ApiError {
-                retry_after: Some(wait.as_secs().max(1)),
-                ..ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "more than {ATTEMPTS_PER_MINUTE} sign-in attempts in a minute from this address; wait and retry"
-                    ),
-                )
-            });
-        }
-        times.push_back(Instant::now());
-        Ok(())
-    }
 }
 
 /// What signing in takes: the admin password, or an API token.
@@ -205,7 +151,7 @@ pub async fn log_in(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         csrf_token: Some(session.csrf.clone()),
         expires_at: Some(session.expires_at),
     };
-    admin.sessions.live.insert(digest(&secret), Arc::new(session));
+    admin.sessions.insert(digest(&secret), session).await?;
     let cookie = Cookie::build((COOKIE, secret))
         .path("/admin")
         .http_only(true)
@@ -224,7 +170,7 @@ pub async fn log_out(depot: &mut Depot, res: &mut Response) -> ApiResult<StatusC
     if let Ok(principal) = depot.get_typed::<Principal>()
         && let Some((session, _)) = &principal.session
     {
-        admin.sessions.live.invalidate(session);
+        admin.sessions.remove(session).await;
     }
     let cookie = Cookie::build((COOKIE, ""))
         .path("/admin")
@@ -241,10 +187,10 @@ pub async fn log_out(depot: &mut Depot, res: &mut Response) -> ApiResult<StatusC
 pub async fn current(depot: &mut Depot) -> ApiResult<Json<SessionInfo>> {
     let principal = principal(depot)?;
     let admin = admin(depot);
-    let session = principal
-        .session
-        .as_ref()
-        .and_then(|(id, _)| admin.sessions.live.get(id));
+    let session = match &principal.session {
+        Some((id, _)) => admin.sessions.get(id).await,
+        None => None,
+    };
     Ok(Json(SessionInfo {
         role: principal.role,
         via: if principal.token.is_some() { "token" } else { "password" },
@@ -313,9 +259,8 @@ async fn who(req: &mut Request, depot: &Depot) -> ApiResult<Principal> {
     let id = digest(&cookie);
     let session = admin
         .sessions
-        .live
         .get(&id)
-        .filter(|s| s.expires_at > chrono::Utc::now().timestamp())
+        .await
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "the session has ended: sign in again"))?;
     let changes = !matches!(*req.method(), salvo::http::Method::GET | salvo::http::Method::HEAD);
     if changes {
@@ -328,10 +273,13 @@ async fn who(req: &mut Request, depot: &Depot) -> ApiResult<Principal> {
         }
     }
     let token = match &session.token {
-        Some(wanted) => Some(live.auth.by_digest(wanted, ip).map_err(|e| {
-            admin.sessions.live.invalidate(&id);
-            ApiError::new(StatusCode::UNAUTHORIZED, e.message)
-        })?),
+        Some(wanted) => match live.auth.by_digest(wanted, ip) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                admin.sessions.remove(&id).await;
+                return Err(ApiError::new(StatusCode::UNAUTHORIZED, e.message));
+            }
+        },
         None => None,
     };
     Ok(Principal {
