@@ -1,12 +1,15 @@
-//! The `token`, `admin` and `usage` commands: manage API tokens and the admin password in
+//! The `token`, `admin`, `usage`, `migrate` and `store` commands: manage API tokens and the admin password in
 //! the store, and read usage. A new token is printed once; the store keeps only its
 //! digest, and of the password only its argon2id hash.
+
+mod store;
 
 use clap::{Args, Subcommand};
 
 use crate::config::{AuthMode, Config};
 use crate::gateway::tokens::{self, TokenFields};
 use crate::store::{Role, Store, TokenRecord};
+pub use store::{StoreCommand, migrated, run as store};
 
 #[derive(Subcommand)]
 pub enum TokenCommand {

@@ -1,4 +1,4 @@
-//! The `diglot` command: serve (the default) and check-config.
+//! The `diglot` command: serve (the default), check-config, and the store's commands.
 
 use clap::{Args, Parser, Subcommand};
 use diglot::config::{Config, Overrides, Source, UpstreamKind, UpstreamOverrides};
@@ -75,6 +75,12 @@ enum Command {
     /// The admin API's password (kept in the store as an argon2id hash).
     #[command(subcommand)]
     Admin(diglot::cli::AdminCommand),
+    /// Apply the store's migrations (its tables, for a new PostgreSQL database) and say
+    /// which schema version it is at.
+    Migrate,
+    /// Copy a whole store into another (`store copy --from sqlite:PATH --to postgres://...`).
+    #[command(subcommand)]
+    Store(diglot::cli::StoreCommand),
     /// Usage per token per day, from the store.
     Usage {
         /// How many days back.
@@ -143,6 +149,8 @@ fn main() -> std::process::ExitCode {
         Command::Token(command) => with_store(&config, async |store| diglot::cli::token(store, &config, command).await),
         Command::Admin(command) => with_store(&config, async |store| diglot::cli::admin(store, &config, command).await),
         Command::Usage { days, json } => with_store(&config, async |store| diglot::cli::usage(store, days, json).await),
+        Command::Migrate => with_store(&config, async |store| diglot::cli::migrated(store, &config.store).await),
+        Command::Store(command) => block_on(diglot::cli::store(command)),
         Command::HealthCheck { timeout } => health_check(&config, timeout),
     }
 }
@@ -205,27 +213,38 @@ fn with_store(
     config: &Config,
     run: impl AsyncFnOnce(&dyn diglot::store::Store) -> Result<String, String>,
 ) -> std::process::ExitCode {
-    if config.store.data_dir.as_os_str().is_empty() {
-        eprintln!("diglot: store.data_dir is empty, so there is no store: set it to a directory");
+    if matches!(config.store.location(), Ok(diglot::config::StoreLocation::None)) {
+        eprintln!("diglot: store.data_dir is empty and store.url is not set, so there is no store: set either");
         return std::process::ExitCode::from(2);
     }
     // Said every time, so a store in an unexpected place is noticed at once.
-    eprintln!(
-        "diglot: store {}",
-        diglot::store::file(&config.store.data_dir).display()
-    );
-    let store = match diglot::store::open(&config.store.data_dir) {
+    eprintln!("diglot: store {}", config.store.describe());
+    let runtime = command_runtime();
+    let store = match runtime.block_on(diglot::store::open(&config.store)) {
         Ok(store) => store,
         Err(e) => {
             eprintln!("diglot: {e}");
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    finish(runtime.block_on(run(store.as_ref())))
+}
+
+fn command_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime starts");
-    match runtime.block_on(run(store.as_ref())) {
+        .expect("tokio runtime starts")
+}
+
+/// Runs a command's future to its end.
+fn block_on(command: impl Future<Output = Result<String, String>>) -> std::process::ExitCode {
+    finish(command_runtime().block_on(command))
+}
+
+/// Prints a command's output (exit 0) or its error (exit 1).
+fn finish(result: Result<String, String>) -> std::process::ExitCode {
+    match result {
         Ok(out) => {
             print!("{out}");
             std::process::ExitCode::SUCCESS
@@ -252,10 +271,10 @@ fn run(config: Config, source: Source) -> std::process::ExitCode {
         };
         warn_unknown_variables();
         tracing::info!(profile = %source.describe(), "configuration read");
-        if config.store.data_dir.as_os_str().is_empty() {
+        if matches!(config.store.location(), Ok(diglot::config::StoreLocation::None)) {
             tracing::info!("no store (store.data_dir is empty): tokens only from the profile, no usage records");
         } else {
-            tracing::info!(file = %diglot::store::file(&config.store.data_dir).display(), "store");
+            tracing::info!(store = %config.store.describe(), "store");
         }
         let addr = match config.listen_addr() {
             Ok(addr) => addr,

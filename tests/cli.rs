@@ -272,7 +272,7 @@ async fn no_usage_record_is_lost_when_the_server_stops_under_load() {
     }
     assert!(stopping.join().unwrap().success());
     assert!(answered > 0);
-    let store = diglot::store::open(dir.path()).unwrap();
+    let store = diglot::store::open_data_dir(dir.path()).unwrap();
     let written = store.recent_usage(100).await.unwrap();
     let ok = written.iter().filter(|r| r.status == 200).count();
     assert_eq!(ok, answered, "every answered request has its record");

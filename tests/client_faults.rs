@@ -408,7 +408,7 @@ async fn sigkill_leaves_the_store_intact_and_usable() {
             200
         );
     }
-    let store = diglot::store::open(dir.path()).unwrap();
+    let store = diglot::store::open_data_dir(dir.path()).unwrap();
     eventually_async("20 usage records", || async {
         store.usage_count().await.unwrap() >= 20
     })
@@ -435,7 +435,7 @@ async fn sigkill_leaves_the_store_intact_and_usable() {
     let check: String = db.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(check, "ok");
     drop(db);
-    let store = diglot::store::open(dir.path()).unwrap();
+    let store = diglot::store::open_data_dir(dir.path()).unwrap();
     let before = store.usage_count().await.unwrap();
     assert!(before >= 20);
     drop(store);

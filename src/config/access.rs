@@ -69,17 +69,140 @@ impl Default for LimitsConfig {
 }
 
 /// Where tokens and usage records live.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// The directory of `diglot.db` (SQLite), created if missing; empty: no store.
     pub data_dir: PathBuf,
+    /// Another store than `diglot.db` under `data_dir`: `sqlite:PATH` (a file), or
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE`, shared by several replicas.
+    pub url: String,
+    /// Connections to PostgreSQL per process.
+    pub pool_size: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             data_dir: default_data_dir(),
+            url: String::new(),
+            pool_size: 16,
+        }
+    }
+}
+
+/// The URL's password never shows, wherever the configuration is printed.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("data_dir", &self.data_dir)
+            .field("url", &redact_database_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+/// Which store `[store]` names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreLocation {
+    /// No store: tokens only from the profile, no usage records.
+    None,
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database.
+    Postgres(DatabaseUrl),
+}
+
+/// A PostgreSQL URL, which may hold a password: shown (`Debug`, `Display`) without it.
+#[derive(Clone, PartialEq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL with its password, to connect with; never to be shown.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&redact_database_url(&self.0))
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// `url` with the password of its user part and any `password=` option hidden.
+pub fn redact_database_url(url: &str) -> String {
+    let shown = super::redact_password(url);
+    let Some((base, query)) = shown.split_once('?') else {
+        return shown;
+    };
+    let options: Vec<String> = query
+        .split('&')
+        .map(|option| match option.split_once('=') {
+            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=<redacted>"),
+            _ => option.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", options.join("&"))
+}
+
+impl StoreConfig {
+    /// The store these settings name, or what is wrong with them (never showing the
+    /// URL's password).
+    pub fn location(&self) -> Result<StoreLocation, String> {
+        let url = self.url.trim();
+        if url.is_empty() {
+            return Ok(if self.data_dir.as_os_str().is_empty() {
+                StoreLocation::None
+            } else {
+                StoreLocation::Sqlite(self.data_dir.join("diglot.db"))
+            });
+        }
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() || path.ends_with('/') {
+                return Err(format!(
+                    "store.url: '{url}' names no file: write sqlite:/path/to/diglot.db"
+                ));
+            }
+            return Ok(StoreLocation::Sqlite(PathBuf::from(path)));
+        }
+        let shown = redact_database_url(url);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(format!(
+                "store.url: '{shown}' is neither sqlite:PATH nor postgres://USER:PASSWORD@HOST:PORT/DATABASE"
+            ));
+        }
+        if let Err(e) = url.parse::<tokio_postgres::Config>() {
+            return Err(format!("store.url: '{shown}' is not a PostgreSQL URL: {e}"));
+        }
+        if !(1..=1000).contains(&self.pool_size) {
+            return Err(format!("store.pool_size: {} is not between 1 and 1000", self.pool_size));
+        }
+        Ok(StoreLocation::Postgres(DatabaseUrl(url.to_owned())))
+    }
+
+    /// Where the store is, for the log and the CLI (without a password).
+    pub fn describe(&self) -> String {
+        match self.location() {
+            Ok(StoreLocation::None) => "none".into(),
+            Ok(StoreLocation::Sqlite(path)) => format!("sqlite:{}", path.display()),
+            Ok(StoreLocation::Postgres(url)) => url.to_string(),
+            Err(e) => e,
+        }
+    }
+
+    /// These settings as `check-config` shows them.
+    pub fn redacted(&self) -> Self {
+        Self {
+            url: redact_database_url(&self.url),
+            ..self.clone()
         }
     }
 }

@@ -259,6 +259,7 @@ impl Config {
             telemetry: self.telemetry.redacted(),
             admin: self.admin.redacted(),
             redis: self.redis.redacted(),
+            store: self.store.redacted(),
             ..self.clone()
         };
         shown.ollama.fallback_url = shown.ollama.fallback_url.as_deref().map(redact_password);
@@ -357,6 +358,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.store.location().map_err(ConfigError::Invalid)?;
         self.server.validate().map_err(ConfigError::Invalid)?;
         self.cors.validate().map_err(ConfigError::Invalid)?;
         self.admin.validate().map_err(ConfigError::Invalid)?;

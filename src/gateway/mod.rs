@@ -63,10 +63,9 @@ impl Gateway {
     /// Opens the store, builds the first snapshot, and starts the usage writer, the token
     /// reloads and the health checks: call inside a Tokio runtime.
     pub async fn new(config: Config) -> Result<Arc<Self>, String> {
-        let store = if config.store.data_dir.as_os_str().is_empty() {
-            None
-        } else {
-            Some(crate::store::open(&config.store.data_dir).map_err(|e| e.to_string())?)
+        let store = match config.store.location()? {
+            crate::config::StoreLocation::None => None,
+            _ => Some(crate::store::open(&config.store).await.map_err(|e| e.to_string())?),
         };
         let metrics = Arc::new(Metrics::new(config.metrics.enabled));
         let fleet = match config.redis.enabled() {

@@ -364,7 +364,7 @@ mod tests {
     #[tokio::test]
     async fn usage_an_upstream_did_not_report_is_estimated_and_flagged() {
         let dir = std::env::temp_dir().join(format!("diglot-meter-{}", std::process::id()));
-        let store = crate::store::open(&dir).unwrap();
+        let store = crate::store::open_data_dir(&dir).unwrap();
         let log = Arc::new(UsageLog::start(Some(store.clone())));
         let caller = Caller::anonymous(crate::protocol::Frontend::Ollama);
         let metrics = Arc::new(Metrics::new(true));

@@ -3,18 +3,24 @@
 //! (documents, the audit log). Behind a small trait so a shared store (PostgreSQL, for
 //! several replicas) can sit beside the embedded SQLite.
 
+pub mod copy;
+mod postgres;
 pub mod rollup;
 pub mod secrets;
+pub mod sql;
 mod sqlite;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
+use tokio::sync::broadcast;
 
 /// Tokens are declared in profiles too, so their shape is the configuration's.
-pub use crate::config::{Role, TokenRecord};
+pub use crate::config::{Role, StoreConfig, StoreLocation, TokenRecord};
+pub use postgres::PostgresStore;
 pub use rollup::{Dimension, Histogram, Step, UsagePoint, UsageTop};
+use sql::{Table, Value};
 pub use sqlite::SqliteStore;
 
 /// A failure of the store, said with what it was doing.
@@ -162,6 +168,18 @@ pub struct StoredResponse {
     pub items: Vec<(String, String)>,
 }
 
+/// What another replica changed in a shared store, so this one reloads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChange {
+    /// Tokens were created, changed or deleted.
+    Tokens,
+    /// A document of `kind` ("channel", "model", "setting", "admin") was written or deleted.
+    Documents { kind: String },
+    /// Changes may have been missed (the connection that listens for them was lost and is
+    /// back): reload everything.
+    Resync,
+}
+
 /// The storage every part of diglot goes through, async so a pooled database server
 /// (PostgreSQL) can stand beside the embedded SQLite. The request path never waits on a
 /// write: usage records are written in batches by a task of their own.
@@ -172,7 +190,12 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the stored fields of the token with `token.id`.
     async fn update_token(&self, token: &TokenRecord) -> StoreResult<()>;
     async fn delete_token(&self, id: i64) -> StoreResult<()>;
-    async fn write_usage(&self, records: &[UsageRecord]) -> StoreResult<()>;
+    async fn write_usage(&self, records: &[UsageRecord]) -> StoreResult<()> {
+        self.write_usage_at(records, chrono::Utc::now().timestamp_millis())
+            .await
+    }
+    /// `write_usage` as if it were `now_ms` (per-minute totals are kept 48 hours from it).
+    async fn write_usage_at(&self, records: &[UsageRecord], now_ms: i64) -> StoreResult<()>;
     /// Tokens used per token digest since `since_ms` (a month's start, for quotas).
     async fn tokens_used_since(&self, since_ms: i64) -> StoreResult<Vec<(String, u64)>>;
     /// Per token per day, from `since_ms` on.
@@ -202,12 +225,31 @@ pub trait Store: Send + Sync + 'static {
     async fn response_item(&self, id: &str, owner: &str, now: i64) -> StoreResult<Option<String>>;
     /// Every document of `kind` ("channel", "model", "setting", "admin"), by key.
     async fn documents(&self, kind: &str) -> StoreResult<Vec<Document>>;
+    /// The document of `kind` with `key`, if there is one.
+    async fn document(&self, kind: &str, key: &str) -> StoreResult<Option<Document>>;
     /// Writes (`Some`) or deletes (`None`) one document; whether one existed before.
     async fn put_document(&self, kind: &str, key: &str, value: Option<&str>) -> StoreResult<bool>;
     /// Appends to the audit log; the entry's id.
     async fn add_audit(&self, entry: &AuditEntry) -> StoreResult<i64>;
     /// Newest first; rows with id below `before_id` when given.
     async fn audit(&self, before_id: Option<i64>, limit: u32) -> StoreResult<Vec<AuditEntry>>;
+    /// Tokens and documents that other replicas change (a shared store tells each of
+    /// them within moments); None for a store no other process writes to (SQLite).
+    fn changes(&self) -> Option<broadcast::Receiver<StoreChange>>;
+    /// The version of the schema the store is at (its last migration).
+    async fn schema_version(&self) -> StoreResult<u32>;
+    /// For `diglot store copy`: up to `limit` whole rows of `table` after the row whose
+    /// key is `after`, in key order.
+    async fn read_rows(
+        &self,
+        table: &'static Table,
+        after: Option<Vec<Value>>,
+        limit: u32,
+    ) -> StoreResult<Vec<Vec<Value>>>;
+    /// For `diglot store copy`: adds whole rows (ids included) to `table`.
+    async fn write_rows(&self, table: &'static Table, rows: Vec<Vec<Value>>) -> StoreResult<()>;
+    /// For `diglot store copy --force`: deletes every row of every table.
+    async fn clear(&self) -> StoreResult<()>;
 }
 
 /// Fails for a store file that exists but cannot be read, or stays empty: another
@@ -240,13 +282,34 @@ pub fn file(data_dir: &Path) -> PathBuf {
     data_dir.join("diglot.db")
 }
 
-/// Opens (creating and migrating) the SQLite store under `data_dir`. Blocks: call it at
-/// start. A file that exists but is empty or unreadable is an error, never a fresh
-/// store: a fresh one would have no tokens, and authentication would silently be off.
-pub fn open(data_dir: &Path) -> StoreResult<Arc<dyn Store>> {
-    std::fs::create_dir_all(data_dir)
-        .map_err(|e| StoreError(format!("cannot create the data directory {}: {e}", data_dir.display())))?;
-    let path = file(data_dir);
-    check_not_empty(&path)?;
-    Ok(Arc::new(SqliteStore::open(&path)?))
+/// Opens (creating and migrating) the SQLite store in the file `path`, creating its
+/// directory. Blocks: call it at start. A file that exists but is empty or unreadable is
+/// an error, never a fresh store: a fresh one would have no tokens, and authentication
+/// would silently be off.
+pub fn open_sqlite(path: &Path) -> StoreResult<Arc<dyn Store>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError(format!("cannot create the data directory {}: {e}", dir.display())))?;
+    }
+    check_not_empty(path)?;
+    Ok(Arc::new(SqliteStore::open(path)?))
+}
+
+/// The SQLite store `diglot.db` under `data_dir` (see `open_sqlite`).
+pub fn open_data_dir(data_dir: &Path) -> StoreResult<Arc<dyn Store>> {
+    open_sqlite(&file(data_dir))
+}
+
+/// Opens (creating and migrating) the store `[store]` names: SQLite in a file, or
+/// PostgreSQL (retried for a few seconds while it starts). An error when it names none.
+pub async fn open(config: &StoreConfig) -> StoreResult<Arc<dyn Store>> {
+    match config.location().map_err(StoreError)? {
+        StoreLocation::None => Err(StoreError(
+            "there is no store: store.data_dir is empty and store.url is not set".into(),
+        )),
+        StoreLocation::Sqlite(path) => tokio::task::spawn_blocking(move || open_sqlite(&path))
+            .await
+            .map_err(|e| StoreError(format!("store: opening failed: {e}")))?,
+        StoreLocation::Postgres(url) => Ok(Arc::new(PostgresStore::open(&url, config.pool_size).await?)),
+    }
 }

@@ -980,6 +980,7 @@ pub fn test_config() -> Config {
         listen: "127.0.0.1:0".into(),
         store: diglot::config::StoreConfig {
             data_dir: PathBuf::new(),
+            ..Default::default()
         },
         ..Config::default()
     }
@@ -1032,7 +1033,7 @@ pub async fn eventually_async<F: Future<Output = bool>>(what: &str, mut done: im
 /// Waits until the store in `dir` holds `n` usage records (they are written in batches,
 /// after the answer), and opens it.
 pub async fn usage_records(dir: &Path, n: u64) -> Arc<dyn diglot::store::Store> {
-    let store = diglot::store::open(dir).unwrap();
+    let store = diglot::store::open_data_dir(dir).unwrap();
     eventually_async(&format!("{n} usage records"), || async {
         store.usage_count().await.is_ok_and(|count| count >= n)
     })
@@ -1691,7 +1692,7 @@ impl AdminGateway {
 
     /// The store, opened beside the running gateway.
     pub fn store(&self) -> Arc<dyn diglot::store::Store> {
-        diglot::store::open(self.dir.path()).unwrap()
+        diglot::store::open_data_dir(self.dir.path()).unwrap()
     }
 }
 

@@ -9,6 +9,7 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -104,6 +105,123 @@ fn temp_dir(prefix: &str) -> PathBuf {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap().keep();
     at_exit(None, Some(dir.clone()));
     dir
+}
+
+/// Whom servers run as: initdb and postgres refuse root, so as root, `nobody`.
+fn unprivileged() -> Option<(u32, u32)> {
+    // SAFETY: plain libc calls; getpwnam's result is read at once.
+    unsafe {
+        if libc::geteuid() != 0 {
+            return None;
+        }
+        let user = libc::getpwnam(c"nobody".as_ptr());
+        assert!(
+            !user.is_null(),
+            "running as root, and there is no user nobody to run servers as"
+        );
+        Some(((*user).pw_uid, (*user).pw_gid))
+    }
+}
+
+fn as_unprivileged(command: &mut Command, dir: &Path) {
+    if let Some((uid, gid)) = unprivileged() {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).unwrap();
+        command.uid(uid).gid(gid);
+    }
+}
+
+/// The newest installed PostgreSQL's programs.
+fn postgres_bin() -> PathBuf {
+    let newest = || {
+        std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .max()
+    };
+    ensure_installed("PostgreSQL", || newest().is_some());
+    let version = newest().expect("PostgreSQL is installed");
+    PathBuf::from(format!("/usr/lib/postgresql/{version}/bin"))
+}
+
+/// The base URL (user `diglot`, trust authentication, database `postgres`) of this test
+/// binary's PostgreSQL, started on first use.
+pub fn postgres() -> String {
+    static BASE: OnceLock<String> = OnceLock::new();
+    BASE.get_or_init(start_postgres).clone()
+}
+
+fn start_postgres() -> String {
+    let bin = postgres_bin();
+    let dir = temp_dir("diglot-pg-");
+    let data = dir.join("data");
+    let mut initdb = Command::new(bin.join("initdb"));
+    initdb
+        .args(["-U", "diglot", "--auth=trust", "--encoding=UTF8", "--locale=C", "-D"])
+        .arg(&data)
+        .stdout(Stdio::null());
+    as_unprivileged(&mut initdb, &dir);
+    let out = initdb.output().expect("initdb runs");
+    assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    let port = free_port();
+    let mut server = Command::new(bin.join("postgres"));
+    server
+        .arg("-D")
+        .arg(&data)
+        .arg("-k")
+        .arg(&dir)
+        .args(["-c", "listen_addresses=127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ])
+        .args(["-c", "max_connections=300", "-c", "shared_buffers=32MB"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("postgres.log")).unwrap());
+    as_unprivileged(&mut server, &dir);
+    at_exit(Some(spawn(server)), None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = Command::new(bin.join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", "diglot"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "PostgreSQL did not start: {}",
+            std::fs::read_to_string(dir.join("postgres.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    format!("postgres://diglot@127.0.0.1:{port}/postgres")
+}
+
+/// A new, empty database on the server at `base`; its URL.
+pub async fn fresh_database(base: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "diglot_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL accepts a connection");
+    let driver = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("a test database is created");
+    drop(client);
+    let _ = driver.await;
+    let (server, _) = base.rsplit_once('/').expect("a URL with a database");
+    format!("{server}/{name}")
 }
 
 /// A Redis server of the calling test's own, on a loopback port, keeping nothing on disk.

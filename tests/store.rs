@@ -1,20 +1,76 @@
-//! The usage log's reads and rollups checked against a plain scan of the records written:
-//! pages and their filters, series, top lists, when tokens were last used, the pruning of
-//! per-minute totals, and the backfill of a log written before the rollups existed.
+//! The store's behaviour, each case run on both engines (SQLite in a temporary file, and a
+//! new database on the test binary's own PostgreSQL): the usage log's reads and rollups
+//! checked against a plain scan of the records written (pages and their filters, series,
+//! top lists, when tokens were last used, the pruning of per-minute totals), tokens,
+//! documents, the audit log and kept responses; and, for SQLite, the backfill of a log
+//! written before the rollups existed.
+
+mod common;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use rusqlite::{Connection, params};
+use diglot::store::rollup::{HOUR_MS, MINUTE_MS, MINUTES_KEPT_MS};
+use diglot::store::{Dimension, Step, Store, UsageFilter, UsagePoint, UsageRecord, UsageTop};
 
-use super::{SqliteStore, migrations};
-use crate::store::rollup::{HOUR_MS, MINUTE_MS, MINUTES_KEPT_MS};
-use crate::store::{Dimension, Step, Store, UsageFilter, UsagePoint, UsageRecord, UsageTop};
-
-fn open() -> (tempfile::TempDir, SqliteStore) {
-    let dir = tempfile::Builder::new().prefix("diglot-usage-").tempdir().unwrap();
-    let store = SqliteStore::open(&dir.path().join("diglot.db")).unwrap();
-    (dir, store)
+/// A new, empty store and what keeps it (its directory).
+pub struct Fresh {
+    pub store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
 }
+
+pub fn sqlite() -> Fresh {
+    let dir = tempfile::Builder::new().prefix("diglot-store-").tempdir().unwrap();
+    Fresh {
+        store: diglot::store::open_data_dir(dir.path()).unwrap(),
+        _dir: Some(dir),
+    }
+}
+
+pub async fn postgres() -> Fresh {
+    let config = diglot::config::StoreConfig {
+        url: common::fresh_database(&common::postgres()).await,
+        pool_size: 4,
+        ..Default::default()
+    };
+    Fresh {
+        store: diglot::store::open(&config).await.unwrap(),
+        _dir: None,
+    }
+}
+
+/// Each case, `async fn case(store: Arc<dyn Store>)`, as a test on each engine.
+macro_rules! on_both_engines {
+    ($($case:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    let fresh = crate::sqlite();
+                    super::$case(fresh.store.clone()).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    let fresh = crate::postgres().await;
+                    super::$case(fresh.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+#[path = "store/kept.rs"]
+mod kept;
+
+on_both_engines!(
+    rollups_equal_a_scan_of_the_records,
+    per_minute_totals_are_pruned_as_they_age,
+    pages_of_the_log_are_filtered_and_walk_every_row_once,
+);
 
 /// A small deterministic generator (xorshift), so a failure repeats.
 struct Dice(u64);
@@ -63,7 +119,7 @@ fn records(count: usize, now_ms: i64, old: bool, dice: &mut Dice) -> Vec<UsageRe
                 token_digest: token.map(|t| t.0.to_owned()),
                 token_prefix: token.map(|t| t.1.to_owned()),
                 client_ip: Some(format!("10.0.0.{}", dice.roll(4))),
-                frontend: dice.pick(&crate::store::FRONTENDS),
+                frontend: dice.pick(&diglot::store::FRONTENDS),
                 model: dice.pick(&["llama3", "qwen3", "gpt-oss"]).to_owned(),
                 upstream_model: channel.as_ref().map(|_| "upstream".to_owned()),
                 attempts: if channel.is_some() { 1 + dice.roll(3) as u32 } else { 0 },
@@ -86,7 +142,7 @@ fn records(count: usize, now_ms: i64, old: bool, dice: &mut Dice) -> Vec<UsageRe
 }
 
 /// Writes `records` in batches of varied sizes, as the usage log's writer would.
-async fn write(store: &SqliteStore, records: &[UsageRecord]) {
+async fn write(store: &dyn Store, records: &[UsageRecord]) {
     let mut rest = records;
     for size in [1, 37, 100, 5].into_iter().cycle() {
         if rest.is_empty() {
@@ -181,7 +237,7 @@ fn scan_last_used(records: &[UsageRecord]) -> Vec<(String, i64)> {
 }
 
 /// Every rollup read equals a scan of `records` (written at about `now_ms`).
-async fn assert_rollups_match(store: &SqliteStore, records: &[UsageRecord], now_ms: i64) {
+async fn assert_rollups_match(store: &dyn Store, records: &[UsageRecord], now_ms: i64) {
     let hourly = store
         .usage_series(now_ms - 80 * HOUR_MS, now_ms + 1, Step::Hour)
         .await
@@ -215,7 +271,7 @@ async fn assert_rollups_match(store: &SqliteStore, records: &[UsageRecord], now_
 
     for dimension in [Dimension::Token, Dimension::Model, Dimension::Channel] {
         // Whole days and hours of a partial one; hours only; from a day's start.
-        let day_start = crate::store::rollup::floor(now_ms - 30 * HOUR_MS, crate::store::rollup::DAY_MS);
+        let day_start = diglot::store::rollup::floor(now_ms - 30 * HOUR_MS, diglot::store::rollup::DAY_MS);
         for since in [now_ms - 100 * HOUR_MS, now_ms - 10 * HOUR_MS + 1, day_start] {
             let top = store.usage_top(since, dimension, 100).await.unwrap();
             assert_eq!(top, scan_top(records, since, dimension), "{dimension:?}");
@@ -226,19 +282,18 @@ async fn assert_rollups_match(store: &SqliteStore, records: &[UsageRecord], now_
     assert_eq!(store.last_used().await.unwrap(), scan_last_used(records));
 }
 
-#[tokio::test]
-async fn rollups_equal_a_scan_of_the_records() {
-    let (_dir, store) = open();
+async fn rollups_equal_a_scan_of_the_records(store: Arc<dyn Store>) {
+    let store = store.as_ref();
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut dice = Dice(0x5eed);
     // Two rounds of writes, the second adding to rows the first made.
     let mut all = records(300, now_ms, true, &mut dice);
-    write(&store, &all).await;
+    write(store, &all).await;
     let more = records(200, now_ms, false, &mut dice);
-    write(&store, &more).await;
+    write(store, &more).await;
     all.extend(more);
     assert_eq!(store.usage_count().await.unwrap(), 500);
-    assert_rollups_match(&store, &all, now_ms).await;
+    assert_rollups_match(store, &all, now_ms).await;
 
     // Records older than 48 hours are in the hourly totals only.
     let old: Vec<&UsageRecord> = all.iter().filter(|r| r.at_ms < now_ms - 48 * HOUR_MS).collect();
@@ -254,9 +309,7 @@ async fn rollups_equal_a_scan_of_the_records() {
     assert_eq!(minutes, []);
 }
 
-#[tokio::test]
-async fn per_minute_totals_are_pruned_as_they_age() {
-    let (_dir, store) = open();
+async fn per_minute_totals_are_pruned_as_they_age(store: Arc<dyn Store>) {
     let then_ms = 28_333_333 * MINUTE_MS;
     let record = |at_ms: i64| UsageRecord {
         at_ms,
@@ -264,17 +317,17 @@ async fn per_minute_totals_are_pruned_as_they_age() {
         status: 200,
         ..Default::default()
     };
-    store.0.write_usage(&[record(then_ms)], then_ms).unwrap();
+    store.write_usage_at(&[record(then_ms)], then_ms).await.unwrap();
     assert_eq!(store.usage_series(0, i64::MAX, Step::Minute).await.unwrap().len(), 1);
     // A minute later, the row is not yet old.
     store
-        .0
-        .write_usage(&[record(then_ms + MINUTE_MS)], then_ms + MINUTE_MS)
+        .write_usage_at(&[record(then_ms + MINUTE_MS)], then_ms + MINUTE_MS)
+        .await
         .unwrap();
     assert_eq!(store.usage_series(0, i64::MAX, Step::Minute).await.unwrap().len(), 2);
     // 48 hours after the second, the first is gone (the second is just 48 hours old).
     let later_ms = then_ms + MINUTE_MS + MINUTES_KEPT_MS;
-    store.0.write_usage(&[record(later_ms)], later_ms).unwrap();
+    store.write_usage_at(&[record(later_ms)], later_ms).await.unwrap();
     let minutes = store.usage_series(0, i64::MAX, Step::Minute).await.unwrap();
     let kept: Vec<i64> = minutes.iter().map(|p| p.at_ms).collect();
     assert_eq!(kept, [then_ms + MINUTE_MS, later_ms]);
@@ -284,60 +337,6 @@ async fn per_minute_totals_are_pruned_as_they_age() {
         3,
         "hourly totals are kept"
     );
-}
-
-#[tokio::test]
-async fn a_log_from_before_the_rollups_is_backfilled() {
-    let dir = tempfile::Builder::new().prefix("diglot-backfill-").tempdir().unwrap();
-    let path = dir.path().join("diglot.db");
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    let records = records(400, now_ms, true, &mut Dice(0xbacf111));
-    {
-        let mut connection = Connection::open(&path).unwrap();
-        migrations().to_version(&mut connection, 2).unwrap();
-        let mut insert = connection
-            .prepare(
-                "INSERT INTO usage (at_ms, token_digest, token_prefix, client_ip, frontend, model, channel, \
-                 upstream_model, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, estimated, \
-                 cache_hit) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )
-            .unwrap();
-        for r in &records {
-            insert
-                .execute(params![
-                    r.at_ms,
-                    r.token_digest,
-                    r.token_prefix,
-                    r.client_ip,
-                    r.frontend,
-                    r.model,
-                    r.channel,
-                    r.upstream_model,
-                    r.status,
-                    r.latency_ms as i64,
-                    r.ttft_ms.map(|n| n as i64),
-                    r.prompt_tokens as i64,
-                    r.completion_tokens as i64,
-                    r.estimated,
-                    r.cache_hit,
-                ])
-                .unwrap();
-        }
-    }
-    let store = SqliteStore::open(&path).unwrap();
-    assert_rollups_match(&store, &records, now_ms).await;
-    // The new columns: no ids for old rows; routed ones made at least one attempt.
-    let page = store.recent_usage(1_000).await.unwrap();
-    assert_eq!(page.len(), records.len());
-    for r in &page {
-        assert_eq!((r.request_id.as_deref(), r.trace_id.as_deref()), (None, None));
-        assert_eq!(r.attempts, u32::from(r.channel.is_some()));
-    }
-    // New writes add to the backfilled totals.
-    let more = self::records(50, now_ms, false, &mut Dice(7));
-    write(&store, &more).await;
-    let all: Vec<UsageRecord> = records.into_iter().chain(more).collect();
-    assert_rollups_match(&store, &all, now_ms).await;
 }
 
 /// Whether `record` is one `filter` asks for (its limit aside).
@@ -353,11 +352,10 @@ fn matches(filter: &UsageFilter, r: &UsageRecord) -> bool {
         && filter.before_id.is_none_or(|before| r.id < before)
 }
 
-#[tokio::test]
-async fn pages_of_the_log_are_filtered_and_walk_every_row_once() {
-    let (_dir, store) = open();
+async fn pages_of_the_log_are_filtered_and_walk_every_row_once(store: Arc<dyn Store>) {
+    let store = store.as_ref();
     let now_ms = chrono::Utc::now().timestamp_millis();
-    write(&store, &records(300, now_ms, true, &mut Dice(42))).await;
+    write(store, &records(300, now_ms, true, &mut Dice(42))).await;
     let all = store
         .usage_page(&UsageFilter {
             limit: 1_000,
@@ -369,7 +367,7 @@ async fn pages_of_the_log_are_filtered_and_walk_every_row_once() {
     assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
     assert_eq!(store.recent_usage(1_000).await.unwrap(), all);
     let r = &all[150];
-    assert!(r.request_id.is_some() && r.attempts <= 3 && crate::store::FRONTENDS.contains(&r.frontend));
+    assert!(r.request_id.is_some() && r.attempts <= 3 && diglot::store::FRONTENDS.contains(&r.frontend));
 
     let filters = [
         UsageFilter {
@@ -472,15 +470,78 @@ async fn pages_of_the_log_are_filtered_and_walk_every_row_once() {
     assert_eq!(store.usage_page(&none).await.unwrap(), []);
 }
 
+#[tokio::test]
+async fn a_log_from_before_the_rollups_is_backfilled() {
+    let dir = tempfile::Builder::new().prefix("diglot-backfill-").tempdir().unwrap();
+    let path = dir.path().join("diglot.db");
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let records = records(400, now_ms, true, &mut Dice(0xbacf111));
+    {
+        // The schema before the rollups: the first two migrations, as rusqlite_migration
+        // records them.
+        let connection = rusqlite::Connection::open(&path).unwrap();
+        for sql in [
+            include_str!("../src/store/migrations/sqlite/0001_tokens_and_usage.sql"),
+            include_str!("../src/store/migrations/sqlite/0002_responses.sql"),
+            "PRAGMA user_version = 2;",
+        ] {
+            connection.execute_batch(sql).unwrap();
+        }
+        let mut insert = connection
+            .prepare(
+                "INSERT INTO usage (at_ms, token_digest, token_prefix, client_ip, frontend, model, channel, \
+                 upstream_model, status, latency_ms, ttft_ms, prompt_tokens, completion_tokens, estimated, \
+                 cache_hit) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+            )
+            .unwrap();
+        for r in &records {
+            insert
+                .execute(rusqlite::params![
+                    r.at_ms,
+                    r.token_digest,
+                    r.token_prefix,
+                    r.client_ip,
+                    r.frontend,
+                    r.model,
+                    r.channel,
+                    r.upstream_model,
+                    r.status,
+                    r.latency_ms as i64,
+                    r.ttft_ms.map(|n| n as i64),
+                    r.prompt_tokens as i64,
+                    r.completion_tokens as i64,
+                    r.estimated,
+                    r.cache_hit,
+                ])
+                .unwrap();
+        }
+    }
+    let store = diglot::store::open_sqlite(&path).unwrap();
+    let store = store.as_ref();
+    assert_rollups_match(store, &records, now_ms).await;
+    // The new columns: no ids for old rows; routed ones made at least one attempt.
+    let page = store.recent_usage(1_000).await.unwrap();
+    assert_eq!(page.len(), records.len());
+    for r in &page {
+        assert_eq!((r.request_id.as_deref(), r.trace_id.as_deref()), (None, None));
+        assert_eq!(r.attempts, u32::from(r.channel.is_some()));
+    }
+    // New writes add to the backfilled totals.
+    let more = self::records(50, now_ms, false, &mut Dice(7));
+    write(store, &more).await;
+    let all: Vec<UsageRecord> = records.into_iter().chain(more).collect();
+    assert_rollups_match(store, &all, now_ms).await;
+}
+
 #[test]
 fn every_frontend_reads_back_as_itself() {
-    use crate::protocol::Frontend;
+    use diglot::protocol::Frontend;
     // Exhaustive: a new frontend fails to compile here until it is in `FRONTENDS`.
     let all = |f: Frontend| match f {
         Frontend::OpenAi | Frontend::Ollama | Frontend::Anthropic => f,
     };
     for frontend in [Frontend::OpenAi, Frontend::Ollama, Frontend::Anthropic].map(all) {
-        assert_eq!(crate::store::frontend_name(frontend.as_str()), frontend.as_str());
+        assert_eq!(diglot::store::frontend_name(frontend.as_str()), frontend.as_str());
     }
-    assert_eq!(crate::store::frontend_name("gopher"), "unknown");
+    assert_eq!(diglot::store::frontend_name("gopher"), "unknown");
 }

@@ -1,0 +1,68 @@
+//! Opening: the migrations are valid, and processes opening a new file at once all succeed.
+
+use super::*;
+
+#[test]
+fn migrations_are_valid() {
+    assert!(migrations().validate().is_ok());
+}
+
+/// Where a child process of `processes_opening_a_new_file_at_once_all_succeed` opens
+/// the store, and the file whose appearance starts them all at once.
+const CHILD_DB: &str = "DIGLOT_TEST_CHILD_DB";
+const CHILD_GO: &str = "DIGLOT_TEST_CHILD_GO";
+
+/// POSIX locks are per process, so the race is between processes: this test binary is
+/// run again, six times, each running only `child_opens_the_store`.
+#[test]
+fn processes_opening_a_new_file_at_once_all_succeed() {
+    let dir = tempfile::Builder::new().prefix("diglot-race-").tempdir().unwrap();
+    let path = dir.path().join("diglot.db");
+    let go = dir.path().join("go");
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "store::sqlite::tests::child_opens_the_store",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_DB, &path)
+                .env(CHILD_GO, &go)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // Every child is waiting for this file; they all open the new store together.
+    std::fs::write(&go, "").unwrap();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "a process failed to open the new store:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(SqliteStore::open(&path).is_ok());
+}
+
+/// One child of `processes_opening_a_new_file_at_once_all_succeed` (run by it only).
+#[test]
+#[ignore = "run by processes_opening_a_new_file_at_once_all_succeed in its own process"]
+fn child_opens_the_store() {
+    let path = std::path::PathBuf::from(std::env::var_os(CHILD_DB).expect("run by the parent test"));
+    let go = std::path::PathBuf::from(std::env::var_os(CHILD_GO).expect("run by the parent test"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !go.exists() {
+        assert!(std::time::Instant::now() < deadline, "the parent never said go");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    if let Err(e) = SqliteStore::open(&path) {
+        panic!("{e}");
+    }
+}

@@ -1,0 +1,108 @@
+//! Values to and from SQLite, which keeps booleans as integers, and the steps run on a
+//! connection (the same text PostgreSQL runs, its `$N` parameters read as `?N`).
+
+use std::borrow::Cow;
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, ToSql, params_from_iter};
+
+use super::failed;
+use crate::store::sql::{Output, Step, Table, Value};
+use crate::store::{StoreError, StoreResult};
+
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Value::Null => ToSqlOutput::Owned(rusqlite::types::Value::Null),
+            Value::Int(n) => ToSqlOutput::from(*n),
+            Value::Text(s) => ToSqlOutput::from(s.as_str()),
+            Value::Bool(b) => ToSqlOutput::from(i64::from(*b)),
+        })
+    }
+}
+
+fn read(cell: ValueRef) -> StoreResult<Value> {
+    match cell {
+        ValueRef::Null => Ok(Value::Null),
+        ValueRef::Integer(n) => Ok(Value::Int(n)),
+        ValueRef::Text(bytes) => Ok(Value::Text(String::from_utf8_lossy(bytes).into_owned())),
+        ValueRef::Real(x) => Ok(Value::Int(x as i64)),
+        ValueRef::Blob(_) => Err(StoreError(
+            "store: a column holds bytes, not a value diglot wrote".into(),
+        )),
+    }
+}
+
+/// `sql` with PostgreSQL's `$1` parameters written as SQLite's `?1`.
+fn positional(sql: &str) -> Cow<'_, str> {
+    if !sql.contains('$') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        let numbered = c == '$' && chars.peek().is_some_and(char::is_ascii_digit);
+        out.push(if numbered { '?' } else { c });
+    }
+    Cow::Owned(out)
+}
+
+fn query(connection: &Connection, sql: &str, params: &[Value]) -> StoreResult<Output> {
+    let mut statement = connection
+        .prepare_cached(&positional(sql))
+        .map_err(failed("prepare a query"))?;
+    let width = statement.column_count();
+    let mut rows = statement.query(params_from_iter(params)).map_err(failed("query"))?;
+    let mut output = Output::default();
+    while let Some(row) = rows.next().map_err(failed("read a row"))? {
+        let cells = (0..width)
+            .map(|i| read(row.get_ref(i).map_err(failed("read a column"))?))
+            .collect::<StoreResult<Vec<Value>>>()?;
+        output.rows.push(cells);
+    }
+    Ok(output)
+}
+
+fn execute(connection: &Connection, sql: &str, params: &[Value]) -> StoreResult<u64> {
+    let mut statement = connection
+        .prepare_cached(&positional(sql))
+        .map_err(failed("prepare a write"))?;
+    let changed = statement.execute(params_from_iter(params)).map_err(failed("write"))?;
+    Ok(changed as u64)
+}
+
+/// Runs `steps` on `connection` (inside the caller's transaction).
+pub(super) fn run(connection: &Connection, steps: &[Step]) -> StoreResult<Vec<Output>> {
+    steps
+        .iter()
+        .map(|step| match step {
+            Step::Query(sql, params) => query(connection, sql, params),
+            Step::Execute(sql, params) => Ok(Output {
+                changed: execute(connection, sql, params)?,
+                ..Output::default()
+            }),
+            Step::Insert {
+                table,
+                columns,
+                rows,
+                tail,
+            } => {
+                let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+                let sql = format!(
+                    "INSERT INTO {table} ({}) VALUES ({}) {tail}",
+                    Table::column_names(columns),
+                    placeholders.join(", ")
+                );
+                let mut changed = 0;
+                for row in rows {
+                    changed += execute(connection, &sql, row)?;
+                }
+                Ok(Output {
+                    changed,
+                    ..Output::default()
+                })
+            }
+            Step::Notify(_) => Ok(Output::default()),
+        })
+        .collect()
+}
