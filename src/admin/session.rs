@@ -2,10 +2,8 @@
 //! or with an API token), or an API token sent as `Authorization: Bearer`. Sessions
 //! (`sessions.rs`) carry a CSRF token each; sign-ins are limited per address.
 
-use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use salvo::http::StatusCode;
 use salvo::http::cookie::{Cookie, SameSite};

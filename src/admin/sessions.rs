@@ -11,13 +11,13 @@ use salvo::http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult};
-use crate::store::Store;
+use crate::store::{Store, StoreChange};
 
 /// Sign-in attempts an address may make per minute.
 const ATTEMPTS_PER_MINUTE: usize = 5;
 
-/// How long a replica trusts its copy of a stored session: a sign-out elsewhere
-/// reaches it within this.
+/// How long a replica trusts its copy of a stored session without hearing of a change:
+/// a sign-out elsewhere reaches it within this even if the notification is lost.
 const STORED_COPY: Duration = Duration::from_secs(2);
 
 /// The store's document kind for sessions.
@@ -45,12 +45,28 @@ impl Sessions {
             Some(_) => STORED_COPY,
             None => Duration::from_secs(366 * 86_400),
         };
+        let live: moka::sync::Cache<String, Arc<Session>> = moka::sync::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(copy_for)
+            .build();
+        // A sign-out on another replica: copies go at once (PostgreSQL says so).
+        if let Some(mut changes) = store.as_ref().and_then(|s| s.changes()) {
+            let live = live.clone();
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match changes.recv().await {
+                        Ok(StoreChange::Documents { kind }) if kind != KIND => {}
+                        Ok(StoreChange::Tokens) => {}
+                        Ok(_) | Err(RecvError::Lagged(_)) => live.invalidate_all(),
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
         Self {
             store,
-            live: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(copy_for)
-                .build(),
+            live,
             attempts: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(Duration::from_secs(60))

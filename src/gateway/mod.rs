@@ -111,6 +111,7 @@ impl Gateway {
         });
         gateway.start_checks();
         gateway.follow_the_fleet();
+        gateway.follow_the_store();
         Ok(gateway)
     }
 

@@ -10,6 +10,9 @@ const CHANNEL: &str = "channel";
 const MODEL: &str = "model";
 const SETTING: &str = "setting";
 
+/// The document kinds the overlay is read from.
+pub const KINDS: [&str; 3] = [CHANNEL, MODEL, SETTING];
+
 /// Reads the overlay from `store`. A document that no longer reads (written by another
 /// version) is an error naming it.
 pub async fn read(store: &dyn Store) -> Result<Overlay, String> {

@@ -1754,6 +1754,14 @@ impl Admin {
         }
     }
 
+    /// The same credentials sent to another diglot (a replica of the same fleet).
+    pub fn at(&self, base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            ..self.clone()
+        }
+    }
+
     /// `METHOD base+path` with this caller's credentials; anything but a GET carries the
     /// CSRF token when there is one.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
