@@ -207,7 +207,7 @@ impl StoreConfig {
     pub fn describe(&self) -> String {
         match self.location() {
             Ok(StoreLocation::None) => "none".into(),
-            Ok(StoreLocation::Sqlite(path)) => format!("sqlite:{}", path.display()),
+            Ok(StoreLocation::Sqlite(path)) => path.display().to_string(),
             Ok(StoreLocation::Postgres(url)) => url.to_string(),
             Err(e) => e,
         }
