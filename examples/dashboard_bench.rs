@@ -146,7 +146,7 @@ async fn main() {
         .prefix("diglot-dashboard-")
         .tempdir()
         .expect("a temp dir");
-    let store = diglot::store::open(dir.path()).expect("a new store");
+    let store = diglot::store::open_data_dir(dir.path()).expect("a new store");
 
     let mut dice = Dice(0x00d1_9107);
     let tokens = tokens(&mut dice);

@@ -136,12 +136,27 @@ impl std::fmt::Debug for DatabaseUrl {
     }
 }
 
-/// `url` with the password of its user part and any `password=` option hidden.
+/// `url` with the password of its user part and any `password=` option hidden, even
+/// when the rest of it is malformed (it is shown in the error that says so).
 pub fn redact_database_url(url: &str) -> String {
-    let shown = super::redact_password(url);
-    let Some((base, query)) = shown.split_once('?') else {
-        return shown;
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '#']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((user_info, host)) if user_info.contains(':') => {
+                    let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
+                    format!("{scheme}://{user}:<redacted>@{host}{tail}")
+                }
+                _ => base.to_owned(),
+            }
+        }
+        None => base.to_owned(),
     };
+    if query.is_empty() {
+        return base;
+    }
     let options: Vec<String> = query
         .split('&')
         .map(|option| match option.split_once('=') {
@@ -192,7 +207,7 @@ impl StoreConfig {
     pub fn describe(&self) -> String {
         match self.location() {
             Ok(StoreLocation::None) => "none".into(),
-            Ok(StoreLocation::Sqlite(path)) => format!("sqlite:{}", path.display()),
+            Ok(StoreLocation::Sqlite(path)) => path.display().to_string(),
             Ok(StoreLocation::Postgres(url)) => url.to_string(),
             Err(e) => e,
         }
@@ -289,6 +304,64 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::User => "user",
+        }
+    }
+}
+
+#[cfg(test)]
+mod store_tests {
+    use super::*;
+
+    fn at(url: &str) -> Result<StoreLocation, String> {
+        StoreConfig {
+            url: url.into(),
+            ..Default::default()
+        }
+        .location()
+    }
+
+    #[test]
+    fn the_url_picks_the_engine_and_bad_ones_say_why_without_the_password() {
+        assert!(matches!(at(""), Ok(StoreLocation::Sqlite(path)) if path.ends_with("diglot.db")));
+        let none = StoreConfig {
+            data_dir: PathBuf::new(),
+            ..Default::default()
+        };
+        assert_eq!(none.location(), Ok(StoreLocation::None));
+        assert_eq!(at("sqlite:/srv/x.db"), Ok(StoreLocation::Sqlite("/srv/x.db".into())));
+        assert_eq!(at("sqlite:///srv/x.db"), Ok(StoreLocation::Sqlite("/srv/x.db".into())));
+        assert!(at("sqlite:").unwrap_err().contains("names no file"));
+        let Ok(StoreLocation::Postgres(url)) = at("postgresql://u:hush@db:5433/d") else {
+            panic!("a PostgreSQL URL")
+        };
+        assert_eq!(url.to_string(), "postgresql://u:<redacted>@db:5433/d");
+        assert_eq!(format!("{url:?}"), "DatabaseUrl(postgresql://u:<redacted>@db:5433/d)");
+        assert_eq!(url.secret(), "postgresql://u:hush@db:5433/d");
+        for bad in ["mysql://u:hush@db/d", "postgres://u:hush@db:notaport/d"] {
+            let error = at(bad).unwrap_err();
+            assert!(error.starts_with("store.url: ") && !error.contains("hush"), "{error}");
+        }
+        let too_many = StoreConfig {
+            url: "postgres://db/d".into(),
+            pool_size: 0,
+            ..Default::default()
+        };
+        assert!(too_many.location().unwrap_err().contains("pool_size"));
+    }
+
+    #[test]
+    fn passwords_in_the_user_part_and_in_options_are_hidden() {
+        assert_eq!(
+            redact_database_url("postgres://u:p@h/d?sslmode=disable&password=p2&PASSWORD=p3"),
+            "postgres://u:<redacted>@h/d?sslmode=disable&password=<redacted>&PASSWORD=<redacted>"
+        );
+        assert_eq!(redact_database_url("postgres://h/d"), "postgres://h/d");
+        let config = StoreConfig {
+            url: "postgres://u:hush@h/d".into(),
+            ..Default::default()
+        };
+        for shown in [format!("{config:?}"), config.describe(), config.redacted().url] {
+            assert!(!shown.contains("hush"), "{shown}");
         }
     }
 }

@@ -156,10 +156,7 @@ pub(super) async fn run(client: &impl GenericClient, steps: &[Step]) -> Result<V
             Step::Execute(sql, values) => {
                 let statement = client.prepare_cached(sql).await?;
                 let changed = client.execute(&statement, &params(values)).await?;
-                Output {
-                    changed,
-                    ..Output::default()
-                }
+                Output::changed(changed)
             }
             Step::Insert { rows, .. } if rows.is_empty() => Output::default(),
             Step::Insert {
@@ -176,10 +173,7 @@ pub(super) async fn run(client: &impl GenericClient, steps: &[Step]) -> Result<V
                 let statement = client.prepare_cached(&insert_sql(table, columns, tail)).await?;
                 let params: Vec<&(dyn ToSql + Sync)> = arrays.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
                 let changed = client.execute(&statement, &params).await?;
-                Output {
-                    changed,
-                    ..Output::default()
-                }
+                Output::changed(changed)
             }
             Step::Notify(change) => {
                 let payload = super::listen::payload(change);

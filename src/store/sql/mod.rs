@@ -96,6 +96,16 @@ pub struct Output {
     pub changed: u64,
 }
 
+impl Output {
+    /// What a write gave: the rows it changed.
+    pub fn changed(changed: u64) -> Self {
+        Self {
+            changed,
+            rows: Vec::new(),
+        }
+    }
+}
+
 /// A database that runs steps: SQLite or PostgreSQL.
 #[async_trait::async_trait]
 pub trait Engine: Send + Sync + 'static {

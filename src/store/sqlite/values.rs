@@ -77,10 +77,7 @@ pub(super) fn run(connection: &Connection, steps: &[Step]) -> StoreResult<Vec<Ou
         .iter()
         .map(|step| match step {
             Step::Query(sql, params) => query(connection, sql, params),
-            Step::Execute(sql, params) => Ok(Output {
-                changed: execute(connection, sql, params)?,
-                ..Output::default()
-            }),
+            Step::Execute(sql, params) => Ok(Output::changed(execute(connection, sql, params)?)),
             Step::Insert {
                 table,
                 columns,
@@ -97,10 +94,7 @@ pub(super) fn run(connection: &Connection, steps: &[Step]) -> StoreResult<Vec<Ou
                 for row in rows {
                     changed += execute(connection, &sql, row)?;
                 }
-                Ok(Output {
-                    changed,
-                    ..Output::default()
-                })
+                Ok(Output::changed(changed))
             }
             Step::Notify(_) => Ok(Output::default()),
         })
