@@ -24,6 +24,7 @@ import atexit
 import ctypes
 import hashlib
 import datetime
+import glob
 import http.client
 import json
 import os
@@ -35,6 +36,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 MODEL = "llama3.2"
@@ -126,7 +128,7 @@ class Fleet:
         self.stop_all()
         sys.exit(128 + signum)
 
-    def start(self, name, argv, env=None):
+    def start(self, name, argv, env=None, user=None):
         path = os.path.join(self.logdir, f"{name}.log")
         out = open(path, "wb")
         proc = subprocess.Popen(
@@ -136,6 +138,8 @@ class Fleet:
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
             preexec_fn=_child_setup,
+            user=user and user[0],
+            group=user and user[1],
         )
         out.close()
         proc.log_path = path
@@ -386,20 +390,57 @@ def start_bare(fleet, args, mock_port):
 BENCH_TOKEN = "dg-bench0000000000000000000000000000000000000"
 
 
-def features_on(work):
+def features_on(work, shared=None):
     """Profile tables that turn on what a shared gateway runs with: a token (declared as
     its digest) with per-token limits, global and per-IP limits (never reached), usage
-    records in an SQLite store, and Prometheus metrics (on by default)."""
+    records in an SQLite store, and Prometheus metrics (on by default). `shared`: the
+    PostgreSQL and Redis URLs of a fleet's replica instead (G)."""
     digest = hashlib.sha256(BENCH_TOKEN.encode()).hexdigest()
+    store = ["[store]", f'data_dir = "{os.path.join(work, "store")}"']
+    if shared:
+        store = ["[store]", f'url = "{shared[0]}"', "[redis]", f'url = "{shared[1]}"']
     return [
         "[limits]", "rpm = 100000000", "tpm = 100000000000", "ip_rpm = 100000000",
-        "[store]", f'data_dir = "{os.path.join(work, "store")}"',
+        *store,
         "[[tokens]]", 'name = "bench"', f'digest = "{digest}"', "rpm = 100000000", "tpm = 100000000000",
         "monthly_quota = 100000000000000",
     ]
 
 
-def start_diglot(fleet, args, name, kind, mock_port, headers=None, features=False):
+def start_shared_state(fleet, args):
+    """PostgreSQL and Redis for the fleet's row (G), from Debian's packages (installed by
+    tests/services/setup.sh), as our own processes on loopback: their URLs, or None."""
+    redis_bin = shutil.which("redis-server") or "/usr/bin/redis-server"
+    initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not os.path.exists(redis_bin) or not initdb:
+        return None
+    redis_port = free_port()
+    redis = fleet.start("redis", [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no"])
+    wait_until("redis", lambda: socket.create_connection(("127.0.0.1", redis_port), 1).close() or True, redis, 30)
+    bin_dir = os.path.dirname(initdb[-1])
+    # Under /tmp: the unprivileged user may not reach into root's home.
+    home = tempfile.mkdtemp(prefix="diglot-bench-pg-")
+    atexit.register(shutil.rmtree, home, True)
+    user = None
+    if os.geteuid() == 0:  # initdb and postgres refuse root
+        import pwd
+        nobody = pwd.getpwnam("nobody")
+        user = (nobody.pw_uid, nobody.pw_gid)
+        os.chown(home, *user)
+    data = os.path.join(home, "data")
+    subprocess.run([os.path.join(bin_dir, "initdb"), "-U", "diglot", "--auth=trust", "-D", data],
+                   check=True, stdout=subprocess.DEVNULL, user=user and user[0], group=user and user[1])
+    pg_port = free_port()
+    postgres = fleet.start("postgres", [os.path.join(bin_dir, "postgres"), "-D", data, "-k", home,
+                                        "-c", "listen_addresses=127.0.0.1", "-p", str(pg_port),
+                                        "-c", "fsync=off", "-c", "synchronous_commit=off"], user=user)
+    ready = [os.path.join(bin_dir, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(pg_port)]
+    wait_until("postgres", lambda: subprocess.run(ready).returncode == 0, postgres, 60)
+    return f"postgres://diglot@127.0.0.1:{pg_port}/postgres", f"redis://127.0.0.1:{redis_port}"
+
+
+def start_diglot(fleet, args, name, kind, mock_port, headers=None, features=False, shared=None):
     port = free_port()
     profile = os.path.join(args.work, f"{name}.toml")
     lines = [
@@ -414,7 +455,7 @@ def start_diglot(fleet, args, name, kind, mock_port, headers=None, features=Fals
     lines += [f'"{k}" = "{v}"' for k, v in (headers or {}).items()]
     # Features off: no store, no token, no limits, no metrics (each row says which it
     # measures).
-    lines += features_on(args.work) if features else ["[store]", 'data_dir = ""', "[metrics]", "enabled = false"]
+    lines += features_on(args.work, shared) if features else ["[store]", 'data_dir = ""', "[metrics]", "enabled = false"]
     with open(profile, "w") as f:
         f.write("\n".join(lines) + "\n")
     proc = fleet.start(name, [args.diglot, "--profile", profile], env={"RUST_LOG": "warn"})
@@ -817,6 +858,28 @@ def report_overhead(title, rows, notes):
     return out
 
 
+def report_fleet(rows_f, rows_g):
+    """G against F, rate by rate: what sharing the limits through Redis (and the store
+    through PostgreSQL) adds to each request."""
+    out = ["### G. F as one replica of a fleet: limits and quota in Redis, the store in PostgreSQL", ""]
+    head = ["req/s offered", "F p50 ms", "G p50 ms", "added p50", "F p99 ms", "G p99 ms", "G success",
+            "F CPU µs/req", "G CPU µs/req"]
+    body = []
+    for g in rows_g:
+        f = next((r for r in rows_f if r["rate"] == g["rate"]), None)
+        if not f:
+            continue
+        cpu = lambda r: f"{r['cpu_s'] / r['ok'] * 1e6:.0f}" if r["ok"] else "—"
+        offered = f_int(g["rate"]) if g["rate"] else f"max @c{g['conns']} ({f_int(f['ok_rps'])} → {f_int(g['ok_rps'])} req/s)"
+        body.append([offered, f_ms(f["p50"]), f_ms(g["p50"]), f_added(sub(g["p50"], f["p50"])), f_ms(f["p99"]),
+                     f_ms(g["p99"]), f"{g['success']:.2%}", cpu(f), cpu(g)])
+    out += [table(head, body), "",
+            "Each admitted request costs two Redis scripts (the admission, then the settlement, which "
+            "does not delay the answer) and its usage record goes to PostgreSQL in a batch; the CPU column "
+            "is diglot's own (Redis and PostgreSQL run beside it on the same cores).", ""]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="seconds per scenario; exit 1 if diglot fails")
@@ -1069,6 +1132,22 @@ def main():
                "a usage record per request to SQLite in batches, and records its Prometheus metrics. "
                "Compare with A's diglot rows (features off).", ""]
         fleet.stop(f_proc)
+
+        # --- G. F as one replica of a fleet: limits, quota and token concurrency in Redis
+        # (one script per check), the store in PostgreSQL.
+        shared = start_shared_state(fleet, args)
+        if shared is None:
+            notes.append("G: skipped: PostgreSQL or redis-server is not installed (tests/services/setup.sh installs both).")
+        else:
+            g_proc, g_port = start_diglot(fleet, args, "diglot-fleet", "ollama", mock_port, features=True, shared=shared)
+            status, answer = post(g_port, "/v1/chat/completions", body_openai(False), headers=auth)
+            if status != 200:
+                raise RuntimeError(f"diglot with Redis and PostgreSQL answered HTTP {status}: {answer[:300]!r}")
+            rows_g = [oha.measure("G", "diglot", f"http://127.0.0.1:{g_port}/v1/chat/completions",
+                                  body_openai(False), headers=auth, rate=rate, pids=[g_proc.pid])
+                      for rate in cfg["rates"] + [None]]
+            md += report_fleet(rows_f, rows_g)
+            fleet.stop(g_proc)
 
         # diglot must never fail a request in any row.
         for r in oha.runs:

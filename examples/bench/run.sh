@@ -11,6 +11,7 @@
 #   venv-litellm/    litellm[proxy] (pinned, every dependency constrained) from PyPI
 #   nginx            Debian's nginx-light, only when no `nginx` is on PATH; it is always
 #                    run as our own foreground process with its own prefix and config.
+#   postgresql, redis-server   Debian's, by tests/services/setup.sh, for the fleet row (G).
 # The orchestration (ports, processes, measuring, the report) is bench.py next to this file;
 # extra arguments are passed to it (see `bench.py --help`).
 set -euo pipefail
@@ -57,6 +58,10 @@ if [ -z "$NGINX" ]; then
 fi
 [ -x "$NGINX" ] || { say "nginx is not available; the nginx rows will be skipped"; NGINX=""; }
 
+# ---- PostgreSQL and Redis for the fleet row (G), from Debian's packages; run as our own
+# processes by bench.py.
+bash "$REPO/tests/services/setup.sh" >&2 || say "PostgreSQL or Redis could not be installed; the G rows will be skipped"
+
 # ---- LiteLLM's proxy in its own venv. Every transitive dependency is pinned by
 # constraints-litellm.txt (a pip freeze of a venv that was verified on this machine kind).
 LITELLM_VENV="$BENCH_HOME/venv-litellm"
@@ -87,10 +92,10 @@ fi
 # smoke run costs seconds, not a release build.
 cd "$REPO"
 if [ "$SMOKE" = 1 ]; then
-  PROFILE_DIR=target/debug
+  PROFILE_DIR="${CARGO_TARGET_DIR:-$REPO/target}/debug"
   cargo build --bin diglot --example mock_upstream --example bare_proxy >&2
 else
-  PROFILE_DIR=target/release
+  PROFILE_DIR="${CARGO_TARGET_DIR:-$REPO/target}/release"
   cargo build --release --bin diglot --example mock_upstream --example bare_proxy >&2
 fi
 
@@ -101,9 +106,9 @@ LITELLM_ARG=()
 [ "$LITELLM_OK" = 1 ] && LITELLM_ARG=(--litellm "$LITELLM_VENV/bin/litellm")
 exec python3 "$HERE/bench.py" \
   --repo "$REPO" \
-  --diglot "$REPO/$PROFILE_DIR/diglot" \
-  --mock "$REPO/$PROFILE_DIR/examples/mock_upstream" \
-  --bare "$REPO/$PROFILE_DIR/examples/bare_proxy" \
+  --diglot "$PROFILE_DIR/diglot" \
+  --mock "$PROFILE_DIR/examples/mock_upstream" \
+  --bare "$PROFILE_DIR/examples/bare_proxy" \
   --oha "$OHA" \
   ${NGINX:+--nginx "$NGINX"} \
   "${LITELLM_ARG[@]}" \

@@ -328,6 +328,7 @@ impl Config {
         keep!(metrics.enabled, "metrics.enabled");
         keep!(telemetry, "telemetry");
         keep!(reload, "reload");
+        keep!(redis, "redis");
         kept
     }
 

@@ -19,7 +19,7 @@ use crate::config::{Config, Overlay, UpstreamConfig, UpstreamKind};
 use crate::protocol::Backend;
 use crate::protocol::images::ImageFetcher;
 use crate::protocol::upstream::Upstream;
-use crate::store::{Store, StoreChange};
+use crate::store::Store;
 use crate::telemetry::Metrics;
 
 pub struct Snapshot {
@@ -159,7 +159,12 @@ impl Gateway {
     }
 
     /// Builds a snapshot on top of `running` and swaps it in.
-    async fn swap_in(&self, running: &Snapshot, profile: Arc<Config>, overlay: Arc<Overlay>) -> Result<(), String> {
+    pub(super) async fn swap_in(
+        &self,
+        running: &Snapshot,
+        profile: Arc<Config>,
+        overlay: Arc<Overlay>,
+    ) -> Result<(), String> {
         let snapshot = Snapshot::build(
             profile,
             overlay,
@@ -173,50 +178,6 @@ impl Gateway {
         snapshot.auth.start_reloading();
         self.live.store(Arc::new(snapshot));
         Ok(())
-    }
-
-    /// Follows what other replicas change in a shared store (PostgreSQL notifies each
-    /// change): tokens are re-read, and the admin API's part of the configuration is read
-    /// again and swapped in, so a change on one replica applies on all within moments.
-    pub(super) fn follow_the_store(self: &Arc<Self>) {
-        let Some(mut changes) = self.store.as_ref().and_then(|s| s.changes()) else {
-            return;
-        };
-        let gateway = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let change = match changes.recv().await {
-                    Ok(change) => change,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => StoreChange::Resync,
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                };
-                let Some(gateway) = gateway.upgrade() else { return };
-                let (tokens, overlay) = match &change {
-                    StoreChange::Tokens => (true, false),
-                    StoreChange::Documents { kind } => (false, overlay::KINDS.contains(&kind.as_str())),
-                    StoreChange::Resync => (true, true),
-                };
-                if overlay && let Err(error) = gateway.overlay_changed().await {
-                    tracing::warn!(%error, "a change another replica made to the store could not be applied");
-                }
-                if tokens {
-                    gateway.tokens_changed().await;
-                }
-            }
-        });
-    }
-
-    /// Reads the admin API's part of the configuration again and swaps it in, if it
-    /// changed.
-    async fn overlay_changed(&self) -> Result<(), String> {
-        let Some(store) = &self.store else { return Ok(()) };
-        let _one_at_a_time = self.reloading.lock().await;
-        let running = self.live.load_full();
-        let stored = overlay::read(store.as_ref()).await?;
-        if stored == *running.overlay {
-            return Ok(());
-        }
-        self.swap_in(&running, running.profile.clone(), Arc::new(stored)).await
     }
 
     /// The store's tokens changed here: the next request sees them (other processes'

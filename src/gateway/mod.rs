@@ -16,6 +16,7 @@ mod live;
 mod overlay;
 pub mod policy;
 mod recent;
+mod replicas;
 pub mod responses;
 pub mod routing;
 pub mod tokens;
@@ -37,7 +38,7 @@ use crate::telemetry::{Metrics, spans};
 use auth::Caller;
 use channel::Channel;
 use fleet::Fleet;
-use limits::{Limiter, MemoryLimiter, RedisLimiter};
+use limits::Limiter;
 use tracing_futures::Instrument;
 use usage::{Meter, UsageLog};
 
@@ -72,18 +73,7 @@ impl Gateway {
             true => Some(Fleet::start(&config.redis, metrics.clone())?),
             false => None,
         };
-        let limiter: Arc<dyn Limiter> = match &fleet {
-            Some(fleet) => Arc::new(RedisLimiter::new(fleet.clone(), store.clone(), metrics.clone())),
-            None => {
-                let limiter = MemoryLimiter::new(metrics.clone());
-                if let Some(store) = &store {
-                    let month = limits::month_start_ms();
-                    let used = store.tokens_used_since(month).await.map_err(|e| e.to_string())?;
-                    limiter.set_used_before(month, used.into_iter().collect());
-                }
-                Arc::new(limiter)
-            }
-        };
+        let limiter = limits::start(fleet.as_ref(), store.as_ref(), &metrics).await?;
         let overlay = match &store {
             Some(store) => overlay::read(store.as_ref()).await?,
             None => Overlay::default(),
@@ -137,30 +127,6 @@ impl Gateway {
             }
         }))
         .await;
-    }
-
-    /// Applies what other replicas learn about upstreams to this one's channels.
-    fn follow_the_fleet(self: &Arc<Self>) {
-        let Some(fleet) = &self.fleet else { return };
-        let gateway = Arc::downgrade(self);
-        fleet.listen(move |event| {
-            let Some(gateway) = gateway.upgrade() else { return };
-            let live = gateway.snapshot();
-            let Some(channel) = live.channels().iter().find(|c| c.name == event.channel) else {
-                return;
-            };
-            match event.what {
-                fleet::What::Opened { model, for_ms, error } => {
-                    channel
-                        .health
-                        .adopt(model.as_deref(), Some(Duration::from_millis(for_ms)), error)
-                }
-                fleet::What::Closed { model } => channel.health.adopt(model.as_deref(), None, None),
-                fleet::What::Benched { key, for_ms } => {
-                    channel.bench_fingerprint(&key, std::time::Instant::now() + Duration::from_millis(for_ms))
-                }
-            }
-        });
     }
 
     /// The configuration in force now.
@@ -654,42 +620,6 @@ impl Gateway {
         let usable = channels.iter().any(|c| c["usable"] == true);
         let status = if usable { "ok" } else { "unavailable" };
         (usable, json!({"status": status, "channels": channels}))
-    }
-
-    /// For `/health/ready`: whether this replica should get traffic now. It needs a
-    /// usable channel, its store, and Redis when `[redis] on_error = "reject"` (with
-    /// "local" it serves on its own share of the limits, so it stays ready).
-    pub async fn readiness(&self) -> (bool, Value) {
-        let (channels_ok, _) = self.health();
-        let store = match &self.store {
-            None => None,
-            Some(store) => Some(
-                tokio::time::timeout(Duration::from_secs(2), store.documents("readiness"))
-                    .await
-                    .is_ok_and(|read| read.is_ok()),
-            ),
-        };
-        let redis = match &self.fleet {
-            None => None,
-            Some(fleet) => Some(fleet.ping().await),
-        };
-        let redis_required = self
-            .fleet
-            .as_ref()
-            .is_some_and(|f| f.on_error == crate::config::RedisFallback::Reject);
-        let ready = channels_ok && store != Some(false) && !(redis_required && redis == Some(false));
-        let state = |up: Option<bool>| match up {
-            None => "not configured",
-            Some(true) => "ok",
-            Some(false) => "unreachable",
-        };
-        let report = json!({
-            "status": if ready { "ready" } else { "not ready" },
-            "channels": if channels_ok { "ok" } else { "none usable" },
-            "store": state(store),
-            "redis": state(redis),
-        });
-        (ready, report)
     }
 
     /// `GET /metrics`: the Prometheus text, with each channel's health read now.

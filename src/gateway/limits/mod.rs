@@ -19,9 +19,37 @@ pub use memory::MemoryLimiter;
 pub use redis::RedisLimiter;
 pub use rules::month_start_ms;
 
+use std::sync::Arc;
+
 use super::auth::Caller;
+use super::fleet::Fleet;
 use crate::config::LimitsConfig;
 use crate::ir::Error;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// The limiter a gateway runs with: the fleet's (Redis) when there is one, else this
+/// process's own, its quotas counted on from the store's usage this month.
+pub async fn start(
+    fleet: Option<&Arc<Fleet>>,
+    store: Option<&Arc<dyn Store>>,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn Limiter>, String> {
+    if let Some(fleet) = fleet {
+        return Ok(Arc::new(RedisLimiter::new(
+            fleet.clone(),
+            store.cloned(),
+            metrics.clone(),
+        )));
+    }
+    let limiter = MemoryLimiter::new(metrics.clone());
+    if let Some(store) = store {
+        let month = month_start_ms();
+        let used = store.tokens_used_since(month).await.map_err(|e| e.to_string())?;
+        limiter.set_used_before(month, used.into_iter().collect());
+    }
+    Ok(Arc::new(limiter))
+}
 
 #[async_trait::async_trait]
 pub trait Limiter: Send + Sync + 'static {
