@@ -233,6 +233,41 @@ async fn an_upstream_failing_on_one_replica_is_skipped_by_the_other() {
 }
 
 #[tokio::test]
+async fn a_key_benched_on_one_replica_is_left_out_by_the_other() {
+    let redis = redis();
+    let fake = FakeUpstream::start().await;
+    fake.reject_key("sk-revoked");
+    let replicas = fleet(&redis, &fake, |c| {
+        c.upstream.keys = vec!["sk-revoked".into(), "sk-good".into()];
+        c.routing.bad_key_secs = 60.0;
+    })
+    .await;
+    let keys_used = || {
+        fake.requests("/v1/chat/completions")
+            .iter()
+            .map(|r| r.header("authorization").unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // A meets the refused key (and fails over to the good one).
+    while !keys_used().contains(&"Bearer sk-revoked".to_owned()) {
+        assert_eq!(post(&replicas[0], "/v1/chat/completions", chat(16)).await.status, 200);
+    }
+    let refused_before = keys_used().iter().filter(|k| *k == "Bearer sk-revoked").count();
+    // B, which never tried it, leaves it out from then on.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..6 {
+        assert_eq!(post(&replicas[1], "/v1/chat/completions", chat(16)).await.status, 200);
+    }
+    let refused_after = keys_used().iter().filter(|k| *k == "Bearer sk-revoked").count();
+    assert_eq!(
+        refused_after,
+        refused_before,
+        "B sent nothing with the key A benched: {:?}",
+        keys_used()
+    );
+}
+
+#[tokio::test]
 async fn while_redis_is_down_each_replica_keeps_its_share_then_shares_again() {
     let mut redis = redis();
     let fake = FakeUpstream::start().await;
