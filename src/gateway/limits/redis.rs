@@ -68,8 +68,9 @@ impl RedisLimiter {
         )
     }
 
-    /// Rebuilds this month's quota counts in Redis from the store's usage records.
-    async fn seed(&self, month: i64) -> Result<(), Error> {
+    /// Rebuilds this month's quota counts in Redis from the store's usage records;
+    /// `Ok(false)` when Redis went away meanwhile.
+    async fn seed(&self, month: i64) -> Result<bool, Error> {
         let used = match &self.store {
             Some(store) => store
                 .tokens_used_since(month)
@@ -81,8 +82,7 @@ impl RedisLimiter {
         for (digest, tokens) in &used {
             seed.key(self.quota_keys(digest, month).0).arg(tokens);
         }
-        self.fleet.run::<i64>(&mut seed).await.map_err(|Down| self.down())?;
-        Ok(())
+        Ok(self.fleet.run::<i64>(&mut seed).await.is_ok())
     }
 
     fn down(&self) -> Error {
@@ -235,7 +235,11 @@ impl Limiter for RedisLimiter {
                     let name = token.map_or("", |t| t.name.as_str());
                     return Err(over_quota(name, quota.unwrap_or(0), at(1), estimate));
                 }
-                _ => self.seed(month).await?,
+                _ => {
+                    if !self.seed(month).await? {
+                        return self.fallback(config, caller, estimate).await;
+                    }
+                }
             }
         }
         Err(Error::internal("the quota could not be rebuilt in Redis"))
