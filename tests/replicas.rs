@@ -42,6 +42,24 @@ async fn ask(base: &str, body: Value) -> Answer {
     call(base, "/v1/chat/completions", Some(SECRET), body).await
 }
 
+/// Waits until every quota reservation is settled (settling follows the answer).
+async fn settled(redis: &RedisServer) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = client.get_multiplexed_async_connection().await.unwrap();
+    eventually_async("the quota reservations are settled", || {
+        let mut connection = connection.clone();
+        async move {
+            let held: Vec<String> = redis::cmd("KEYS")
+                .arg("diglot:quota:held:*")
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            held.is_empty()
+        }
+    })
+    .await;
+}
+
 /// The Prometheus line of `name` (with its labels), as a number.
 async fn metric(base: &str, name: &str) -> Option<f64> {
     let text = send(client().get(format!("{base}/metrics")).bearer_auth("scrape"))
@@ -388,6 +406,7 @@ async fn quotas_are_rebuilt_from_the_store_when_redis_comes_back_empty() {
     // 48 used before: one more (24, estimated at about 45) fits, a second would not.
     let answer = ask(&base, chat(40)).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
+    settled(&redis).await;
     let refused = ask(&base, chat(40)).await;
     assert_eq!(refused.status, 429, "{}", refused.text);
     assert!(
