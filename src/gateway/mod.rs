@@ -19,6 +19,7 @@ mod recent;
 mod replicas;
 pub mod responses;
 pub mod routing;
+mod status;
 pub mod tokens;
 pub mod usage;
 
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures::{StreamExt, stream};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::config::{Config, Overlay};
 use crate::ir::{ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, Error, ErrorKind, estimate_tokens};
@@ -596,50 +597,6 @@ impl Gateway {
     /// Models used lately, with the unix time of their last use.
     pub fn recent(&self) -> Vec<(String, i64)> {
         self.recent.list()
-    }
-
-    /// `GET /health`: every channel's state; usable when at least one channel is.
-    pub fn health(&self) -> (bool, Value) {
-        let live = self.snapshot();
-        let channels: Vec<Value> = live
-            .router
-            .channels
-            .iter()
-            .map(|c| {
-                let mut report = c.health.report();
-                report["name"] = json!(c.name);
-                report["kind"] = json!(c.kind);
-                report["url"] = json!(crate::protocol::upstream::shown_url(&c.url));
-                report["priority"] = json!(c.priority);
-                report["weight"] = json!(c.weight);
-                report["keys"] = json!(c.key_count());
-                report["in_flight"] = json!(c.in_flight());
-                report
-            })
-            .collect();
-        let usable = channels.iter().any(|c| c["usable"] == true);
-        let status = if usable { "ok" } else { "unavailable" };
-        (usable, json!({"status": status, "channels": channels}))
-    }
-
-    /// `GET /metrics`: the Prometheus text, with each channel's health read now.
-    pub fn metrics_text(&self) -> String {
-        let live = self.snapshot();
-        let states: Vec<(String, String, bool)> = live
-            .router
-            .channels
-            .iter()
-            .map(|c| {
-                let report = c.health.report();
-                let state = report["state"].as_str().unwrap_or("down").to_owned();
-                (c.name.clone(), state, report["usable"] == true)
-            })
-            .collect();
-        self.metrics.render(
-            states
-                .iter()
-                .map(|(name, state, usable)| (name.as_str(), state.as_str(), *usable)),
-        )
     }
 }
 

@@ -1,11 +1,8 @@
 //! What this replica takes from the others: circuit and key-bench events (Redis
-//! pub/sub), changes to the shared store (PostgreSQL notifications), and whether it
-//! should get traffic (`/health/ready`).
+//! pub/sub) and changes to the shared store (PostgreSQL notifications).
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use serde_json::{Value, json};
 
 use super::{Gateway, fleet, overlay};
 use crate::store::StoreChange;
@@ -77,41 +74,5 @@ impl Gateway {
             return Ok(());
         }
         self.swap_in(&running, running.profile.clone(), Arc::new(stored)).await
-    }
-
-    /// For `/health/ready`: whether this replica should get traffic now. It needs a
-    /// usable channel, its store, and Redis when `[redis] on_error = "reject"` (with
-    /// "local" it serves on its own share of the limits, so it stays ready).
-    pub async fn readiness(&self) -> (bool, Value) {
-        let (channels_ok, _) = self.health();
-        let store = match &self.store {
-            None => None,
-            Some(store) => Some(
-                tokio::time::timeout(Duration::from_secs(2), store.documents("readiness"))
-                    .await
-                    .is_ok_and(|read| read.is_ok()),
-            ),
-        };
-        let redis = match &self.fleet {
-            None => None,
-            Some(fleet) => Some(fleet.ping().await),
-        };
-        let redis_required = self
-            .fleet
-            .as_ref()
-            .is_some_and(|f| f.on_error == crate::config::RedisFallback::Reject);
-        let ready = channels_ok && store != Some(false) && !(redis_required && redis == Some(false));
-        let state = |up: Option<bool>| match up {
-            None => "not configured",
-            Some(true) => "ok",
-            Some(false) => "unreachable",
-        };
-        let report = json!({
-            "status": if ready { "ready" } else { "not ready" },
-            "channels": if channels_ok { "ok" } else { "none usable" },
-            "store": state(store),
-            "redis": state(redis),
-        });
-        (ready, report)
     }
 }

@@ -13,24 +13,7 @@ BIN="${CARGO_TARGET_DIR:-target}/debug"
 SHOTS="$PWD/target/ui"
 mkdir -p "$SHOTS"
 
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-wait_for() {
-  for _ in $(seq 300); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$1 did not answer" >&2
-  return 1
-}
+source "$HERE/lib.sh"
 
 # Two fake upstreams: the profile's channel, and one the test adds in the UI.
 P_MOCK="$(free_port)"

@@ -11,25 +11,7 @@ BROWSER_HOME="$(bash $HERE/setup.sh | tail -n 1)"
 cargo build --bin diglot --example mock_upstream >&2
 BIN="${CARGO_TARGET_DIR:-target}/debug"
 
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
-# Waits until $1 answers on GET, for up to 30 s.
-wait_for() {
-  for _ in $(seq 300); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$1 did not answer" >&2
-  return 1
-}
+source "$HERE/lib.sh"
 
 P_MOCK="$(free_port)"
 "$BIN/examples/mock_upstream" --listen "127.0.0.1:$P_MOCK" --chunks 5 --delay-ms 50 \
