@@ -274,3 +274,28 @@ async fn an_unreachable_database_is_a_clear_error_without_its_password() {
         assert!(!shown.contains(PASSWORD), "{shown}");
     }
 }
+
+/// A server that takes the connection but never answers (a hung database, a black-holed
+/// port behind a proxy) must not hold a start forever: each connect gives up after five
+/// seconds unless the URL says otherwise, and the start after its retry window.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_that_never_answers_is_given_up_on() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let url = format!("postgres://diglot@127.0.0.1:{port}/gateway");
+    let started = std::time::Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(30), open(&url))
+        .await
+        .expect("the start gave up by itself")
+        .err()
+        .expect("nothing answers there");
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(error.contains("cannot reach PostgreSQL"), "{error}");
+    held.abort();
+}
