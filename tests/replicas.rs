@@ -95,6 +95,42 @@ async fn a_tokens_rpm_holds_for_the_fleet_not_per_replica() {
     assert_eq!(fake.calls(), 10);
 }
 
+/// Over `rediss://` the fleet shares its limits as over `redis://`, and Redis's certificate
+/// is verified: a replica not told to trust the test authority runs on its own limits.
+#[tokio::test]
+async fn over_tls_the_fleet_shares_its_limits_and_verifies_redis() {
+    let redis = redis_tls();
+    let authority = redis.certificates.as_ref().unwrap().authority.display().to_string();
+    let fake = FakeUpstream::start().await;
+    let replicas = fleet(&redis, &fake, |c| {
+        c.tokens = vec![token(|t| t.rpm = Some(4))];
+        c.redis.tls_ca_file = authority.clone();
+    })
+    .await;
+    let mut ok = 0;
+    for i in 0..10 {
+        if ask(&replicas[i % 2], chat(16)).await.status == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 4, "rpm = 4 for the fleet, not per replica");
+    assert_eq!(metric(&replicas[0], "diglot_redis_up").await, Some(1.0));
+
+    let untrusting = diglot(&fake.url(), |c| {
+        c.upstream.kind = UpstreamKind::Openai;
+        c.redis.url = redis.url();
+        c.metrics.token = "scrape".into();
+        c.tokens = vec![token(|t| t.rpm = Some(4))];
+    })
+    .await;
+    assert_eq!(
+        ask(&untrusting, chat(16)).await.status,
+        200,
+        "its own limits, not the fleet's"
+    );
+    assert_eq!(metric(&untrusting, "diglot_redis_up").await, Some(0.0));
+}
+
 #[tokio::test]
 async fn a_monthly_quota_is_never_overrun_by_concurrent_requests() {
     // Each request may use its prompt plus 40 (its estimate) and uses 24 (the fixture's

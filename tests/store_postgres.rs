@@ -299,3 +299,45 @@ async fn a_database_that_never_answers_is_given_up_on() {
     assert!(error.contains("cannot reach PostgreSQL"), "{error}");
     held.abort();
 }
+
+/// `sslmode` and `sslrootcert` as libpq reads them, against a server that refuses
+/// clear-text connections: TLS is used when asked for, and the server's certificate is
+/// verified (an authority the system does not know is refused unless named).
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_is_used_as_the_url_asks_and_the_certificate_is_verified() {
+    let (base, certificates) = common::postgres_tls();
+    let authority = certificates.authority.display().to_string();
+
+    let clear = open(&base).await.err().expect("the server takes TLS only");
+    assert!(clear.contains("cannot reach PostgreSQL"), "{clear}");
+
+    for mode in ["require", "verify-full", "prefer"] {
+        let url = format!("{base}?sslmode={mode}&sslrootcert={authority}");
+        let store = open(&url).await.unwrap_or_else(|e| panic!("sslmode={mode}: {e}"));
+        let token = TokenRecord::for_secret(&format!("tls-{mode}"), &format!("dg-tls-{mode}"), Role::User);
+        store.create_token(&token).await.unwrap();
+        let named = store.tokens().await.unwrap();
+        assert!(named.iter().any(|t| t.name == token.name), "sslmode={mode}");
+    }
+    // By name too, as the certificate says.
+    let by_name = base.replacen("127.0.0.1", "localhost", 1);
+    open(&format!("{by_name}?sslmode=require&sslrootcert={authority}"))
+        .await
+        .unwrap();
+
+    let unknown = open(&format!("{base}?sslmode=require"))
+        .await
+        .err()
+        .expect("an unknown authority");
+    assert!(unknown.contains("certificate"), "{unknown}");
+    let missing = open(&format!("{base}?sslmode=require&sslrootcert=/nonexistent/ca.pem"))
+        .await
+        .err()
+        .expect("a missing file");
+    assert!(missing.contains("sslrootcert /nonexistent/ca.pem"), "{missing}");
+    let bad = open(&format!("{base}?sslmode=sometimes"))
+        .await
+        .err()
+        .expect("a wrong mode");
+    assert!(bad.contains("sslmode=sometimes is none of"), "{bad}");
+}

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::database::{DatabaseUrl, redact_database_url};
+
 /// Who may call.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -113,60 +115,6 @@ pub enum StoreLocation {
     Postgres(DatabaseUrl),
 }
 
-/// A PostgreSQL URL, which may hold a password: shown (`Debug`, `Display`) without it.
-#[derive(Clone, PartialEq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// The URL with its password, to connect with; never to be shown.
-    pub fn secret(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&redact_database_url(&self.0))
-    }
-}
-
-impl std::fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DatabaseUrl({self})")
-    }
-}
-
-/// `url` with the password of its user part and any `password=` option hidden, even
-/// when the rest of it is malformed (it is shown in the error that says so).
-pub fn redact_database_url(url: &str) -> String {
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let base = match base.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find(['/', '#']).unwrap_or(rest.len());
-            let (authority, tail) = rest.split_at(authority_end);
-            match authority.rsplit_once('@') {
-                Some((user_info, host)) if user_info.contains(':') => {
-                    let user = user_info.split_once(':').map_or(user_info, |(user, _)| user);
-                    format!("{scheme}://{user}:<redacted>@{host}{tail}")
-                }
-                _ => base.to_owned(),
-            }
-        }
-        None => base.to_owned(),
-    };
-    if query.is_empty() {
-        return base;
-    }
-    let options: Vec<String> = query
-        .split('&')
-        .map(|option| match option.split_once('=') {
-            Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=<redacted>"),
-            _ => option.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", options.join("&"))
-}
-
 impl StoreConfig {
     /// The store these settings name, or what is wrong with them (never showing the
     /// URL's password).
@@ -194,13 +142,12 @@ impl StoreConfig {
                 "store.url: '{shown}' is neither sqlite:PATH nor postgres://USER:PASSWORD@HOST:PORT/DATABASE"
             ));
         }
-        if let Err(e) = url.parse::<tokio_postgres::Config>() {
-            return Err(format!("store.url: '{shown}' is not a PostgreSQL URL: {e}"));
-        }
+        let url = DatabaseUrl(url.to_owned());
+        url.connection()?;
         if !(1..=1000).contains(&self.pool_size) {
             return Err(format!("store.pool_size: {} is not between 1 and 1000", self.pool_size));
         }
-        Ok(StoreLocation::Postgres(DatabaseUrl(url.to_owned())))
+        Ok(StoreLocation::Postgres(url))
     }
 
     /// Where the store is, for the log and the CLI (without a password).

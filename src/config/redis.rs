@@ -6,9 +6,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://[:password@]host:port[/db]` (or `rediss://`); empty: each process keeps
-    /// its own counts in memory.
+    /// `redis://[:password@]host:port[/db]`, or `rediss://` for TLS (the server's
+    /// certificate verified); empty: each process keeps its own counts in memory.
     pub url: String,
+    /// With `rediss://`: a PEM file of the certificate authorities to trust (a private
+    /// CA, a provider's bundle); empty: the system's.
+    pub tls_ca_file: String,
     /// What a replica does while Redis cannot be reached.
     pub on_error: RedisFallback,
     /// How many replicas share the limits: while Redis is down, each one enforces its
@@ -24,6 +27,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            tls_ca_file: String::new(),
             on_error: RedisFallback::Local,
             replicas_hint: 1,
             timeout_ms: 250,
@@ -55,6 +59,9 @@ impl RedisConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.enabled() && !(self.url.starts_with("redis://") || self.url.starts_with("rediss://")) {
             return Err("redis.url must start with redis:// or rediss://".into());
+        }
+        if !self.tls_ca_file.is_empty() && !self.url.starts_with("rediss://") {
+            return Err("redis.tls_ca_file is for TLS: the url must start with rediss://".into());
         }
         if self.replicas_hint == 0 {
             return Err("redis.replicas_hint must be at least 1".into());

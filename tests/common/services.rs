@@ -130,6 +130,49 @@ fn as_unprivileged(command: &mut Command, dir: &Path) {
     }
 }
 
+/// A certificate authority of the test's own and a server certificate it signed for
+/// `localhost` and `127.0.0.1`, as PEM files readable by the servers' user.
+pub struct TestCertificates {
+    /// The authority's certificate: what a client must be told to trust.
+    pub authority: PathBuf,
+    pub certificate: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Makes a fresh authority and server certificate in `dir`.
+pub fn certificates(dir: &Path) -> TestCertificates {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let authority_key = KeyPair::generate().unwrap();
+    let mut authority = CertificateParams::new(Vec::<String>::new()).unwrap();
+    authority.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    authority
+        .distinguished_name
+        .push(DnType::CommonName, "diglot test authority");
+    let authority_pem = authority.self_signed(&authority_key).unwrap().pem();
+    let issuer = Issuer::new(authority, authority_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    let files = TestCertificates {
+        authority: dir.join("authority.pem"),
+        certificate: dir.join("server.pem"),
+        key: dir.join("server.key"),
+    };
+    std::fs::write(&files.authority, authority_pem).unwrap();
+    std::fs::write(&files.certificate, server.pem()).unwrap();
+    std::fs::write(&files.key, server_key.serialize_pem()).unwrap();
+    // PostgreSQL wants its key readable by its own user alone.
+    std::fs::set_permissions(&files.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    if let Some((uid, gid)) = unprivileged() {
+        for file in [&files.authority, &files.certificate, &files.key] {
+            std::os::unix::fs::chown(file, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    files
+}
+
 /// The newest installed PostgreSQL's programs.
 fn postgres_bin() -> PathBuf {
     let newest = || {
@@ -147,10 +190,17 @@ fn postgres_bin() -> PathBuf {
 /// binary's PostgreSQL, started on first use.
 pub fn postgres() -> String {
     static BASE: OnceLock<String> = OnceLock::new();
-    BASE.get_or_init(start_postgres).clone()
+    BASE.get_or_init(|| start_postgres(false).0).clone()
 }
 
-fn start_postgres() -> String {
+/// Like `postgres`, but a server of its own that takes TLS connections only (its
+/// certificate signed by the returned test authority): its base URL has no `sslmode`.
+pub fn postgres_tls() -> (String, TestCertificates) {
+    let (url, certificates) = start_postgres(true);
+    (url, certificates.expect("a TLS server has certificates"))
+}
+
+fn start_postgres(tls: bool) -> (String, Option<TestCertificates>) {
     let bin = postgres_bin();
     let dir = temp_dir("diglot-pg-");
     let data = dir.join("data");
@@ -162,8 +212,31 @@ fn start_postgres() -> String {
     as_unprivileged(&mut initdb, &dir);
     let out = initdb.output().expect("initdb runs");
     assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+    let certificates = tls.then(|| {
+        let files = certificates(&dir);
+        // Clear-text connections over TCP are refused.
+        let rules = data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&rules).unwrap();
+        let tls_only: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}\n"),
+                None => format!("{line}\n"),
+            })
+            .collect();
+        std::fs::write(&rules, tls_only).unwrap();
+        files
+    });
     let port = free_port();
     let mut server = Command::new(bin.join("postgres"));
+    if let Some(files) = &certificates {
+        server
+            .args(["-c", "ssl=on"])
+            .arg("-c")
+            .arg(format!("ssl_cert_file={}", files.certificate.display()))
+            .arg("-c")
+            .arg(format!("ssl_key_file={}", files.key.display()));
+    }
     server
         .arg("-D")
         .arg(&data)
@@ -199,7 +272,7 @@ fn start_postgres() -> String {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    format!("postgres://diglot@127.0.0.1:{port}/postgres")
+    (format!("postgres://diglot@127.0.0.1:{port}/postgres"), certificates)
 }
 
 /// A new, empty database on the server at `base`; its URL.
@@ -230,6 +303,8 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// Set for a server that speaks TLS only.
+    pub certificates: Option<TestCertificates>,
 }
 
 /// A new Redis server (each call its own process, so a test can kill and restart it).
@@ -238,6 +313,21 @@ pub fn redis() -> RedisServer {
         port: free_port(),
         child: None,
         dir: temp_dir("diglot-redis-"),
+        certificates: None,
+    };
+    server.restart();
+    server
+}
+
+/// A Redis server that speaks TLS only (`rediss://`), its certificate signed by the test
+/// authority in `certificates`.
+pub fn redis_tls() -> RedisServer {
+    let dir = temp_dir("diglot-redis-");
+    let mut server = RedisServer {
+        port: free_port(),
+        child: None,
+        certificates: Some(certificates(&dir)),
+        dir,
     };
     server.restart();
     server
@@ -245,7 +335,8 @@ pub fn redis() -> RedisServer {
 
 impl RedisServer {
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.certificates.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Stops it at once (SIGKILL), as a crash would.
@@ -262,8 +353,20 @@ impl RedisServer {
         let binary = Path::new("/usr/bin/redis-server");
         ensure_installed("redis-server", || binary.exists());
         let mut command = Command::new(binary);
+        let port = self.port.to_string();
+        match &self.certificates {
+            None => command.args(["--port", &port]),
+            Some(files) => command
+                .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(&files.certificate)
+                .arg("--tls-key-file")
+                .arg(&files.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&files.authority),
+        };
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -277,12 +380,15 @@ impl RedisServer {
         }
     }
 
-    /// Whether it answers PING.
+    /// Whether it answers PING (over TLS: whether it listens).
     fn answers(&self) -> bool {
         use std::io::{Read, Write};
         let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.certificates.is_some() {
+            return true;
+        }
         let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
         let mut answer = [0u8; 7];
         stream.write_all(b"PING\r\n").is_ok() && stream.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"

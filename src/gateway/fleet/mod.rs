@@ -65,7 +65,18 @@ impl Fleet {
     /// starts renewing leases.
     pub fn start(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, String> {
         let shown = crate::config::redact_password(&config.url);
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("redis.url '{shown}': {e}"))?;
+        let client = if config.tls_ca_file.is_empty() {
+            redis::Client::open(config.url.as_str())
+        } else {
+            let authorities = std::fs::read(&config.tls_ca_file)
+                .map_err(|e| format!("redis.tls_ca_file {}: {e}", config.tls_ca_file))?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(authorities),
+            };
+            redis::Client::build_with_tls(config.url.as_str(), certificates)
+        }
+        .map_err(|e| format!("redis.url '{shown}': {e}"))?;
         let settings = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.timeout()))
             .set_response_timeout(Some(config.timeout()))

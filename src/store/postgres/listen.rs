@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::store::StoreChange;
 
@@ -35,9 +36,10 @@ fn parse(payload: &str) -> Option<StoreChange> {
 /// Connects and listens; the future it gives ends when the connection is lost.
 async fn listen(
     config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
     sender: broadcast::Sender<StoreChange>,
 ) -> Result<impl Future<Output = ()> + Send + use<>, tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls.clone()).await?;
     // The connection is driven here: its messages are the notifications.
     let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -68,16 +70,17 @@ async fn listen(
 /// in a task of its own: abort it to stop.
 pub(super) async fn start(
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     sender: broadcast::Sender<StoreChange>,
 ) -> Result<tokio::task::JoinHandle<()>, tokio_postgres::Error> {
-    let mut connected = listen(&config, sender.clone()).await?;
+    let mut connected = listen(&config, &tls, sender.clone()).await?;
     Ok(tokio::spawn(async move {
         loop {
             connected.await;
             let mut delay = Duration::from_millis(100);
             connected = loop {
                 tokio::time::sleep(delay).await;
-                match listen(&config, sender.clone()).await {
+                match listen(&config, &tls, sender.clone()).await {
                     Ok(next) => break next,
                     Err(e) => {
                         tracing::warn!(error = %e, "store: cannot listen for other replicas' changes yet");

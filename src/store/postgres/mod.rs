@@ -5,13 +5,13 @@
 
 mod listen;
 mod migrate;
+mod tls;
 mod values;
 
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::broadcast;
-use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 
@@ -86,14 +86,28 @@ impl Failure {
     fn said(self, doing: &str, shown: &str) -> StoreError {
         let why = match self {
             Failure::Store(e) => return e,
-            Failure::Database(e) => match e.as_db_error() {
+            Failure::Database(e) | Failure::Pool(deadpool_postgres::PoolError::Backend(e)) => match e.as_db_error() {
                 Some(db) => format!("{}: {}", db.severity(), db.message()),
-                None => std::error::Error::source(&e).map_or_else(|| e.to_string(), |cause| format!("{e}: {cause}")),
+                None => with_causes(&e),
             },
-            Failure::Pool(e) => e.to_string(),
+            Failure::Pool(e) => with_causes(&e),
         };
         StoreError(format!("store ({shown}): {doing}: {why}"))
     }
+}
+
+/// `error` and what caused it, down the chain (a TLS handshake's own reason, say).
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut said = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        if !said.contains(&text) {
+            said = format!("{said}: {text}");
+        }
+        cause = next.source();
+    }
+    said
 }
 
 /// Where `config` points, without a password: `postgres://USER@HOST:PORT/DATABASE`.
@@ -119,10 +133,8 @@ impl SqlStore<Postgres> {
     /// Connects (retrying for a few seconds while the database starts), migrates, and
     /// starts listening for other replicas' changes.
     pub async fn open(url: &DatabaseUrl, pool_size: usize) -> StoreResult<Self> {
-        let mut config: tokio_postgres::Config = url
-            .secret()
-            .parse()
-            .map_err(|e| StoreError(format!("store.url: '{url}' is not a PostgreSQL URL: {e}")))?;
+        let (mut config, tls) = url.connection().map_err(StoreError)?;
+        let tls = tls::connector(&tls)?;
         // A database that stops answering must not hold requests or usage writes forever:
         // connects and pool waits are bounded, and dead peers are found by keepalives.
         // The URL's own `connect_timeout` / `keepalives_idle` win.
@@ -135,7 +147,7 @@ impl SqlStore<Postgres> {
         let shown = describe(&config);
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -154,7 +166,7 @@ impl SqlStore<Postgres> {
             .map_err(|e| e.said("migrate the schema", &shown))?;
         drop(client);
         let (changes, _) = broadcast::channel(256);
-        let listener = listen::start(config, changes.clone())
+        let listener = listen::start(config, tls, changes.clone())
             .await
             .map_err(|e| Failure::from(e).said("listen for other replicas' changes", &shown))?;
         Ok(SqlStore::new(Postgres {
