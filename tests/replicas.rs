@@ -203,6 +203,34 @@ async fn a_monthly_quota_is_never_overrun_by_concurrent_requests() {
     .await;
 }
 
+/// With a quota nearly used up, an answer of unset length is capped to what is left
+/// within the same one admission (no second look at Redis); one that asks for more is
+/// refused.
+#[tokio::test]
+async fn an_answer_of_unset_length_is_capped_to_the_quota_left() {
+    let redis = redis();
+    let fake = FakeUpstream::start().await;
+    let replicas = fleet(&redis, &fake, |c| {
+        c.tokens = vec![token(|t| t.monthly_quota = Some(100))]
+    })
+    .await;
+    let refused = ask(&replicas[0], chat(500)).await;
+    assert_eq!(refused.status, 429, "{}", refused.text);
+    assert_eq!(refused.json()["error"]["code"], "insufficient_quota");
+    assert_eq!(fake.calls(), 0);
+
+    let unset = json!({"model": "oai-text", "messages": user("hi")});
+    let answer = ask(&replicas[1], unset).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let sent = fake.bodies("/v1/chat/completions").last().unwrap().clone();
+    let cap = sent["max_tokens"].as_i64().or(sent["max_completion_tokens"].as_i64());
+    assert!(
+        cap.is_some_and(|cap| (80..100).contains(&cap)),
+        "capped to the quota left less the prompt: {sent}"
+    );
+    settled(&redis).await;
+}
+
 #[tokio::test]
 async fn a_channels_max_concurrency_holds_across_the_fleet() {
     let redis = redis();

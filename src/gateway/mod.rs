@@ -39,7 +39,7 @@ use crate::telemetry::{Metrics, spans};
 use auth::Caller;
 use channel::Channel;
 use fleet::Fleet;
-use limits::Limiter;
+use limits::{Ask, Limiter};
 use tracing_futures::Instrument;
 use usage::{Meter, UsageLog};
 
@@ -278,24 +278,34 @@ impl Gateway {
         }
         // Limits reserve the prompt plus `max_tokens` as upstreams will get it (overrides
         // applied; the most any candidate gets), `default_max_tokens` when unset. With a
-        // quota nearly used up, an answer of unset length is capped to what is left, so it
-        // cannot overrun; one that asks for more than is left is refused.
+        // quota nearly used up, an answer of unset length is capped to what is left (the
+        // limiter cuts the reservation down), so it cannot overrun; one that asks for more
+        // than is left is refused.
         let prompt = request.estimated_prompt_tokens();
         let limits = &live.config.limits;
         let default = limits.default_max_tokens;
-        let cap = match caller.token.as_ref().and_then(|t| t.monthly_quota) {
-            Some(_) => self.limiter.quota_left(caller).await,
-            None => None,
-        }
-        .map(|left| left.saturating_sub(prompt).max(1))
-        .filter(|&room| room < default);
-        let asked = |model: &str| {
-            // 0 asks for nothing (answered at once); below it means no limit.
-            let asked = live.policies.max_tokens(request, model).filter(|&n| n >= 0);
-            asked.map_or(cap.unwrap_or(default), |n| n as u64)
+        // 0 asks for nothing (answered at once); below it means no limit.
+        let asked: Vec<Option<u64>> = candidates
+            .iter()
+            .map(|c| {
+                live.policies
+                    .max_tokens(request, &c.model)
+                    .filter(|&n| n >= 0)
+                    .map(|n| n as u64)
+            })
+            .collect();
+        let longest_asked = asked.iter().flatten().max().copied();
+        let ask = Ask {
+            estimate: prompt + asked.iter().map(|n| n.unwrap_or(default)).max().unwrap_or(default),
+            at_least: asked
+                .iter()
+                .any(Option::is_none)
+                .then(|| prompt + longest_asked.unwrap_or(0).max(1)),
         };
-        let max_tokens = candidates.iter().map(|c| asked(&c.model)).max().unwrap_or(default);
-        let reservation = self.limiter.admit(limits, caller, prompt + max_tokens).await?;
+        let reservation = self.limiter.admit(limits, caller, ask).await?;
+        let cap = reservation
+            .cut_to()
+            .map(|admitted| admitted.saturating_sub(prompt).max(1));
         meter.admitted(reservation, prompt);
         // The request as each candidate's upstream gets it: renamed, overrides applied,
         // capped.
@@ -414,7 +424,10 @@ impl Gateway {
             meter.known();
         }
         let prompt: u64 = request.inputs.iter().map(|i| estimate_tokens(i.len())).sum();
-        let reservation = self.limiter.admit(&live.config.limits, caller, prompt).await?;
+        let reservation = self
+            .limiter
+            .admit(&live.config.limits, caller, Ask::exactly(prompt))
+            .await?;
         meter.admitted(reservation, prompt);
         let prepare = |model: &str| match live.policies.embed(request, model) {
             Some(prepared) => Cow::Owned(prepared),
@@ -483,7 +496,7 @@ impl Gateway {
     ) -> Result<(u64, bool), Error> {
         caller.check_model(&request.model)?;
         let candidates = live.route(&request.model).await?;
-        let reservation = self.limiter.admit(&live.config.limits, caller, 0).await?;
+        let reservation = self.limiter.admit(&live.config.limits, caller, Ask::exactly(0)).await?;
         let counted = self.count_on(live, request, &candidates).await;
         reservation.settle(0);
         counted

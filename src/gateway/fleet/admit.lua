@@ -3,18 +3,21 @@
 -- Times are Redis's own, so replicas' clocks never disagree.
 -- KEYS: n windows, then the quota's used count, its seeded marker, the token's slots,
 --       the quota's reservations (members "request|estimate", scored by lease expiry).
--- ARGV: n, estimate, quota (-1: none), max at once (-1: none), request, lease ms,
---       then each window's rpm and tpm (0: no limit).
--- Returns {0, used} admitted (used: the quota's settled use); {1} at max at once; {2, i, requests, tokens, reset ms}
--- window i is full; {3, left} over quota; {4} the quota must be seeded from the store.
+-- ARGV: n, estimate, the least it may be cut to when the quota has less left (-1: not
+--       cut), quota (-1: none), max at once (-1: none), request, lease ms, then each
+--       window's rpm and tpm (0: no limit).
+-- Returns {0, used, estimate} admitted (used: the quota's settled use; estimate: as
+-- admitted); {1} at max at once; {2, i, requests, tokens, reset ms} window i is full;
+-- {3, left} over quota; {4} the quota must be seeded from the store.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local n = tonumber(ARGV[1])
 local estimate = tonumber(ARGV[2])
-local quota = tonumber(ARGV[3])
-local max_at_once = tonumber(ARGV[4])
-local request = ARGV[5]
-local lease = tonumber(ARGV[6])
+local at_least = tonumber(ARGV[3])
+local quota = tonumber(ARGV[4])
+local max_at_once = tonumber(ARGV[5])
+local request = ARGV[6]
+local lease = tonumber(ARGV[7])
 local used_key, seeded, slots, held = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3], KEYS[n + 4]
 
 if max_at_once >= 0 then
@@ -24,21 +27,7 @@ if max_at_once >= 0 then
   end
 end
 
-local fresh = {}
-for i = 1, n do
-  local window = redis.call('HMGET', KEYS[i], 's', 'r', 't')
-  local started = tonumber(window[1])
-  local requests, tokens = tonumber(window[2]) or 0, tonumber(window[3]) or 0
-  if not started or now - started >= 60000 then
-    started, requests, tokens = now, 0, 0
-    fresh[i] = true
-  end
-  local rpm, tpm = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
-  if (rpm > 0 and requests + 1 > rpm) or (tpm > 0 and tokens + estimate > tpm) then
-    return {2, i, requests, tokens, 60000 - (now - started)}
-  end
-end
-
+-- The quota first, as it may cut the estimate down.
 local used = 0
 if quota >= 0 then
   if redis.call('EXISTS', seeded) == 0 then
@@ -51,12 +40,33 @@ if quota >= 0 then
     committed = committed + tonumber(string.match(member, '|(%d+)$'))
   end
   if committed + estimate > quota then
-    return {3, math.max(quota - committed, 0)}
+    local left = math.max(quota - committed, 0)
+    if at_least < 0 or at_least > left then
+      return {3, left}
+    end
+    estimate = left
   end
+end
+
+local fresh = {}
+for i = 1, n do
+  local window = redis.call('HMGET', KEYS[i], 's', 'r', 't')
+  local started = tonumber(window[1])
+  local requests, tokens = tonumber(window[2]) or 0, tonumber(window[3]) or 0
+  if not started or now - started >= 60000 then
+    started, requests, tokens = now, 0, 0
+    fresh[i] = true
+  end
+  local rpm, tpm = tonumber(ARGV[6 + 2 * i]), tonumber(ARGV[7 + 2 * i])
+  if (rpm > 0 and requests + 1 > rpm) or (tpm > 0 and tokens + estimate > tpm) then
+    return {2, i, requests, tokens, 60000 - (now - started)}
+  end
+end
+
+if quota >= 0 then
   redis.call('ZADD', held, now + lease, request .. '|' .. estimate)
   redis.call('PEXPIRE', held, lease * 2)
 end
-
 for i = 1, n do
   if fresh[i] then
     redis.call('HSET', KEYS[i], 's', now, 'r', 1, 't', estimate)
@@ -70,4 +80,4 @@ if max_at_once >= 0 then
   redis.call('ZADD', slots, now + lease, request)
   redis.call('PEXPIRE', slots, lease * 2)
 end
-return {0, used}
+return {0, used, estimate}

@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::rules::{Rule, WINDOW, month_start_ms, over_quota, too_many_at_once};
-use super::{Limiter, Reservation};
+use super::{Ask, Limiter, Reservation};
 use crate::config::LimitsConfig;
 use crate::gateway::auth::Caller;
 use crate::ir::Error;
@@ -82,14 +82,6 @@ impl Counters {
         self.metrics.rate_limited(scope);
     }
 
-    fn left(&self, caller: &Caller) -> Option<u64> {
-        let token = caller.token.as_ref()?;
-        let quota = token.monthly_quota?;
-        let mut quotas = self.quotas.lock().expect("limits lock");
-        let entry = self.quota_entry(&mut quotas, &token.digest);
-        Some(quota.saturating_sub(entry.used + entry.reserved))
-    }
-
     fn quota_entry<'a>(&self, quotas: &'a mut HashMap<String, Quota>, digest: &str) -> &'a mut Quota {
         let month = month_start_ms();
         let before = || {
@@ -114,7 +106,7 @@ impl Counters {
         entry
     }
 
-    fn reserve(self: &Arc<Self>, config: &LimitsConfig, caller: &Caller, estimate: u64) -> Result<Ticket, Error> {
+    fn reserve(self: &Arc<Self>, config: &LimitsConfig, caller: &Caller, ask: Ask) -> Result<Ticket, Error> {
         let slot = match caller.token.as_ref().and_then(|t| Some((t, t.max_concurrent?))) {
             Some((token, max)) => {
                 let semaphore = {
@@ -136,6 +128,19 @@ impl Counters {
         let rules = Rule::all(config, caller);
         let now = Instant::now();
         let mut windows = self.windows.lock().expect("limits lock");
+        // The quota first, as it may cut the estimate down; checked and reserved under
+        // the windows' lock, so a request that fails either leaves no trace.
+        let mut estimate = ask.estimate;
+        let quota = caller.token.as_ref().and_then(|t| Some((t, t.monthly_quota?)));
+        if let Some((token, quota)) = quota {
+            let mut quotas = self.quotas.lock().expect("limits lock");
+            let entry = self.quota_entry(&mut quotas, &token.digest);
+            let left = quota.saturating_sub(entry.used + entry.reserved);
+            estimate = ask.fits(left).ok_or_else(|| {
+                self.refused("quota");
+                over_quota(&token.name, quota, left, ask.estimate)
+            })?;
+        }
         for rule in &rules {
             let window = windows.entry(rule.key.clone()).or_insert(Window {
                 started: now,
@@ -155,22 +160,11 @@ impl Counters {
                 return Err(refusal);
             }
         }
-        // The quota is checked and reserved under the windows' lock, so a request that
-        // fails it leaves no trace in them.
-        let mut quota_key = None;
-        if let Some(token) = &caller.token
-            && let Some(quota) = token.monthly_quota
-        {
+        let quota_key = quota.map(|(token, _)| {
             let mut quotas = self.quotas.lock().expect("limits lock");
-            let entry = self.quota_entry(&mut quotas, &token.digest);
-            let left = quota.saturating_sub(entry.used + entry.reserved);
-            if estimate > left {
-                self.refused("quota");
-                return Err(over_quota(&token.name, quota, left, estimate));
-            }
-            entry.reserved += estimate;
-            quota_key = Some(token.digest.clone());
-        }
+            self.quota_entry(&mut quotas, &token.digest).reserved += estimate;
+            token.digest.clone()
+        });
         for rule in &rules {
             let window = windows.get_mut(&rule.key).expect("inserted above");
             window.requests += 1;
@@ -190,13 +184,10 @@ impl Counters {
 
 #[async_trait::async_trait]
 impl Limiter for MemoryLimiter {
-    async fn admit(&self, config: &LimitsConfig, caller: &Caller, estimate: u64) -> Result<Reservation, Error> {
-        let ticket = self.0.reserve(config, caller, estimate)?;
-        Ok(Reservation::new(Box::new(ticket)))
-    }
-
-    async fn quota_left(&self, caller: &Caller) -> Option<u64> {
-        self.0.left(caller)
+    async fn admit(&self, config: &LimitsConfig, caller: &Caller, ask: Ask) -> Result<Reservation, Error> {
+        let ticket = self.0.reserve(config, caller, ask)?;
+        let admitted = ticket.estimate;
+        Ok(Reservation::new(Box::new(ticket), ask, admitted))
     }
 }
 
@@ -259,14 +250,14 @@ mod tests {
     async fn a_tokens_new_concurrency_limit_applies_at_once() {
         let limiter = MemoryLimiter::new(Arc::new(Metrics::new(false)));
         let config = LimitsConfig::default();
-        let first = limiter.admit(&config, &caller(1), 1).await.unwrap();
-        let Err(refused) = limiter.admit(&config, &caller(1), 1).await else {
+        let first = limiter.admit(&config, &caller(1), Ask::exactly(1)).await.unwrap();
+        let Err(refused) = limiter.admit(&config, &caller(1), Ask::exactly(1)).await else {
             panic!("a second request at a limit of one gets in");
         };
         assert_eq!(refused.kind, ErrorKind::RateLimited, "{refused:?}");
         // The limit is raised (by a reload or in the store): the next request gets in,
         // while the first still holds its slot.
-        let _second = limiter.admit(&config, &caller(2), 1).await.unwrap();
+        let _second = limiter.admit(&config, &caller(2), Ask::exactly(1)).await.unwrap();
         drop(first);
     }
 }

@@ -53,12 +53,41 @@ pub async fn start(
 
 #[async_trait::async_trait]
 pub trait Limiter: Send + Sync + 'static {
-    /// Admits a request estimated at `estimate` tokens, or says which limit it hit (a 429
-    /// with `Retry-After` and `x-ratelimit-*` headers).
-    async fn admit(&self, config: &LimitsConfig, caller: &Caller, estimate: u64) -> Result<Reservation, Error>;
+    /// Admits a request as `ask` says, or says which limit it hit (a 429 with
+    /// `Retry-After` and `x-ratelimit-*` headers). One check: with a shared limiter, one
+    /// round trip.
+    async fn admit(&self, config: &LimitsConfig, caller: &Caller, ask: Ask) -> Result<Reservation, Error>;
+}
 
-    /// How many tokens the caller's monthly quota has left, if it has one.
-    async fn quota_left(&self, caller: &Caller) -> Option<u64>;
+/// What a request asks to be admitted at, in tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ask {
+    /// Its prompt plus the longest answer it may get.
+    pub estimate: u64,
+    /// When the caller set no answer length: the least it may be admitted at, so a quota
+    /// nearly used up caps the answer to what is left rather than refusing the request.
+    /// None: refused when `estimate` does not fit.
+    pub at_least: Option<u64>,
+}
+
+impl Ask {
+    /// Exactly `estimate`, never less.
+    pub fn exactly(estimate: u64) -> Self {
+        Self {
+            estimate,
+            at_least: None,
+        }
+    }
+
+    /// The estimate admitted with `left` tokens of quota left: all of it, or what is left
+    /// when the answer may be cut down to it; None when it does not fit.
+    pub fn fits(self, left: u64) -> Option<u64> {
+        if self.estimate <= left {
+            Some(self.estimate)
+        } else {
+            self.at_least.filter(|&least| least <= left).map(|_| left)
+        }
+    }
 }
 
 /// A limiter's hold on what one request reserved.
@@ -71,23 +100,40 @@ pub trait Held: Send + Sync {
 
 /// What a request holds until it ends: settled with the real usage, or released (the
 /// hold's own `Drop`) when the request ends without an answer.
-pub struct Reservation(Option<Box<dyn Held>>);
+pub struct Reservation {
+    held: Option<Box<dyn Held>>,
+    /// The estimate admitted, when the quota cut it below what was asked.
+    cut_to: Option<u64>,
+}
 
 impl Reservation {
-    pub fn new(held: Box<dyn Held>) -> Self {
-        Self(Some(held))
+    /// `held`, admitted at `admitted` tokens of the `ask`.
+    pub fn new(held: Box<dyn Held>, ask: Ask, admitted: u64) -> Self {
+        Self {
+            held: Some(held),
+            cut_to: (admitted < ask.estimate).then_some(admitted),
+        }
     }
 
     /// Holds nothing: no limit applied to the request.
     pub fn none() -> Self {
-        Self(None)
+        Self {
+            held: None,
+            cut_to: None,
+        }
+    }
+
+    /// The tokens admitted when the quota left less than was asked (the answer must be
+    /// capped to fit).
+    pub fn cut_to(&self) -> Option<u64> {
+        self.cut_to
     }
 
     /// Settles with `used` tokens without making the caller wait: a settlement that
     /// completes at once (the in-memory limiter's) runs here, one that waits on a server
     /// goes on in a task of its own.
     pub fn settle(mut self, used: u64) {
-        let Some(held) = self.0.take() else { return };
+        let Some(held) = self.held.take() else { return };
         let mut settling = held.settle(used);
         let mut context = Context::from_waker(futures::task::noop_waker_ref());
         if Pin::new(&mut settling).poll(&mut context).is_pending() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::memory::MemoryLimiter;
 use super::rules::{Rule, month_start_ms, over_quota, too_many_at_once};
-use super::{Held, Limiter, Reservation};
+use super::{Ask, Held, Limiter, Reservation};
 use crate::config::{LimitsConfig, RedisFallback, TokenRecord};
 use crate::gateway::auth::Caller;
 use crate::gateway::fleet::{ADMIT, Down, Fleet, LEASE, SEED, SETTLE};
@@ -96,7 +96,7 @@ impl RedisLimiter {
     }
 
     /// Admits without Redis, as `[redis] on_error` says.
-    async fn fallback(&self, config: &LimitsConfig, caller: &Caller, estimate: u64) -> Result<Reservation, Error> {
+    async fn fallback(&self, config: &LimitsConfig, caller: &Caller, ask: Ask) -> Result<Reservation, Error> {
         self.fleet.fell_back();
         if self.fleet.on_error == RedisFallback::Reject {
             return Err(self.down());
@@ -137,7 +137,7 @@ impl RedisLimiter {
                 ..(**token).clone()
             }));
         }
-        self.local.admit(&config, &caller, estimate).await
+        self.local.admit(&config, &caller, ask).await
     }
 
     /// Catches up after an outage: quotas are rebuilt from the store, which has the
@@ -151,7 +151,7 @@ impl RedisLimiter {
 
 #[async_trait::async_trait]
 impl Limiter for RedisLimiter {
-    async fn admit(&self, config: &LimitsConfig, caller: &Caller, estimate: u64) -> Result<Reservation, Error> {
+    async fn admit(&self, config: &LimitsConfig, caller: &Caller, ask: Ask) -> Result<Reservation, Error> {
         let rules = Rule::all(config, caller);
         let token = caller.token.as_deref();
         let quota = token.and_then(|t| t.monthly_quota);
@@ -176,7 +176,8 @@ impl Limiter for RedisLimiter {
             admit.key(&used_key).key(&seeded_key).key(&slots_key).key(&held_key);
             admit
                 .arg(windows.len())
-                .arg(estimate)
+                .arg(ask.estimate)
+                .arg(ask.at_least.map_or(-1, |least| least as i64))
                 .arg(quota.map_or(-1, |q| q as i64))
                 .arg(max_at_once.map_or(-1, i64::from))
                 .arg(&request)
@@ -186,11 +187,12 @@ impl Limiter for RedisLimiter {
             }
             let answer: Vec<i64> = match self.fleet.run(&mut admit).await {
                 Ok(answer) => answer,
-                Err(Down) => return self.fallback(config, caller, estimate).await,
+                Err(Down) => return self.fallback(config, caller, ask).await,
             };
             let at = |i: usize| answer.get(i).copied().unwrap_or(0).max(0) as u64;
             match answer.first() {
                 Some(0) => {
+                    let estimate = at(2);
                     if quota.is_some() {
                         self.known_used
                             .lock()
@@ -205,18 +207,22 @@ impl Limiter for RedisLimiter {
                         leases.push((held_key.clone(), format!("{request}|{estimate}")));
                     }
                     self.fleet.hold(number, leases);
-                    return Ok(Reservation::new(Box::new(Ticket {
-                        fleet: self.fleet.clone(),
-                        number,
-                        request,
-                        windows,
-                        used_key,
-                        slots_key,
-                        held_key,
-                        quota: quota.is_some(),
+                    return Ok(Reservation::new(
+                        Box::new(Ticket {
+                            fleet: self.fleet.clone(),
+                            number,
+                            request,
+                            windows,
+                            used_key,
+                            slots_key,
+                            held_key,
+                            quota: quota.is_some(),
+                            estimate,
+                            settled: false,
+                        }),
+                        ask,
                         estimate,
-                        settled: false,
-                    })));
+                    ));
                 }
                 Some(1) => {
                     self.metrics.rate_limited("concurrency");
@@ -227,42 +233,22 @@ impl Limiter for RedisLimiter {
                     self.metrics.rate_limited(rule.scope);
                     let reset = Duration::from_millis(at(4));
                     return Err(rule
-                        .refusal(at(2), at(3), estimate, reset)
+                        .refusal(at(2), at(3), ask.estimate, reset)
                         .unwrap_or_else(|| super::rules::limited("rate limit reached".into(), reset, Vec::new())));
                 }
                 Some(3) => {
                     self.metrics.rate_limited("quota");
                     let name = token.map_or("", |t| t.name.as_str());
-                    return Err(over_quota(name, quota.unwrap_or(0), at(1), estimate));
+                    return Err(over_quota(name, quota.unwrap_or(0), at(1), ask.estimate));
                 }
                 _ => {
                     if !self.seed(month).await? {
-                        return self.fallback(config, caller, estimate).await;
+                        return self.fallback(config, caller, ask).await;
                     }
                 }
             }
         }
         Err(Error::internal("the quota could not be rebuilt in Redis"))
-    }
-
-    async fn quota_left(&self, caller: &Caller) -> Option<u64> {
-        let token = caller.token.as_ref()?;
-        let quota = token.monthly_quota?;
-        let (used_key, _, held_key) = self.quota_keys(&token.digest, month_start_ms());
-        let mut read = redis::pipe();
-        read.get(&used_key).zrange(&held_key, 0, -1);
-        let answer: Result<(Option<u64>, Vec<String>), Down> = self.fleet.command_pipe(&read).await;
-        let committed = match answer {
-            Ok((used, held)) => {
-                let reserved: u64 = held
-                    .iter()
-                    .filter_map(|m| m.rsplit_once('|').and_then(|(_, e)| e.parse::<u64>().ok()))
-                    .sum();
-                used.unwrap_or(0) + reserved
-            }
-            Err(Down) => return self.local.quota_left(caller).await,
-        };
-        Some(quota.saturating_sub(committed))
     }
 }
 
