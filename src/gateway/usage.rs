@@ -371,9 +371,14 @@ mod tests {
 
         let mut meter = Meter::start(log.clone(), metrics.clone(), &caller, "m");
         let limiter = crate::gateway::limits::MemoryLimiter::new(metrics.clone());
-        let reservation = crate::gateway::limits::Limiter::admit(&limiter, &Default::default(), &caller, 10)
-            .await
-            .unwrap();
+        let reservation = crate::gateway::limits::Limiter::admit(
+            &limiter,
+            &Default::default(),
+            &caller,
+            crate::gateway::limits::Ask::exactly(10),
+        )
+        .await
+        .unwrap();
         meter.admitted(reservation, 12);
         meter.routed("default", "ollama", "m-upstream", Duration::ZERO, Span::none());
         for event in [ChatEvent::Text("abcdefgh".into()), ChatEvent::Text("ij".into())] {
