@@ -23,16 +23,19 @@ impl Drain {
     }
 
     /// `stream`, ended with an `Unavailable` error if the drain deadline comes first
-    /// (dropping the rest cancels its upstream call).
+    /// (dropping the rest cancels its upstream call). The deadline is looked at when the
+    /// stream waits, not before every event: each look locks the token, which all
+    /// streams share, and a burst of events is over within moments anyway.
     pub fn cut(&self, stream: ChatStream) -> ChatStream {
-        let deadline = self.deadline.clone();
+        let deadline = self.deadline.clone().cancelled_owned();
         Box::pin(async_stream::stream! {
             let mut stream = stream;
+            futures::pin_mut!(deadline);
             loop {
                 let next = tokio::select! {
                     biased;
-                    () = deadline.cancelled() => None,
                     item = stream.next() => Some(item),
+                    () = &mut deadline => None,
                 };
                 match next {
                     Some(Some(item)) => yield item,

@@ -191,10 +191,14 @@ pub fn frames<E>(
 where
     E: std::error::Error + Send + 'static,
 {
-    // One timer for the whole stream, pushed back by every chunk.
-    let body = tokio_stream::StreamExt::timeout(body, idle);
     async_stream::stream! {
         futures::pin_mut!(body);
+        // One timer for the whole stream, moved only when it goes off before `idle` has
+        // passed since the last chunk: moving it on every chunk was a timer-wheel update
+        // per chunk.
+        let timer = tokio::time::sleep(idle);
+        futures::pin_mut!(timer);
+        let mut last_chunk = tokio::time::Instant::now();
         let mut framer = Framer::new(format, max);
         let failed = |e: FrameError| match e {
             FrameError::TooLarge => Error::upstream(
@@ -214,13 +218,29 @@ where
                     Err(e) => { yield Err(failed(e)); return; }
                 }
             }
-            match body.next().await {
-                Some(Ok(Ok(chunk))) => framer.push(&chunk),
-                Some(Err(_)) => {
-                    yield Err(Error::new(ErrorKind::Timeout, format!("{shown} sent nothing for {} s", idle.as_secs_f64())));
-                    return;
+            let next = loop {
+                tokio::select! {
+                    biased;
+                    next = body.next() => break Some(next),
+                    () = &mut timer => {
+                        let due = last_chunk + idle;
+                        if tokio::time::Instant::now() >= due {
+                            break None;
+                        }
+                        timer.as_mut().reset(due);
+                    }
                 }
-                Some(Ok(Err(e))) => {
+            };
+            let Some(next) = next else {
+                yield Err(Error::new(ErrorKind::Timeout, format!("{shown} sent nothing for {} s", idle.as_secs_f64())));
+                return;
+            };
+            match next {
+                Some(Ok(chunk)) => {
+                    last_chunk = tokio::time::Instant::now();
+                    framer.push(&chunk);
+                }
+                Some(Err(e)) => {
                     yield Err(Error::new(ErrorKind::UpstreamUnavailable, format!("the stream from {shown} broke: {}", super::upstream::root_cause(&e))));
                     return;
                 }
@@ -240,6 +260,35 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The idle timer is moved lazily: chunks that keep coming, each within `idle` of
+    /// the last, never time out however long the stream runs; a silence past it does.
+    #[tokio::test]
+    async fn only_a_silence_longer_than_idle_times_out() {
+        let idle = Duration::from_millis(400);
+        let body = async_stream::stream! {
+            for i in 0..8 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                yield Ok::<_, std::io::Error>(Bytes::from(format!("{{\"n\":{i}}}\n")));
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            yield Ok(Bytes::from_static(b"{\"late\":true}\n"));
+        };
+        let started = tokio::time::Instant::now();
+        let items: Vec<_> = frames(body, Format::Ndjson, 1024, idle, "the upstream".into())
+            .collect()
+            .await;
+        assert_eq!(items.len(), 9, "{items:?}");
+        assert!(items[..8].iter().all(Result::is_ok), "{items:?}");
+        let timeout = items[8].as_ref().unwrap_err();
+        assert_eq!(timeout.kind, ErrorKind::Timeout, "{timeout:?}");
+        // Timed out at the silence's idle time, not at the first timer setting.
+        assert!(
+            started.elapsed() >= Duration::from_millis(1100),
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     fn all(format: Format, max: usize, chunks: &[&[u8]]) -> Result<Vec<String>, FrameError> {
         let mut framer = Framer::new(format, max);
