@@ -1,5 +1,6 @@
 //! The least a gateway on diglot's HTTP stack can cost: salvo in front, reqwest behind,
-//! the same listener (`TCP_NODELAY`) and runtime, and nothing else. Every request is
+//! the same listeners (`TCP_NODELAY`) and runtimes (one single-threaded worker per core,
+//! each with its own client), and nothing else. Every request is
 //! forwarded to the upstream as bytes (method, path, query and body) and its answer is
 //! streamed back as bytes: no JSON, no translation, no routing, no auth, no metrics.
 //!
@@ -10,7 +11,6 @@
 //! cargo run --release --example bare_proxy -- --listen 127.0.0.1:3001 --upstream http://127.0.0.1:11435
 //! ```
 
-use salvo::conn::Acceptor;
 use salvo::http::{HeaderValue, StatusCode};
 use salvo::prelude::*;
 use std::sync::OnceLock;
@@ -20,19 +20,24 @@ struct Target {
     upstream: String,
 }
 
-static TARGET: OnceLock<Target> = OnceLock::new();
+thread_local! {
+    /// This worker's client and the upstream's base URL.
+    static TARGET: OnceLock<Target> = const { OnceLock::new() };
+}
 
 #[handler]
 async fn forward(req: &mut Request, res: &mut Response) {
-    let target = TARGET.get().expect("set before serving");
+    let (client, upstream) = TARGET.with(|target| {
+        let target = target.get().expect("set before serving");
+        (target.client.clone(), target.upstream.clone())
+    });
     let body = match req.payload().await {
         Ok(body) => body.clone(),
         Err(e) => return fail(res, StatusCode::BAD_REQUEST, e.to_string()),
     };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut upstream = target
-        .client
-        .request(req.method().clone(), format!("{}{path}", target.upstream))
+    let mut upstream = client
+        .request(req.method().clone(), format!("{upstream}{path}"))
         .body(body);
     if let Some(content_type) = req.headers().get("content-type") {
         upstream = upstream.header("content-type", content_type.clone());
@@ -56,8 +61,7 @@ fn fail(res: &mut Response, status: StatusCode, message: String) {
     res.render(message);
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let mut listen = "127.0.0.1:3001".to_owned();
     let mut upstream = "http://127.0.0.1:11435".to_owned();
     let mut args = std::env::args().skip(1);
@@ -72,15 +76,39 @@ async fn main() {
             }
         }
     }
+    let addr = listen.parse().expect("--listen is an address like 127.0.0.1:3001");
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let listeners = runtime()
+        .block_on(diglot::http::bind(addr, cores))
+        .expect("the address is free");
+    let local = listeners[0].local_addr().expect("a TCP address");
+    println!("listening on http://{local}");
+    let workers: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| {
+            let upstream = upstream.clone();
+            std::thread::spawn(move || runtime().block_on(serve(listener, upstream)))
+        })
+        .collect();
+    workers.into_iter().for_each(|worker| drop(worker.join()));
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("the runtime starts")
+}
+
+/// One worker: its own client, its own listener.
+async fn serve(listener: std::net::TcpListener, upstream: String) {
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .build()
         .expect("the client builds");
-    let _ = TARGET.set(Target { client, upstream });
-    let addr = listen.parse().expect("--listen is an address like 127.0.0.1:3001");
-    let acceptor = diglot::http::bind(addr).await.expect("the address is free");
-    let local = acceptor.holdings()[0].local_addr.clone();
-    println!("listening on http://{}", local.into_std().expect("a TCP address"));
+    TARGET.with(|target| drop(target.set(Target { client, upstream })));
+    let listener = tokio::net::TcpListener::from_std(listener).expect("the listener registers");
+    let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener).expect("a TCP listener");
     let router = Router::new().push(Router::with_path("{**rest}").goal(forward));
     Server::new(acceptor).serve(router).await;
 }

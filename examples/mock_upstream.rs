@@ -1220,7 +1220,7 @@ fn main() -> std::io::Result<()> {
         .enable_all()
         .build()?
         .block_on(async {
-            let acceptor = diglot::http::bind(args.listen).await?;
+            let acceptor = diglot::http::bind_one(args.listen).await?;
             let local = acceptor.holdings()[0]
                 .local_addr
                 .clone()

@@ -283,8 +283,9 @@ fn run(config: Config, source: Source) -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         };
-        let acceptor = match diglot::http::bind(addr).await {
-            Ok(acceptor) => acceptor,
+        let workers = config.server.worker_count();
+        let listeners = match diglot::http::bind(addr, workers).await {
+            Ok(listeners) => listeners,
             Err(e) => {
                 eprintln!("diglot: cannot listen on {addr}: {e}");
                 return std::process::ExitCode::from(1);
@@ -293,7 +294,7 @@ fn run(config: Config, source: Source) -> std::process::ExitCode {
         for channel in config.channels() {
             tracing::info!(channel = %channel.name, kind = ?channel.kind, url = %diglot::protocol::upstream::shown_url(&channel.url), models = ?channel.models, priority = channel.priority, weight = channel.weight, "channel");
         }
-        tracing::info!(%addr, "diglot listening");
+        tracing::info!(%addr, workers, "diglot listening");
         let telemetry_config = config.telemetry.clone();
         let app = match diglot::http::App::new(config, Some(source)).await {
             Ok(app) => app,
@@ -307,9 +308,15 @@ fn run(config: Config, source: Source) -> std::process::ExitCode {
             let endpoint = diglot::protocol::upstream::shown_url(&config_endpoint(&telemetry_config));
             tracing::info!(%endpoint, "exporting traces over OTLP");
         }
-        diglot::http::serve(acceptor, app).await;
+        let served = diglot::http::serve(listeners, app).await;
         telemetry.shutdown().await;
-        std::process::ExitCode::SUCCESS
+        match served {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("diglot: cannot start serving: {e}");
+                std::process::ExitCode::from(1)
+            }
+        }
     })
 }
 

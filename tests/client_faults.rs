@@ -532,3 +532,79 @@ async fn too_many_or_too_large_headers_get_431_naming_the_key() {
     assert_eq!(ask(huge, "/v1/chat/completions").await.status, 431);
     assert_eq!(fake.calls(), 0, "nothing reached the upstream");
 }
+
+/// The binary serves on `server.workers` threads, each taking its share of the connections
+/// (the kernel spreads them over one listening socket per worker), and a port already
+/// taken is still an error: sockets sharing a port must not let a second diglot in.
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_share_the_connections_and_a_taken_port_is_refused() {
+    let fake = FakeUpstream::start().await;
+    let dir = temp_dir();
+    let diglot = binary_with_profile(&fake, dir.path(), "[server]\nworkers = 2\n").await;
+    let workers = worker_threads(diglot.pid());
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let before: Vec<u64> = workers.iter().map(|w| run_time_ns(diglot.pid(), w)).collect();
+    let url = format!("{}/v1/chat/completions", diglot.base);
+    // 64 clients, each on its own keep-alive connection.
+    let load: Vec<_> = (0..64)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                for _ in 0..5 {
+                    let answer = send(client.post(&url).json(&chat(false))).await;
+                    assert_eq!(answer.status, 200, "{}", answer.text);
+                }
+            })
+        })
+        .collect();
+    for client in load {
+        client.await.unwrap();
+    }
+    for (worker, before) in workers.iter().zip(before) {
+        let ran_ms = (run_time_ns(diglot.pid(), worker) - before) / 1_000_000;
+        assert!(ran_ms >= 10, "{worker} ran {ran_ms} ms of 320 requests");
+    }
+
+    let port = diglot.base.rsplit(':').next().unwrap().to_owned();
+    let mut second = diglot_command()
+        .args(["--target", &fake.url(), "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("a second diglot started on the port the first listens on");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(!status.success());
+    assert!(log.contains("cannot listen on"), "{log}");
+}
+
+/// The task ids of the `diglot-worker-N` threads of process `pid`.
+fn worker_threads(pid: u32) -> Vec<String> {
+    let mut workers: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| {
+            let task = task.ok()?.file_name().into_string().ok()?;
+            let name = std::fs::read_to_string(format!("/proc/{pid}/task/{task}/comm")).ok()?;
+            name.starts_with("diglot-worker").then_some(task)
+        })
+        .collect();
+    workers.sort();
+    workers
+}
+
+/// How long thread `task` of `pid` has run on a CPU, in nanoseconds.
+fn run_time_ns(pid: u32, task: &str) -> u64 {
+    let schedstat = std::fs::read_to_string(format!("/proc/{pid}/task/{task}/schedstat")).unwrap();
+    schedstat.split_whitespace().next().unwrap().parse().unwrap()
+}

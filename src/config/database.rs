@@ -2,8 +2,15 @@
 //! parameters included (tokio-postgres alone knows only some of them).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio_postgres::config::SslMode;
+
+/// The longest a new connection may take, unless the URL says (`connect_timeout`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before TCP keepalives probe the database, unless the URL says
+/// (`keepalives_idle`; the system's default is two hours).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// A PostgreSQL URL, which may hold a password: shown (`Debug`, `Display`) without it.
 #[derive(Clone, PartialEq)]
@@ -30,7 +37,9 @@ impl DatabaseUrl {
     }
 
     /// What tokio-postgres connects with, and the TLS the URL asks for; or what is
-    /// wrong with the URL (without its password).
+    /// wrong with the URL (without its password). A database that stops answering must
+    /// not hold requests or usage writes for ever: connects are bounded and dead peers
+    /// found by keepalives, unless the URL sets its own.
     pub fn connection(&self) -> Result<(tokio_postgres::Config, DatabaseTls), String> {
         let (base, query) = self.0.split_once('?').unwrap_or((&self.0, ""));
         let mut tls = DatabaseTls {
@@ -38,6 +47,7 @@ impl DatabaseUrl {
             root_cert: None,
         };
         let mut rest = Vec::new();
+        let mut keepalives_idle_set = false;
         for option in query.split('&').filter(|o| !o.is_empty()) {
             let (name, value) = option.split_once('=').unwrap_or((option, ""));
             let value = decode(value);
@@ -56,7 +66,10 @@ impl DatabaseUrl {
                     }
                 }
                 "sslrootcert" => tls.root_cert = Some(PathBuf::from(value)),
-                _ => rest.push(option),
+                _ => {
+                    keepalives_idle_set |= name == "keepalives_idle";
+                    rest.push(option);
+                }
             }
         }
         let url = if rest.is_empty() {
@@ -68,6 +81,12 @@ impl DatabaseUrl {
             .parse()
             .map_err(|e| format!("store.url: '{self}' is not a PostgreSQL URL: {e}"))?;
         config.ssl_mode(tls.mode);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if !keepalives_idle_set {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
         Ok((config, tls))
     }
 }
@@ -135,11 +154,18 @@ mod tests {
         assert_eq!(tls.mode, SslMode::Require);
         assert_eq!(tls.root_cert, Some(PathBuf::from("/etc/ca.pem")));
         assert_eq!(config.get_ssl_mode(), SslMode::Require);
-        assert_eq!(config.get_connect_timeout(), Some(&std::time::Duration::from_secs(3)));
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(3)));
 
-        // No sslmode: in the clear, as before TLS was offered.
+        assert_eq!(config.get_keepalives_idle(), KEEPALIVE_IDLE);
+
+        // No sslmode: in the clear, as before TLS was offered; diglot's bounds.
         let (config, tls) = DatabaseUrl("postgres://h/d".into()).connection().unwrap();
         assert_eq!((config.get_ssl_mode(), tls.root_cert), (SslMode::Disable, None));
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        let (config, _) = DatabaseUrl("postgres://h/d?keepalives_idle=7".into())
+            .connection()
+            .unwrap();
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(7));
 
         let wrong = DatabaseUrl("postgres://u:hush@h/d?sslmode=maybe".into()).connection();
         assert!(wrong.unwrap_err().contains("sslmode=maybe is none of"));

@@ -13,6 +13,9 @@ pub struct ServerConfig {
     /// defense against DNS rebinding lets only this machine's names in otherwise): exact
     /// names or globs (`*.example.lan`), without the port.
     pub allowed_hosts: Vec<String>,
+    /// Threads serving requests, each running its own connections from end to end (as
+    /// nginx's workers). 0: one per core.
+    pub workers: usize,
     /// Most client connections served at once; past it a request gets 503. 0: as many
     /// as the open-file limit allows (two descriptors per proxied request).
     pub max_connections: usize,
@@ -43,6 +46,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             allowed_hosts: Vec::new(),
+            workers: 0,
             max_connections: 0,
             header_timeout_secs: 10.0,
             max_header_bytes: 64 * 1024,
@@ -58,6 +62,14 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// How many threads serve: `workers`, or one per core.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+
     pub fn header_timeout(&self) -> Duration {
         secs(self.header_timeout_secs)
     }
@@ -91,6 +103,9 @@ impl ServerConfig {
             if !(0.0..=86_400.0).contains(&value) {
                 return Err(format!("server.{key}: {value} is not between 0 and 86400 seconds"));
             }
+        }
+        if self.workers > 1024 {
+            return Err(format!("server.workers: {} is more than 1024 threads", self.workers));
         }
         if self.max_header_bytes < 8192 {
             return Err(format!(

@@ -285,7 +285,9 @@ impl Gateway {
         let limits = &live.config.limits;
         let default = limits.default_max_tokens;
         // 0 asks for nothing (answered at once); below it means no limit.
-        let asked: Vec<Option<u64>> = candidates
+        // One pass over the candidates: the most any asks for (unset counted as the
+        // default), the most any sets, and whether any leaves it unset.
+        let (most, longest_asked, any_unset) = candidates
             .iter()
             .map(|c| {
                 live.policies
@@ -293,14 +295,17 @@ impl Gateway {
                     .filter(|&n| n >= 0)
                     .map(|n| n as u64)
             })
-            .collect();
-        let longest_asked = asked.iter().flatten().max().copied();
+            .fold((None, None, false), |(most, longest, unset), asked| {
+                let counted = asked.unwrap_or(default);
+                (
+                    Some(most.map_or(counted, |m: u64| m.max(counted))),
+                    longest.max(asked),
+                    unset || asked.is_none(),
+                )
+            });
         let ask = Ask {
-            estimate: prompt + asked.iter().map(|n| n.unwrap_or(default)).max().unwrap_or(default),
-            at_least: asked
-                .iter()
-                .any(Option::is_none)
-                .then(|| prompt + longest_asked.unwrap_or(0).max(1)),
+            estimate: prompt + most.unwrap_or(default),
+            at_least: any_unset.then(|| prompt + longest_asked.unwrap_or(0).max(1)),
         };
         let reservation = self.limiter.admit(limits, caller, ask).await?;
         let cap = reservation

@@ -1,11 +1,12 @@
-//! The listening socket and the connections it holds: how many may be open (from the
+//! The listening sockets and the connections they hold: how many may be open (from the
 //! open-file limit, so accepting never fails with EMFILE), closing it the moment a stop
 //! begins, and accept errors logged at a bounded rate.
 
 use std::collections::HashSet;
 use std::io::{Error as IoError, Result as IoResult};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,6 +24,52 @@ use crate::config::ServerConfig;
 /// the store, log files, the profile watch, DNS, idle pooled upstream connections.
 const RESERVED_FDS: u64 = 256;
 
+/// `count` listening sockets on `addr`, one per worker (`SO_REUSEPORT`: the kernel
+/// spreads new connections over them), with `TCP_NODELAY` inherited by
+/// every accepted connection (without it each small streamed chunk can wait ~40 ms for
+/// Nagle). Call within a runtime.
+pub async fn bind(addr: SocketAddr, count: usize) -> IoResult<Vec<TcpListener>> {
+    if count <= 1 {
+        return Ok(vec![listen(addr, false)?]);
+    }
+    // A plain bind first, so that a port already in use is an error as ever: sockets
+    // that all set `SO_REUSEPORT` would share it with another diglot without a word.
+    let addr = listen(addr, false)?.local_addr()?;
+    if cfg!(target_os = "linux") {
+        (0..count).map(|_| listen(addr, true)).collect()
+    } else {
+        // Elsewhere `SO_REUSEPORT` does not spread connections: the workers share one
+        // socket and take turns accepting.
+        let first = listen(addr, false)?;
+        let mut all = (1..count).map(|_| first.try_clone()).collect::<IoResult<Vec<_>>>()?;
+        all.push(first);
+        Ok(all)
+    }
+}
+
+fn listen(addr: SocketAddr, reuse_port: bool) -> IoResult<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)?.into_std()
+}
+
+/// One listening socket on `addr`, for serving on the caller's runtime.
+pub async fn bind_one(addr: SocketAddr) -> IoResult<TcpAcceptor> {
+    TcpAcceptor::try_from(tokio::net::TcpListener::from_std(listen(addr, false)?)?)
+}
+
 /// How many client connections are open, and the bounds on them.
 #[derive(Debug)]
 pub struct Connections {
@@ -32,6 +79,8 @@ pub struct Connections {
     serving: Arc<Semaphore>,
     /// The peers of the open connections accepted past `max`.
     overflow: Mutex<HashSet<SocketAddr>>,
+    /// Listening sockets still open (one per worker).
+    listening: AtomicUsize,
     pub max: usize,
 }
 
@@ -55,6 +104,7 @@ impl Connections {
             slots: Arc::new(Semaphore::new(accept_cap)),
             serving: Arc::new(Semaphore::new(max)),
             overflow: Mutex::default(),
+            listening: AtomicUsize::new(0),
             max,
         }
     }
@@ -137,6 +187,7 @@ pub struct Listener {
 
 impl Listener {
     pub fn new(inner: TcpAcceptor, connections: Arc<Connections>, drain: Drain) -> Self {
+        connections.listening.fetch_add(1, Ordering::Relaxed);
         Self {
             holdings: inner.holdings().to_vec(),
             inner: Some(inner),
@@ -174,10 +225,13 @@ impl Acceptor for Listener {
             };
             match accepted {
                 None => {
-                    // Dropping the socket closes it: new connections are refused from now.
+                    // Dropping the socket closes it: once every worker's is closed, new
+                    // connections are refused.
                     self.inner = None;
-                    self.drain.closed.cancel();
-                    tracing::info!("stopped listening");
+                    if self.connections.listening.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        self.drain.closed.cancel();
+                        tracing::info!("stopped listening");
+                    }
                 }
                 Some(Ok((slot, a))) => {
                     let admission = self.connections.admit(a.remote_addr.clone().into_std());

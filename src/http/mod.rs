@@ -17,6 +17,7 @@ pub mod respond;
 mod responses;
 mod routes;
 mod service;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ use salvo::prelude::*;
 use drain::Drain;
 pub use frames::Coalesce;
 use listener::{Connections, Listener};
+pub use listener::{bind, bind_one};
+use workers::Workers;
 
 use crate::admin::Admin;
 use crate::config::{Config, Source};
@@ -54,6 +57,7 @@ pub struct App {
 impl App {
     pub async fn new(config: Config, source: Option<Source>) -> Result<Arc<Self>, String> {
         let observer_log = config.log.access;
+        crate::protocol::workers::reserve(config.server.worker_count());
         let connections = Arc::new(Connections::new(&config.server));
         let gateway = Gateway::new(config).await?;
         let observer = Observer {
@@ -97,25 +101,12 @@ impl App {
     }
 }
 
-/// Binds `addr` with `TCP_NODELAY` on every accepted socket (they inherit it from the
-/// listener): without it each small streamed chunk can wait ~40 ms for Nagle.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpAcceptor> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_nodelay(true)?;
-    socket.bind(addr)?;
-    TcpAcceptor::try_from(socket.listen(1024)?)
-}
-
-/// Serves until SIGINT or SIGTERM, then drains (see `drain`). Reloads the configuration
-/// on SIGHUP and when the profile file changes.
-pub async fn serve(acceptor: TcpAcceptor, app: Arc<App>) {
-    let server = server(acceptor, &app);
-    let handle = server.handle();
+/// Serves on `listeners` (see `bind`), one worker thread each, until SIGINT or SIGTERM,
+/// then drains (see `drain`). Reloads the configuration on SIGHUP and when the profile
+/// file changes.
+pub async fn serve(listeners: Vec<std::net::TcpListener>, app: Arc<App>) -> std::io::Result<()> {
+    let mut workers = Workers::start(listeners, &app).await?;
+    let handles = workers.handles();
     let drain = app.drain.clone();
     let drain_time = app.gateway.snapshot().config.server.drain();
     tokio::spawn(async move {
@@ -125,19 +116,23 @@ pub async fn serve(acceptor: TcpAcceptor, app: Arc<App>) {
             "shutting down: no new connections; open requests may finish"
         );
         drain.stopping.cancel();
-        // The listener closes on its next poll, which is at once: the server polls it
-        // until told to stop.
+        // The listeners close on their next poll, which is at once: the servers poll
+        // them until told to stop.
         let _ = tokio::time::timeout(Duration::from_secs(1), drain.closed.cancelled()).await;
-        handle.stop_graceful(drain_time + CUT_GRACE);
+        for handle in &handles {
+            handle.stop_graceful(drain_time + CUT_GRACE);
+        }
         tokio::time::sleep(drain_time).await;
         drain.deadline.cancel();
     });
     reload::on_hangup(&app);
     let _watch = reload::watch(&app);
-    server.serve(app.router()).await;
+    workers.served().await;
     // Every request has ended: write the usage records still queued.
     app.gateway.usage.flush().await;
+    workers.release().await;
     tracing::info!("usage records flushed; stopped");
+    Ok(())
 }
 
 /// After the drain deadline, how long streams get to write their final error event
@@ -175,7 +170,8 @@ async fn shutdown_signal() {
 }
 
 /// Starts diglot on `config.listen` in the background and returns the bound address
-/// (port 0 picks a free one). For tests, examples and embedding.
+/// (port 0 picks a free one). For tests, examples and embedding: it serves on the
+/// caller's runtime (`server.workers` is the binary's).
 pub async fn spawn(config: Config) -> Result<SocketAddr, String> {
     spawn_app(config, None).await.map(|(addr, _)| addr)
 }
@@ -190,7 +186,9 @@ pub async fn spawn_profile(source: Source) -> Result<(SocketAddr, Arc<App>), Str
 async fn spawn_app(config: Config, source: Option<Source>) -> Result<(SocketAddr, Arc<App>), String> {
     let addr = config.listen_addr().map_err(|e| e.to_string())?;
     let app = App::new(config, source).await?;
-    let acceptor = bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let acceptor = bind_one(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = acceptor.holdings()[0]
         .local_addr
         .clone()

@@ -3,7 +3,8 @@
 //! backend, which encodes the IR for its upstream and decodes the answer). Shared:
 //! `upstream.rs` (the HTTP client), `framing.rs` (streamed bodies cut into lines or
 //! events), `images.rs` and `options.rs` (Ollama's option fields,
-//! which both frontends take). Nothing here knows of HTTP serving or the gateway.
+//! which both frontends take), `workers.rs` (what each serving thread keeps for itself).
+//! Nothing here knows of HTTP serving or the gateway.
 
 pub mod anthropic;
 pub mod framing;
@@ -12,6 +13,7 @@ pub mod ollama;
 pub mod openai;
 pub mod options;
 pub mod upstream;
+pub mod workers;
 
 use crate::config::{UpstreamConfig, UpstreamKind};
 use upstream::{Forward, PassThrough, Upstream};

@@ -1,6 +1,7 @@
-//! What every backend needs from HTTP: one pooled client per upstream, timeouts, and
+//! What every backend needs from HTTP: pooled clients per upstream, timeouts, and
 //! upstream failures turned into IR errors that say which upstream and why.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use serde::de::DeserializeOwned;
 use tracing::{Level, debug, enabled};
 
 use super::framing::{self, Format};
+use super::workers::PerWorker;
 use crate::config::{Endpoint, UpstreamConfig, UpstreamKind};
 
 /// The API version an Anthropic upstream is asked for, unless the channel's headers set one.
@@ -37,10 +39,10 @@ pub struct PassThrough {
 }
 
 /// One upstream server with one key: base URL, credentials, timeouts, and the pooled
-/// client it shares with the other keys of its channel.
+/// clients it shares with the other keys of its channel.
 #[derive(Clone)]
 pub struct Upstream {
-    http: reqwest::Client,
+    http: Arc<Clients>,
     /// For logs and spans: the URL as configured without credentials, query or
     /// trailing slash.
     base: String,
@@ -61,9 +63,31 @@ pub struct Upstream {
 /// How many idle connections to one upstream host are kept for reuse.
 pub const MAX_IDLE_PER_HOST: usize = 32;
 
+/// The pooled clients a channel's keys share, one per serving worker (each worker keeps
+/// its own connections; see `workers`).
+pub struct Clients {
+    config: UpstreamConfig,
+    per_worker: PerWorker<reqwest::Client>,
+}
+
+impl Clients {
+    /// The calling worker's client.
+    fn get(&self) -> &reqwest::Client {
+        self.per_worker.get(|| Upstream::build_client(&self.config))
+    }
+}
+
 impl Upstream {
-    /// The pooled client a channel's keys share: its extra headers, timeouts, no Nagle.
-    pub fn client(config: &UpstreamConfig) -> reqwest::Client {
+    /// The pooled clients of a channel's keys.
+    pub fn client(config: &UpstreamConfig) -> Arc<Clients> {
+        Arc::new(Clients {
+            config: config.clone(),
+            per_worker: PerWorker::default(),
+        })
+    }
+
+    /// A pooled client with the channel's extra headers and timeouts, without Nagle.
+    fn build_client(config: &UpstreamConfig) -> reqwest::Client {
         let mut headers = HeaderMap::new();
         if config.kind == UpstreamKind::Anthropic {
             headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
@@ -93,7 +117,7 @@ impl Upstream {
             .expect("the upstream HTTP client builds with static settings")
     }
 
-    pub fn new(config: &UpstreamConfig, http: reqwest::Client, endpoint: &Endpoint) -> Self {
+    pub fn new(config: &UpstreamConfig, http: Arc<Clients>, endpoint: &Endpoint) -> Self {
         let (header, scheme) = match config.kind {
             UpstreamKind::Anthropic => (HeaderName::from_static("x-api-key"), ""),
             UpstreamKind::Ollama | UpstreamKind::Openai => (AUTHORIZATION, "Bearer "),
@@ -162,7 +186,7 @@ impl Upstream {
         if enabled!(target: "diglot::wire", Level::DEBUG) {
             debug!(target: "diglot::wire", %url, payload = %serde_json::to_string(body).unwrap_or_default(), "upstream request");
         }
-        self.send(self.http.post(url).json(body)).await
+        self.send(self.http.get().post(url).json(body)).await
     }
 
     /// Posts to one of the server's own endpoints, which live beside its `/v1` API
@@ -176,11 +200,11 @@ impl Upstream {
         let root = url.path().trim_end_matches('/');
         let joined = format!("{}{path}", root.strip_suffix("/v1").unwrap_or(root));
         url.set_path(&joined);
-        self.send(self.http.post(url).json(body)).await
+        self.send(self.http.get().post(url).json(body)).await
     }
 
     pub async fn get(&self, path: &str) -> Result<reqwest::Response, Error> {
-        self.send(self.http.get(self.url(path))).await
+        self.send(self.http.get().get(self.url(path))).await
     }
 
     /// Sends a request through as it is and streams the answer back whatever its status
@@ -193,7 +217,7 @@ impl Upstream {
             call.path_and_query
         );
         let method = reqwest::Method::from_bytes(call.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-        let mut request = self.http.request(method, url).body(call.body);
+        let mut request = self.http.get().request(method, url).body(call.body);
         if let Some(content_type) = call.content_type {
             request = request.header(reqwest::header::CONTENT_TYPE, content_type);
         }

@@ -164,7 +164,7 @@ impl FakeUpstream {
             .push(Router::with_path("slow.png").get(slow_png))
             .push(Router::with_path("redirect").get(redirect));
         // With TCP_NODELAY, as real servers set it: else each small write waits for an ACK.
-        let acceptor = diglot::http::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let acceptor = diglot::http::bind_one("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = acceptor.holdings()[0].local_addr.clone().into_std().unwrap();
         tokio::spawn(Server::new(acceptor).serve(router));
         Self { addr, state }

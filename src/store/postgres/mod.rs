@@ -22,12 +22,10 @@ use crate::config::DatabaseUrl;
 /// How long a start waits for PostgreSQL to accept connections: replicas and the
 /// database often start together.
 const START_WAIT: Duration = Duration::from_secs(10);
-/// The longest a new connection (or a check of a pooled one) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest the pool may take to make a connection or check a pooled one.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a store call waits for a free pooled connection.
 const POOL_WAIT: Duration = Duration::from_secs(10);
-/// Idle time before TCP keepalives probe the database (the default is two hours).
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// The store in a PostgreSQL database.
 pub type PostgresStore = SqlStore<Postgres>;
@@ -133,17 +131,9 @@ impl SqlStore<Postgres> {
     /// Connects (retrying for a few seconds while the database starts), migrates, and
     /// starts listening for other replicas' changes.
     pub async fn open(url: &DatabaseUrl, pool_size: usize) -> StoreResult<Self> {
-        let (mut config, tls) = url.connection().map_err(StoreError)?;
+        // Connects and keepalives are bounded by `connection`, pool waits here.
+        let (config, tls) = url.connection().map_err(StoreError)?;
         let tls = tls::connector(&tls)?;
-        // A database that stops answering must not hold requests or usage writes forever:
-        // connects and pool waits are bounded, and dead peers are found by keepalives.
-        // The URL's own `connect_timeout` / `keepalives_idle` win.
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        if !url.secret().contains("keepalives_idle") {
-            config.keepalives_idle(KEEPALIVE_IDLE);
-        }
         let shown = describe(&config);
         let manager = Manager::from_config(
             config.clone(),
@@ -156,8 +146,8 @@ impl SqlStore<Postgres> {
             .max_size(pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .wait_timeout(Some(POOL_WAIT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CHECK_TIMEOUT))
+            .recycle_timeout(Some(CHECK_TIMEOUT))
             .build()
             .map_err(|e| StoreError(format!("store ({shown}): cannot make a connection pool: {e}")))?;
         let mut client = connect(&pool, &shown).await?;
