@@ -29,18 +29,19 @@ const RESERVED_FDS: u64 = 256;
 /// every accepted connection (without it each small streamed chunk can wait ~40 ms for
 /// Nagle). Call within a runtime.
 pub async fn bind(addr: SocketAddr, count: usize) -> IoResult<Vec<TcpListener>> {
-    if count <= 1 {
-        return Ok(vec![listen(addr, false)?]);
-    }
     // A plain bind first, so that a port already in use is an error as ever: sockets
     // that all set `SO_REUSEPORT` would share it with another diglot without a word.
-    let addr = listen(addr, false)?.local_addr()?;
+    let first = listen(addr, false)?;
+    if count <= 1 {
+        return Ok(vec![first]);
+    }
     if cfg!(target_os = "linux") {
+        let addr = first.local_addr()?;
+        drop(first);
         (0..count).map(|_| listen(addr, true)).collect()
     } else {
         // Elsewhere `SO_REUSEPORT` does not spread connections: the workers share one
         // socket and take turns accepting.
-        let first = listen(addr, false)?;
         let mut all = (1..count).map(|_| first.try_clone()).collect::<IoResult<Vec<_>>>()?;
         all.push(first);
         Ok(all)
@@ -67,7 +68,12 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> IoResult<TcpListener> {
 
 /// One listening socket on `addr`, for serving on the caller's runtime.
 pub async fn bind_one(addr: SocketAddr) -> IoResult<TcpAcceptor> {
-    TcpAcceptor::try_from(tokio::net::TcpListener::from_std(listen(addr, false)?)?)
+    acceptor(listen(addr, false)?)
+}
+
+/// `listener` registered with the calling runtime, as salvo serves it.
+pub fn acceptor(listener: TcpListener) -> IoResult<TcpAcceptor> {
+    TcpAcceptor::try_from(tokio::net::TcpListener::from_std(listener)?)
 }
 
 /// How many client connections are open, and the bounds on them.

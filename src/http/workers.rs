@@ -11,12 +11,12 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use salvo::conn::tcp::TcpAcceptor;
 use salvo::server::ServerHandle;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::App;
+use super::listener::acceptor;
 use crate::protocol::workers;
 
 /// The running workers.
@@ -103,7 +103,7 @@ fn run(
         Err(e) => return drop(ready.send(Err(e))),
     };
     runtime.block_on(async {
-        let acceptor = match tokio::net::TcpListener::from_std(listener).and_then(TcpAcceptor::try_from) {
+        let acceptor = match acceptor(listener) {
             Ok(acceptor) => acceptor,
             Err(e) => return drop(ready.send(Err(e))),
         };
