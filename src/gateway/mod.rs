@@ -186,9 +186,17 @@ impl Gateway {
         requests: impl IntoIterator<Item = &'r ChatRequest>,
         caller: &Caller,
     ) -> Result<Vec<ChatStream>, Error> {
+        let mut requests = requests.into_iter().peekable();
+        let Some(first) = requests.next() else {
+            return Ok(Vec::new());
+        };
+        if requests.peek().is_none() {
+            // One answer (nearly every request): no batch, and no join to move it through.
+            return Ok(vec![self.chat_in(live, first, caller, None).await?]);
+        }
         let batch = usage::Batch::default();
-        let starts = requests
-            .into_iter()
+        let starts = std::iter::once(first)
+            .chain(requests)
             .map(|request| self.chat_in(live, request, caller, Some(batch.clone())));
         futures::future::try_join_all(starts).await
     }

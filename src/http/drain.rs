@@ -2,6 +2,9 @@
 //! `server.drain_secs` to finish, and streams still open then end with an error event in
 //! their own protocol instead of a cut connection.
 
+use std::future::Future;
+use std::task::{Poll, ready};
+
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -27,29 +30,29 @@ impl Drain {
     /// stream waits, not before every event: each look locks the token, which all
     /// streams share, and a burst of events is over within moments anyway.
     pub fn cut(&self, stream: ChatStream) -> ChatStream {
-        let deadline = self.deadline.clone().cancelled_owned();
-        Box::pin(async_stream::stream! {
-            let mut stream = stream;
-            futures::pin_mut!(deadline);
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    item = stream.next() => Some(item),
-                    () = &mut deadline => None,
-                };
-                match next {
-                    Some(Some(item)) => yield item,
-                    Some(None) => break,
-                    None => {
-                        yield Err(Error::new(
-                            ErrorKind::Unavailable,
-                            "diglot is shutting down and this answer was still running at the end of its \
-                             drain time (server.drain_secs); send the request again",
-                        ));
-                        break;
-                    }
+        let mut deadline = Box::pin(self.deadline.clone().cancelled_owned());
+        let mut stream = Some(stream);
+        // A plain poll function, not a generator: it sits under every event of every
+        // stream.
+        Box::pin(futures::stream::poll_fn(move |cx| {
+            let Some(inner) = stream.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match inner.poll_next_unpin(cx) {
+                Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
+                Poll::Ready(None) => {
+                    stream = None;
+                    return Poll::Ready(None);
                 }
+                Poll::Pending => {}
             }
-        })
+            ready!(deadline.as_mut().poll(cx));
+            stream = None;
+            Poll::Ready(Some(Err(Error::new(
+                ErrorKind::Unavailable,
+                "diglot is shutting down and this answer was still running at the end of its drain \
+                 time (server.drain_secs); send the request again",
+            ))))
+        }))
     }
 }

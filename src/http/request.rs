@@ -241,6 +241,11 @@ fn too_slow<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Body
 }
 
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    // Tracking the path costs on every value; it is only needed to name the field at
+    // fault, so a body that fails is parsed a second time with it.
+    if let Ok(parsed) = serde_json::from_slice(body) {
+        return Ok(parsed);
+    }
     let deserializer = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();

@@ -92,15 +92,25 @@ pub fn table() -> Vec<Route> {
         access: Access::Public,
         ..route
     };
-    let mut routes = vec![
+    // Salvo tries the routes in this order: the ones clients call most come first.
+    let mut routes = Vec::new();
+    routes.extend(openai!(
+        POST,
+        "/chat/completions",
+        "/chat/completions",
+        openai::chat_completions
+    ));
+    routes.push(route(POST, "/api/chat", Ollama, ollama::chat));
+    routes.extend(anthropic!("/messages", anthropic::messages));
+    routes.extend(openai!(POST, "/responses", "/responses", responses::create));
+    routes.extend([
+        route(POST, "/api/generate", Ollama, ollama::generate),
+        route(POST, "/api/embed", Ollama, ollama::embed),
         public(route(GET_HEAD, "/", OpenAi, ollama::running)),
         public(route(GET_HEAD, "/api/version", Ollama, ollama::version)),
         route(GET_HEAD, "/api/tags", Ollama, ollama::tags),
         route(POST, "/api/show", Ollama, ollama::show),
         route(GET, "/api/ps", Ollama, ollama::ps),
-        route(POST, "/api/chat", Ollama, ollama::chat),
-        route(POST, "/api/generate", Ollama, ollama::generate),
-        route(POST, "/api/embed", Ollama, ollama::embed),
         route(POST, "/api/embeddings", Ollama, ollama::embeddings),
         route(POST, "/api/pull", Ollama, ollama::pull),
         route(POST, "/api/push", Ollama, ollama::manage),
@@ -112,20 +122,12 @@ pub fn table() -> Vec<Route> {
             ..route(POST_HEAD, "/api/blobs/{digest}", Ollama, ollama::manage)
         },
         public(route(GET, "/v1", OpenAi, openai::connection_test)),
-    ];
-    routes.extend(openai!(
-        POST,
-        "/chat/completions",
-        "/chat/completions",
-        openai::chat_completions
-    ));
+    ]);
     routes.extend(openai!(POST, "/completions", "/completions", openai::completions));
     routes.extend(openai!(POST, "/embeddings", "/embeddings", openai::embeddings));
     routes.extend(openai!(GET, "/models", "/models", openai::list_models));
     routes.extend(openai!(GET, "/models/{**id}", "/models/{model}", openai::get_model));
-    routes.extend(anthropic!("/messages", anthropic::messages));
     routes.extend(anthropic!("/messages/count_tokens", anthropic::count_tokens));
-    routes.extend(openai!(POST, "/responses", "/responses", responses::create));
     routes.extend(openai!(
         GET,
         "/responses/{id}/input_items",
@@ -165,11 +167,11 @@ pub fn table() -> Vec<Route> {
 
 const ADMIN: &[Method] = &[Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
 
-/// The table as a salvo router: `admin` (the admin API's own router), every route at the
-/// root and under `base` (a base path like `/ollama`, or ""), `/metrics` only when
-/// `metrics` are on, and a 404 in OpenAI's shape for anything else.
+/// The table as a salvo router: every route at the root and under `base` (a base path
+/// like `/ollama`, or ""), `/metrics` only when `metrics` are on, then `admin` (the admin
+/// API's own router), and a 404 in OpenAI's shape for anything else.
 pub fn router(routes: &[Route], base: &str, metrics: bool, admin: Router) -> Router {
-    let mut root = Router::new().push(admin);
+    let mut root = Router::new();
     let served_here = |r: &&Route| (metrics || r.access != Access::Metrics) && r.access != Access::Admin;
     for route in routes.iter().filter(served_here) {
         let mut prefixes = vec![""];
@@ -188,7 +190,8 @@ pub fn router(routes: &[Route], base: &str, metrics: bool, admin: Router) -> Rou
             root = root.push(router);
         }
     }
-    root.push(Router::with_path("{**rest}").goal(service::no_route))
+    root.push(admin)
+        .push(Router::with_path("{**rest}").goal(service::no_route))
 }
 
 /// The route `path` belongs to (`base` is the configured base path), if any.

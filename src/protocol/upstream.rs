@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Level, debug, enabled};
@@ -186,7 +186,7 @@ impl Upstream {
         if enabled!(target: "diglot::wire", Level::DEBUG) {
             debug!(target: "diglot::wire", %url, payload = %serde_json::to_string(body).unwrap_or_default(), "upstream request");
         }
-        self.send(self.http.get().post(url).json(body)).await
+        self.post_json(url, body).await
     }
 
     /// Posts to one of the server's own endpoints, which live beside its `/v1` API
@@ -200,7 +200,22 @@ impl Upstream {
         let root = url.path().trim_end_matches('/');
         let joined = format!("{}{path}", root.strip_suffix("/v1").unwrap_or(root));
         url.set_path(&joined);
-        self.send(self.http.get().post(url).json(body)).await
+        self.post_json(url, body).await
+    }
+
+    /// Sends `body` as JSON, serialized into one buffer sized for a typical chat (what
+    /// `RequestBuilder::json` does, less its reallocations).
+    async fn post_json<T: Serialize + ?Sized>(&self, url: reqwest::Url, body: &T) -> Result<reqwest::Response, Error> {
+        let mut json = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut json, body)
+            .map_err(|e| Error::internal(format!("the upstream request could not be written as JSON: {e}")))?;
+        let request = self.http.get().post(url);
+        self.send(
+            request
+                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+                .body(json),
+        )
+        .await
     }
 
     pub async fn get(&self, path: &str) -> Result<reqwest::Response, Error> {
@@ -219,7 +234,7 @@ impl Upstream {
         let method = reqwest::Method::from_bytes(call.method.as_bytes()).unwrap_or(reqwest::Method::POST);
         let mut request = self.http.get().request(method, url).body(call.body);
         if let Some(content_type) = call.content_type {
-            request = request.header(reqwest::header::CONTENT_TYPE, content_type);
+            request = request.header(CONTENT_TYPE, content_type);
         }
         if let Some((name, value)) = &self.auth {
             request = request.header(name.clone(), value.clone());
@@ -227,7 +242,7 @@ impl Upstream {
         let response = request.send().await.map_err(|e| self.transport_error(&e))?;
         let content_type = response
             .headers()
-            .get(reqwest::header::CONTENT_TYPE)
+            .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let shown = self.shown.clone();
@@ -293,16 +308,27 @@ impl Upstream {
     /// Reads a whole body of at most `limit` bytes (`setting` says how to raise it).
     async fn read_within(&self, response: reqwest::Response, limit: usize, setting: &str) -> Result<Bytes, Error> {
         let read = async {
-            let mut body = bytes::BytesMut::new();
+            // An answer in one read (most are) is kept as it came, not copied.
+            let (mut first, mut more) = (Bytes::new(), None::<bytes::BytesMut>);
             let mut stream = response.bytes_stream();
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
-                if body.len() + chunk.len() > limit {
+                let held = more.as_ref().map_or(first.len(), |m| m.len());
+                if held + chunk.len() > limit {
                     return Ok(None);
                 }
-                body.extend_from_slice(&chunk);
+                match &mut more {
+                    None if first.is_empty() => first = chunk,
+                    None => {
+                        let mut joined = bytes::BytesMut::with_capacity(2 * (held + chunk.len()));
+                        joined.extend_from_slice(&first);
+                        joined.extend_from_slice(&chunk);
+                        more = Some(joined);
+                    }
+                    Some(joined) => joined.extend_from_slice(&chunk),
+                }
             }
-            Ok::<_, reqwest::Error>(Some(body.freeze()))
+            Ok::<_, reqwest::Error>(Some(more.map_or(first, bytes::BytesMut::freeze)))
         };
         let body = match tokio::time::timeout(self.idle_timeout, read).await {
             Err(_) => return Err(self.timed_out(self.idle_timeout)),

@@ -426,28 +426,15 @@ impl ChunkDecoder {
     fn decode(&mut self, line: &str, is_chat: bool) -> Result<Vec<ChatEvent>, Error> {
         let bad =
             |e: serde_json::Error| Error::upstream(502, format!("the Ollama upstream sent an unreadable line: {e}"));
-        let (text, thinking, tool_calls, logprobs, end, error) = if is_chat {
-            let chunk: wire::ChatChunk = serde_json::from_str(line).map_err(bad)?;
-            let message = chunk.message.unwrap_or_default();
-            (
-                message.content,
-                message.thinking,
-                message.tool_calls,
-                chunk.logprobs,
-                chunk.end,
-                chunk.error,
-            )
+        let mut line: wire::Line = serde_json::from_str(line).map_err(bad)?;
+        let end = line.take_ending();
+        let (text, thinking, tool_calls) = if is_chat {
+            let message = line.message.unwrap_or_default();
+            (message.content, message.thinking, message.tool_calls)
         } else {
-            let chunk: wire::GenerateChunk = serde_json::from_str(line).map_err(bad)?;
-            (
-                chunk.response,
-                chunk.thinking,
-                None,
-                chunk.logprobs,
-                chunk.end,
-                chunk.error,
-            )
+            (line.response, line.thinking, None)
         };
+        let (logprobs, error) = (line.logprobs, line.error);
         if let Some(error) = error {
             return Err(Error::upstream(500, error));
         }

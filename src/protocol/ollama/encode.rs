@@ -206,6 +206,8 @@ impl LineEncoder {
             self.text_prefix = prefix;
         }
         let start = out.len();
+        // The line's size, near enough that it is written with no reallocation.
+        out.reserve(self.text_prefix.len() + text.len() + text.len() / 8 + 128);
         out.extend_from_slice(&self.text_prefix);
         out.extend_from_slice(now().as_bytes());
         out.extend_from_slice(match self.kind {

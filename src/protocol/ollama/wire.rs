@@ -111,6 +111,56 @@ pub struct ChatChunk {
     pub error: Option<String>,
 }
 
+/// One line of an `/api/chat` (`message`) or `/api/generate` (`response`, `thinking`)
+/// answer as diglot reads it, every field at the top level: serde reads a struct with a
+/// flattened part (`ChatChunk`, `GenerateChunk`) only by first copying each line into a
+/// map of its own, on every streamed chunk.
+#[derive(Debug, Deserialize, Default)]
+pub struct Line {
+    #[serde(default)]
+    pub message: Option<Message>,
+    #[serde(default)]
+    pub response: String,
+    #[serde(default)]
+    pub thinking: Option<String>,
+    #[serde(default)]
+    pub done: bool,
+    #[serde(default)]
+    pub done_reason: Option<String>,
+    #[serde(default)]
+    pub total_duration: Option<u64>,
+    #[serde(default)]
+    pub load_duration: Option<u64>,
+    #[serde(default)]
+    pub prompt_eval_count: Option<u64>,
+    #[serde(default)]
+    pub prompt_eval_duration: Option<u64>,
+    #[serde(default)]
+    pub eval_count: Option<u64>,
+    #[serde(default)]
+    pub eval_duration: Option<u64>,
+    #[serde(default)]
+    pub logprobs: Option<Vec<Logprob>>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl Line {
+    /// `done`, its reason and the metrics, taken out of the line.
+    pub fn take_ending(&mut self) -> Ending {
+        Ending {
+            done: self.done,
+            done_reason: self.done_reason.take(),
+            total_duration: self.total_duration,
+            load_duration: self.load_duration,
+            prompt_eval_count: self.prompt_eval_count,
+            prompt_eval_duration: self.prompt_eval_duration,
+            eval_count: self.eval_count,
+            eval_duration: self.eval_duration,
+        }
+    }
+}
+
 /// `done`, `done_reason` and the metrics every final chunk carries.
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 pub struct Ending {

@@ -2,6 +2,7 @@
 //! exactly as OpenAI shapes them, and errors in OpenAI's error object.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -219,8 +220,10 @@ impl ChunkEncoder {
             self.text_prefix = prefix;
         }
         let start = out.len();
+        // The frame's size, near enough that it is written with no reallocation.
+        out.reserve(self.text_prefix.len() + text.len() + text.len() / 8 + 64);
         out.extend_from_slice(&self.text_prefix);
-        out.extend_from_slice(index.to_string().as_bytes());
+        write!(out, "{index}").expect("writing to a Vec cannot fail");
         out.extend_from_slice(b",\"delta\":{\"content\":");
         serde_json::to_writer(&mut *out, text).expect("strings serialize");
         out.extend_from_slice(if self.include_usage {
