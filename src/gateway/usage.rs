@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use super::auth::Caller;
@@ -22,47 +24,57 @@ const BATCH: usize = 512;
 const LINGER: Duration = Duration::from_millis(200);
 
 pub struct UsageLog {
-    sender: Mutex<Option<mpsc::UnboundedSender<UsageRecord>>>,
+    /// Read on every request by every worker thread: a lock-free load, not a mutex.
+    sender: ArcSwapOption<mpsc::UnboundedSender<UsageRecord>>,
+    /// Ends the writer's wait for more records at once (a stop's flush).
+    closing: CancellationToken,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl UsageLog {
     /// Starts the writer. Without a store, records are dropped.
     pub fn start(store: Option<Arc<dyn Store>>) -> Self {
+        let closing = CancellationToken::new();
         let Some(store) = store else {
             return Self {
-                sender: Mutex::new(None),
+                sender: ArcSwapOption::empty(),
+                closing,
                 writer: Mutex::new(None),
             };
         };
         let (sender, mut receiver) = mpsc::unbounded_channel::<UsageRecord>();
+        let stop = closing.clone();
         let writer = tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(BATCH);
-            loop {
-                // Wait for one record, then gather what else arrives shortly after.
-                match receiver.recv().await {
-                    Some(record) => batch.push(record),
-                    None => break,
+            // Wait for one record, then take what else arrives in the next LINGER at its
+            // end, in one go: waiting on each record would wake this task, which runs on
+            // another thread than the requests, once per request.
+            while let Some(first) = receiver.recv().await {
+                tokio::select! {
+                    () = tokio::time::sleep(LINGER) => {}
+                    () = stop.cancelled() => {}
                 }
-                let deadline = tokio::time::Instant::now() + LINGER;
-                while batch.len() < BATCH {
-                    match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                        Ok(Some(record)) => batch.push(record),
-                        Ok(None) | Err(_) => break,
+                let mut batch = vec![first];
+                while let Ok(record) = receiver.try_recv() {
+                    batch.push(record);
+                    if batch.len() == BATCH {
+                        write(&store, std::mem::replace(&mut batch, Vec::with_capacity(BATCH))).await;
                     }
                 }
-                write(&store, std::mem::take(&mut batch)).await;
+                if !batch.is_empty() {
+                    write(&store, batch).await;
+                }
             }
             // Closed: what is left was received above; nothing is pending.
         });
         Self {
-            sender: Mutex::new(Some(sender)),
+            sender: ArcSwapOption::from_pointee(sender),
+            closing,
             writer: Mutex::new(Some(writer)),
         }
     }
 
     pub fn record(&self, record: UsageRecord) {
-        if let Some(sender) = &*self.sender.lock().expect("usage lock")
+        if let Some(sender) = &*self.sender.load()
             && sender.send(record).is_err()
         {
             warn!("a usage record arrived after shutdown and was not written");
@@ -71,7 +83,8 @@ impl UsageLog {
 
     /// Stops taking records and waits until every one taken is written.
     pub async fn flush(&self) {
-        drop(self.sender.lock().expect("usage lock").take());
+        self.sender.store(None);
+        self.closing.cancel();
         let writer = self.writer.lock().expect("usage lock").take();
         if let Some(writer) = writer {
             let _ = writer.await;
@@ -413,5 +426,27 @@ mod tests {
         assert_eq!(summary, [(200, 12, 3, true), (200, 31, 7, false), (499, 0, 1, true)]);
         assert_eq!(rows[0].upstream_model.as_deref(), Some("m-upstream"));
         assert!(rows[0].ttft_ms.is_some());
+    }
+
+    /// Records are taken at the end of each linger, not one wake-up each: a burst of more
+    /// than a batch is written whole by a stop's flush.
+    #[tokio::test]
+    async fn a_burst_larger_than_a_batch_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open_data_dir(dir.path()).unwrap();
+        let log = UsageLog::start(Some(store.clone()));
+        let records = 2 * BATCH + 7;
+        for at_ms in 0..records {
+            log.record(UsageRecord {
+                at_ms: at_ms as i64,
+                status: 200,
+                ..Default::default()
+            });
+        }
+        log.flush().await;
+        assert_eq!(store.usage_count().await.unwrap(), records as u64);
+        // After the flush nothing more is taken (and nothing panics).
+        log.record(UsageRecord::default());
+        assert_eq!(store.usage_count().await.unwrap(), records as u64);
     }
 }
