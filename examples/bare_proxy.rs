@@ -1,6 +1,7 @@
-//! The least a gateway on diglot's HTTP stack can cost: salvo in front, reqwest behind,
-//! the same listeners (`TCP_NODELAY`) and runtimes (one single-threaded worker per core,
-//! each with its own client), and nothing else. Every request is
+//! The least a gateway on diglot's HTTP stack can cost: salvo in front, hyper's pooled
+//! client behind (what diglot calls a plain-HTTP upstream with), the same listeners
+//! (`TCP_NODELAY`) and runtimes (one single-threaded worker per core, each with its own
+//! client), and nothing else. Every request is
 //! forwarded to the upstream as bytes (method, path, query and body) and its answer is
 //! streamed back as bytes: no JSON, no translation, no routing, no auth, no metrics.
 //!
@@ -11,12 +12,16 @@
 //! cargo run --release --example bare_proxy -- --listen 127.0.0.1:3001 --upstream http://127.0.0.1:11435
 //! ```
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::rt::TokioExecutor;
 use salvo::http::{HeaderValue, StatusCode};
 use salvo::prelude::*;
 use std::sync::OnceLock;
 
 struct Target {
-    client: reqwest::Client,
+    client: Client<HttpConnector, Full<Bytes>>,
     upstream: String,
 }
 
@@ -36,19 +41,23 @@ async fn forward(req: &mut Request, res: &mut Response) {
         Err(e) => return fail(res, StatusCode::BAD_REQUEST, e.to_string()),
     };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let mut upstream = client
-        .request(req.method().clone(), format!("{upstream}{path}"))
-        .body(body);
+    let mut upstream = http::Request::builder()
+        .method(req.method().clone())
+        .uri(format!("{upstream}{path}"));
     if let Some(content_type) = req.headers().get("content-type") {
         upstream = upstream.header("content-type", content_type.clone());
     }
-    match upstream.send().await {
+    let upstream = match upstream.body(Full::new(body)) {
+        Ok(request) => request,
+        Err(e) => return fail(res, StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match client.request(upstream).await {
         Ok(answer) => {
             res.status_code(answer.status());
             if let Some(content_type) = answer.headers().get("content-type") {
                 res.headers_mut().insert("content-type", content_type.clone());
             }
-            res.stream(answer.bytes_stream());
+            res.stream(answer.into_body().into_data_stream());
         }
         Err(e) => fail(res, StatusCode::BAD_GATEWAY, e.to_string()),
     }
@@ -102,10 +111,9 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// One worker: its own client, its own listener.
 async fn serve(listener: std::net::TcpListener, upstream: String) {
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .build()
-        .expect("the client builds");
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client = Client::builder(TokioExecutor::new()).build(connector);
     TARGET.with(|target| drop(target.set(Target { client, upstream })));
     let listener = tokio::net::TcpListener::from_std(listener).expect("the listener registers");
     let acceptor = salvo::conn::tcp::TcpAcceptor::try_from(listener).expect("a TCP listener");

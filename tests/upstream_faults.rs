@@ -359,3 +359,104 @@ async fn failures_the_request_caused_never_count_against_the_upstream() {
     assert_eq!((status, a.calls()), (200, calls + 1), "still the first choice: {text}");
     assert_eq!(b.calls(), 0, "nothing failed over");
 }
+
+/// `total_timeout_secs` bounds a whole call: an upstream that keeps the connection open
+/// under its idle timeout is cut when the total runs out, mid-stream with a final error
+/// event, before its head with 504.
+#[tokio::test]
+async fn the_total_timeout_ends_a_call_that_stays_within_the_other_timeouts() {
+    let (ndjson, sse) = (
+        FaultyUpstream::start(Misbehave::HangAfterFirstLine).await,
+        FaultyUpstream::start(Misbehave::HangAfterFirstLine).await,
+    );
+    let bounded = |name: &str, kind: UpstreamKind, url: String| diglot::config::UpstreamConfig {
+        name: name.into(),
+        kind,
+        url,
+        models: vec![name.into()],
+        first_byte_timeout_secs: 30.0,
+        idle_timeout_secs: 30.0,
+        total_timeout_secs: TIMEOUT_SECS,
+        ..Default::default()
+    };
+    let base = diglot_channels(
+        vec![
+            bounded("ndjson", UpstreamKind::Ollama, ndjson.url()),
+            bounded("sse", UpstreamKind::Openai, format!("{}/v1", sse.url())),
+        ],
+        |c| c.routing.max_retries = 0,
+    )
+    .await;
+    for (fake, model) in [(&ndjson, "ndjson"), (&sse, "sse")] {
+        for (misbehave, streamed) in [
+            (
+                Misbehave::HangAfterFirstLine,
+                (200, "did not finish its answer within 1 s"),
+            ),
+            (Misbehave::HangBeforeHeaders, (504, "did not answer within 1 s")),
+        ] {
+            fake.set(misbehave);
+            for frontend in [Frontend::OpenAi, Frontend::Ollama] {
+                for stream in [true, false] {
+                    let what = format!("{model} upstream, {frontend:?} client, stream {stream}");
+                    let started = std::time::Instant::now();
+                    let (status, message, text) = ask(&base, frontend, model, stream).await;
+                    let (want_status, want_message) = if stream {
+                        streamed
+                    } else {
+                        (504, "did not answer within 1 s")
+                    };
+                    assert_eq!(status, want_status, "{what}: {text}");
+                    let message = message.unwrap_or_else(|| panic!("{what}: no error in the answer: {text}"));
+                    assert!(message.contains(want_message), "{what}: {message}");
+                    assert!(
+                        started.elapsed() < Duration::from_secs(15),
+                        "{what}: ended after {:?}, not at the total timeout",
+                        started.elapsed()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// An upstream that an environment proxy applies to is called through that proxy (here
+/// one that is down, so the call fails), and one that `NO_PROXY` exempts is called
+/// directly: hyper's path for plain HTTP must not bypass an operator's proxy.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_environment_proxy_is_used_for_the_upstreams_it_applies_to() {
+    let fake = FakeUpstream::start().await;
+    let dir = temp_dir();
+    let path = dir.path().join("proxied.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[routing]\nmax_retries = 0\ncheck_interval_secs = 0.0\n\n[[channels]]\nname = \"local\"\nkind = \"ollama\"\nurl = \"{}\"\n",
+            fake.url()
+        ),
+    )
+    .unwrap();
+    let proxy = dead_url();
+    for (no_proxy, proxied) in [("", true), ("127.0.0.1", false)] {
+        let mut command = diglot_command();
+        command.args(["--profile", path.to_str().unwrap()]);
+        for name in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+            command.env(name, &proxy);
+        }
+        for name in ["NO_PROXY", "no_proxy"] {
+            command.env(name, no_proxy);
+        }
+        let diglot = Binary::start(command).await;
+        let calls = fake.calls();
+        let (status, message, text) = ask(&diglot.base, Frontend::OpenAi, "chat-text", false).await;
+        if proxied {
+            // 503 once the channel is known to be unreachable; its reason says why.
+            assert!(matches!(status, 502 | 503), "NO_PROXY={no_proxy:?}: {status} {text}");
+            assert!(message.unwrap().contains("cannot reach"), "{text}");
+            assert_eq!(fake.calls(), calls, "the upstream was called around the proxy");
+        } else {
+            assert_eq!(status, 200, "NO_PROXY={no_proxy:?}: {text}");
+            assert_eq!(fake.calls(), calls + 1);
+        }
+    }
+}

@@ -381,7 +381,7 @@ def start_mock(fleet, args):
 
 
 def start_bare(fleet, args, mock_port):
-    """examples/bare_proxy.rs: diglot's HTTP stack (salvo + reqwest) forwarding bytes."""
+    """examples/bare_proxy.rs: diglot's HTTP stack (salvo + hyper's client) forwarding bytes."""
     upstream = f"http://127.0.0.1:{mock_port}"
     return start_example(fleet, "bare", [args.bare, "--listen", "127.0.0.1:0", "--upstream", upstream])
 
@@ -996,7 +996,7 @@ def main():
         md += ["direct = the mock's own `/v1/chat/completions`; diglot translates to the mock's `/api/chat`; "
                "nginx forwards the OpenAI body to the mock's `/v1`; LiteLLM uses its `ollama_chat/` provider "
                "(the mock's `/api/chat`); bare stack = `examples/bare_proxy.rs`, diglot's HTTP stack (salvo in "
-               "front, reqwest behind, same listener and runtime) forwarding the OpenAI body as bytes to the mock's "
+               "front, hyper's client behind, same listener and runtime) forwarding the OpenAI body as bytes to the mock's "
                "`/v1`, with none of diglot's work: what any gateway on this stack pays." +
                ("" if litellm else " LiteLLM: not measured (see notes)."), ""]
 
@@ -1245,7 +1245,7 @@ def check_targets(result, rows_a, rows_b, rows_c1, rows_c2, idle, rss_after_load
             b = find(rs, "bare stack", TARGET_P99_RATE)
             if b:
                 ab = sub(b["p50"], d["p50"])
-                rows.append([f"{name}: the bare stack's added p50 (salvo + reqwest, no diglot work; not a target)",
+                rows.append([f"{name}: the bare stack's added p50 (salvo + hyper's client, no diglot work; not a target)",
                              f"{ab:+.3f} ms = {ratio(ab, max(an, 0.01)):.1f}× nginx's", "—", "info"])
     for name, rs in (("A", rows_a), ("B", rows_b), ("C1", rows_c1), ("C2", rows_c2)):
         d, g = find(rs, "direct", TARGET_P99_RATE), find(rs, "diglot", TARGET_P99_RATE)

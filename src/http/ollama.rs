@@ -16,6 +16,7 @@ use crate::protocol::ollama::decode::{
 };
 use crate::protocol::ollama::encode::{self, Kind, LineEncoder, ndjson};
 use crate::protocol::ollama::wire;
+use crate::protocol::transport;
 use crate::protocol::upstream::Forward;
 
 /// `GET /` and `HEAD /`: how clients and monitors tell an Ollama is there.
@@ -260,8 +261,8 @@ pub async fn manage(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 /// pull was already read to look the model up; anything else streams through unread.
 async fn forward(req: &mut Request, res: &mut Response, call: &Call, what: &str, read: Option<bytes::Bytes>) {
     let body = match read {
-        Some(read) => reqwest::Body::from(read),
-        None => reqwest::Body::wrap_stream(
+        Some(read) => transport::whole(read),
+        None => transport::streamed(
             req.take_body()
                 .try_filter_map(|frame| async move { Ok(frame.into_data().ok()) }),
         ),

@@ -12,6 +12,7 @@ pub mod images;
 pub mod ollama;
 pub mod openai;
 pub mod options;
+pub mod transport;
 pub mod upstream;
 pub mod workers;
 

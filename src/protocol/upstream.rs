@@ -6,17 +6,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Level, debug, enabled};
 
 use super::framing::{self, Format};
-use super::workers::PerWorker;
+use super::transport::{self, Answer, Clients, SendError};
 use crate::config::{Endpoint, UpstreamConfig, UpstreamKind};
-
-/// The API version an Anthropic upstream is asked for, unless the channel's headers set one.
-const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 use crate::ir::{Error, ErrorKind};
 
 /// The longest whole body accepted from an upstream (embeddings of long batches can be
@@ -28,7 +26,7 @@ pub struct Forward<'a> {
     pub method: &'a str,
     pub path_and_query: &'a str,
     pub content_type: Option<&'a str>,
-    pub body: reqwest::Body,
+    pub body: transport::Body,
 }
 
 /// An upstream's answer passed through untranslated.
@@ -43,78 +41,38 @@ pub struct PassThrough {
 #[derive(Clone)]
 pub struct Upstream {
     http: Arc<Clients>,
+    /// Straight through hyper (plain HTTP, no proxy), or through reqwest.
+    direct: bool,
     /// For logs and spans: the URL as configured without credentials, query or
     /// trailing slash.
     base: String,
     /// For messages to clients: "the upstream 'NAME'" (its channel's name), never the
     /// internal URL, which stays in logs and in `/health` for admins.
     shown: String,
-    /// Parsed once: parsing the whole URL (host included) per request costs more than
-    /// every other step of building the request.
-    base_url: reqwest::Url,
+    /// The configured URL in parts, parsed once: a request's URI is these with its
+    /// path appended (and its query joined to the URL's own, Azure's `api-version`).
+    scheme: Scheme,
+    authority: Authority,
+    base_path: String,
+    base_query: Option<String>,
     /// `Authorization: Bearer KEY` (`x-api-key: KEY` for Anthropic), marked sensitive so
     /// it never shows in debug output.
     auth: Option<(HeaderName, HeaderValue)>,
     first_byte_timeout: Duration,
     idle_timeout: Duration,
+    /// How long a whole call (its answer read to the end) may take, if limited.
+    total_timeout: Option<Duration>,
     max_line_bytes: usize,
 }
 
-/// How many idle connections to one upstream host are kept for reuse.
-pub const MAX_IDLE_PER_HOST: usize = 32;
-
-/// The pooled clients a channel's keys share, one per serving worker (each worker keeps
-/// its own connections; see `workers`).
-pub struct Clients {
-    config: UpstreamConfig,
-    per_worker: PerWorker<reqwest::Client>,
-}
-
-impl Clients {
-    /// The calling worker's client.
-    fn get(&self) -> &reqwest::Client {
-        self.per_worker.get(|| Upstream::build_client(&self.config))
-    }
-}
+/// When an upstream call must have ended (`total_timeout_secs`), carried by its answer.
+#[derive(Clone, Copy)]
+struct Deadline(tokio::time::Instant);
 
 impl Upstream {
     /// The pooled clients of a channel's keys.
     pub fn client(config: &UpstreamConfig) -> Arc<Clients> {
-        Arc::new(Clients {
-            config: config.clone(),
-            per_worker: PerWorker::default(),
-        })
-    }
-
-    /// A pooled client with the channel's extra headers and timeouts, without Nagle.
-    fn build_client(config: &UpstreamConfig) -> reqwest::Client {
-        let mut headers = HeaderMap::new();
-        if config.kind == UpstreamKind::Anthropic {
-            headers.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
-        }
-        for (name, value) in &config.headers {
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::try_from(name.as_str()),
-                HeaderValue::try_from(value.as_str()),
-            ) {
-                headers.insert(name, value);
-            }
-        }
-        let mut builder = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(config.connect_timeout())
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Idle connections kept per upstream host: after a burst of 2,000 streams an
-            // unbounded pool held 2,000 idle connections (their buffers and descriptors) for
-            // 90 s. Connections past this many close when their answer ends.
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-            .tcp_nodelay(true);
-        if let Some(total) = config.total_timeout() {
-            builder = builder.timeout(total);
-        }
-        builder
-            .build()
-            .expect("the upstream HTTP client builds with static settings")
+        Arc::new(Clients::new(config))
     }
 
     pub fn new(config: &UpstreamConfig, http: Arc<Clients>, endpoint: &Endpoint) -> Self {
@@ -132,14 +90,24 @@ impl Upstream {
                 (header, value)
             });
         let base = endpoint.url.trim_end_matches('/');
+        let url = url::Url::parse(base).expect("the upstream URL was validated with the configuration");
+        let uri: http::Uri = base.parse().expect("a valid URL is a valid URI");
+        let parts = uri.clone().into_parts();
+        // Credentials in the URL become a basic `Authorization`, which reqwest does.
+        let direct = url.username().is_empty() && url.password().is_none() && Clients::is_direct(&uri);
         Self {
             http,
+            direct,
             base: shown_url(base),
             shown: format!("the upstream '{}'", config.name),
-            base_url: reqwest::Url::parse(base).expect("the upstream URL was validated with the configuration"),
+            scheme: parts.scheme.unwrap_or(Scheme::HTTP),
+            authority: parts.authority.expect("an upstream URL has a host"),
+            base_path: url.path().trim_end_matches('/').to_owned(),
+            base_query: url.query().map(str::to_owned),
             auth,
             first_byte_timeout: config.first_byte_timeout(),
             idle_timeout: config.idle_timeout(),
+            total_timeout: config.total_timeout(),
             max_line_bytes: config.max_line_bytes,
         }
     }
@@ -158,98 +126,117 @@ impl Upstream {
     }
 
     /// A streamed answer cut into NDJSON lines or SSE events, within the channel's
-    /// frame size and idle timeout.
-    pub fn frames(
-        &self,
-        response: reqwest::Response,
-        format: Format,
-    ) -> impl Stream<Item = Result<String, Error>> + Send + use<> {
-        framing::frames(
-            response.bytes_stream(),
+    /// frame size, idle timeout and total timeout.
+    pub fn frames(&self, answer: Answer, format: Format) -> impl Stream<Item = Result<String, Error>> + Send + use<> {
+        let deadline = answer.extensions().get::<Deadline>().copied();
+        let frames = framing::frames(
+            transport::chunks(answer),
             format,
             self.max_line_bytes,
             self.idle_timeout,
             self.shown.clone(),
-        )
-    }
-
-    /// The base URL with `path` appended to its path.
-    fn url(&self, path: &str) -> reqwest::Url {
-        let mut url = self.base_url.clone();
-        let joined = format!("{}{path}", url.path().trim_end_matches('/'));
-        url.set_path(&joined);
-        url
-    }
-
-    pub async fn post<T: Serialize + ?Sized>(&self, path: &str, body: &T) -> Result<reqwest::Response, Error> {
-        let url = self.url(path);
-        if enabled!(target: "diglot::wire", Level::DEBUG) {
-            debug!(target: "diglot::wire", %url, payload = %serde_json::to_string(body).unwrap_or_default(), "upstream request");
+        );
+        match (deadline, self.total_timeout) {
+            (Some(Deadline(at)), Some(total)) => {
+                let late = Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{} did not finish its answer within {} s (the channel's total_timeout_secs)",
+                        self.shown,
+                        total.as_secs_f64()
+                    ),
+                );
+                futures::future::Either::Left(until(at, frames, late))
+            }
+            _ => futures::future::Either::Right(frames),
         }
-        self.post_json(url, body).await
+    }
+
+    /// The URI of `path` (which may carry a query) under the configured URL.
+    fn uri(&self, path: &str, beside_v1: bool) -> Result<http::Uri, Error> {
+        let root = match beside_v1 {
+            true => self.base_path.strip_suffix("/v1").unwrap_or(&self.base_path),
+            false => &self.base_path,
+        };
+        let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
+        let path_and_query = match (self.base_query.as_deref(), query) {
+            (None, None) => format!("{root}{path}"),
+            (Some(q), None) | (None, Some(q)) => format!("{root}{path}?{q}"),
+            (Some(a), Some(b)) => format!("{root}{path}?{a}&{b}"),
+        };
+        http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| Error::internal(format!("the upstream path '{path}' is not a valid URI: {e}")))
+    }
+
+    pub async fn post<T: Serialize + ?Sized>(&self, path: &str, body: &T) -> Result<Answer, Error> {
+        let uri = self.uri(path, false)?;
+        if enabled!(target: "diglot::wire", Level::DEBUG) {
+            debug!(target: "diglot::wire", %uri, payload = %serde_json::to_string(body).unwrap_or_default(), "upstream request");
+        }
+        self.post_json(uri, body).await
     }
 
     /// Posts to one of the server's own endpoints, which live beside its `/v1` API
     /// (llama-server's `/tokenize`) whether or not the configured URL ends with `/v1`.
-    pub async fn post_beside_v1<T: Serialize + ?Sized>(
-        &self,
-        path: &str,
-        body: &T,
-    ) -> Result<reqwest::Response, Error> {
-        let mut url = self.base_url.clone();
-        let root = url.path().trim_end_matches('/');
-        let joined = format!("{}{path}", root.strip_suffix("/v1").unwrap_or(root));
-        url.set_path(&joined);
-        self.post_json(url, body).await
+    pub async fn post_beside_v1<T: Serialize + ?Sized>(&self, path: &str, body: &T) -> Result<Answer, Error> {
+        self.post_json(self.uri(path, true)?, body).await
     }
 
-    /// Sends `body` as JSON, serialized into one buffer sized for a typical chat (what
-    /// `RequestBuilder::json` does, less its reallocations).
-    async fn post_json<T: Serialize + ?Sized>(&self, url: reqwest::Url, body: &T) -> Result<reqwest::Response, Error> {
+    /// Sends `body` as JSON, serialized into one buffer sized for a typical chat.
+    async fn post_json<T: Serialize + ?Sized>(&self, uri: http::Uri, body: &T) -> Result<Answer, Error> {
         let mut json = Vec::with_capacity(1024);
         serde_json::to_writer(&mut json, body)
             .map_err(|e| Error::internal(format!("the upstream request could not be written as JSON: {e}")))?;
-        let request = self.http.get().post(url);
-        self.send(
-            request
-                .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-                .body(json),
-        )
-        .await
+        let mut request = http::Request::post(uri)
+            .body(transport::whole(json))
+            .expect("a request of valid parts");
+        request
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.send(request).await
     }
 
-    pub async fn get(&self, path: &str) -> Result<reqwest::Response, Error> {
-        self.send(self.http.get().get(self.url(path))).await
+    pub async fn get(&self, path: &str) -> Result<Answer, Error> {
+        let request = http::Request::get(self.uri(path, false)?)
+            .body(transport::whole(Bytes::new()))
+            .expect("a request of valid parts");
+        self.send(request).await
     }
 
     /// Sends a request through as it is and streams the answer back whatever its status
     /// (Ollama model management: pulls and blob uploads can be gigabytes and minutes
     /// long, so neither body is read whole).
     pub async fn pass_through(&self, call: Forward<'_>) -> Result<PassThrough, Error> {
-        let url = format!(
-            "{}{}",
-            self.base_url.as_str().trim_end_matches('/'),
-            call.path_and_query
-        );
-        let method = reqwest::Method::from_bytes(call.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-        let mut request = self.http.get().request(method, url).body(call.body);
-        if let Some(content_type) = call.content_type {
-            request = request.header(CONTENT_TYPE, content_type);
+        let method = http::Method::from_bytes(call.method.as_bytes()).unwrap_or(http::Method::POST);
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(self.uri(call.path_and_query, false)?)
+            .body(call.body)
+            .expect("a request of valid parts");
+        if let Some(content_type) = call.content_type.and_then(|v| HeaderValue::from_str(v).ok()) {
+            request.headers_mut().insert(CONTENT_TYPE, content_type);
         }
-        if let Some((name, value)) = &self.auth {
-            request = request.header(name.clone(), value.clone());
-        }
-        let response = request.send().await.map_err(|e| self.transport_error(&e))?;
-        let content_type = response
+        self.authorize(request.headers_mut());
+        let answer = self
+            .http
+            .send(self.direct, request)
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let content_type = answer
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let status = answer.status().as_u16();
         let shown = self.shown.clone();
         Ok(PassThrough {
-            status: response.status().as_u16(),
+            status,
             content_type,
-            body: Box::pin(response.bytes_stream().map(move |chunk| {
+            body: Box::pin(transport::chunks(answer).map(move |chunk| {
                 chunk.map_err(|e| {
                     Error::new(
                         ErrorKind::UpstreamUnavailable,
@@ -260,34 +247,46 @@ impl Upstream {
         })
     }
 
-    /// Sends and waits for the response headers; a non-2xx answer becomes an error.
-    async fn send(&self, mut request: reqwest::RequestBuilder) -> Result<reqwest::Response, Error> {
+    fn authorize(&self, headers: &mut HeaderMap) {
         if let Some((name, value)) = &self.auth {
-            request = request.header(name.clone(), value.clone());
+            headers.insert(name, value.clone());
         }
+    }
+
+    /// Sends and waits for the response headers; a non-2xx answer becomes an error.
+    async fn send(&self, mut request: http::Request<transport::Body>) -> Result<Answer, Error> {
+        self.authorize(request.headers_mut());
         if crate::telemetry::tracing_on() {
             // The attempt's span continues upstream (`traceparent`).
-            let mut trace = HeaderMap::new();
-            crate::telemetry::spans::inject(&mut trace);
-            request = request.headers(trace);
+            crate::telemetry::spans::inject(request.headers_mut());
         }
-        let response = match tokio::time::timeout(self.first_byte_timeout, request.send()).await {
-            Err(_) => return Err(self.timed_out(self.first_byte_timeout)),
-            Ok(Err(e)) => return Err(self.transport_error(&e)),
-            Ok(Ok(response)) => response,
+        // The head must come within the first-byte timeout and the total one.
+        let (wait, deadline) = match self.total_timeout {
+            Some(total) if total < self.first_byte_timeout => (total, Some(total)),
+            Some(total) => (self.first_byte_timeout, Some(total)),
+            None => (self.first_byte_timeout, None),
         };
-        if response.status().is_success() {
-            return Ok(response);
+        let deadline = deadline.map(|total| Deadline(tokio::time::Instant::now() + total));
+        let mut answer = match tokio::time::timeout(wait, self.http.send(self.direct, request)).await {
+            Err(_) => return Err(self.timed_out(wait)),
+            Ok(Err(e)) => return Err(self.transport_error(&e)),
+            Ok(Ok(answer)) => answer,
+        };
+        if answer.status().is_success() {
+            if let Some(deadline) = deadline {
+                answer.extensions_mut().insert(deadline);
+            }
+            return Ok(answer);
         }
-        let status = response.status().as_u16();
-        let retry_after = response
+        let status = answer.status().as_u16();
+        let retry_after = answer
             .headers()
-            .get(reqwest::header::RETRY_AFTER)
+            .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|s| s.is_finite() && *s >= 0.0)
             .map(Duration::from_secs_f64);
-        let body = read_limited(response, 64 * 1024).await.unwrap_or_default();
+        let body = read_limited(answer, 64 * 1024).await.unwrap_or_default();
         Err(Error {
             retry_after,
             ..upstream_status_error(status, &body, &self.shown)
@@ -295,23 +294,35 @@ impl Upstream {
     }
 
     /// Reads a whole answer (embeddings of long batches, model lists).
-    pub async fn body(&self, response: reqwest::Response) -> Result<Bytes, Error> {
-        self.read_within(response, MAX_BODY_BYTES, "").await
+    pub async fn body(&self, answer: Answer) -> Result<Bytes, Error> {
+        self.read_within(answer, MAX_BODY_BYTES, "").await
     }
 
     /// Reads a whole chat answer: one frame, so within the channel's `max_line_bytes`.
-    pub async fn chat_body(&self, response: reqwest::Response) -> Result<Bytes, Error> {
+    pub async fn chat_body(&self, answer: Answer) -> Result<Bytes, Error> {
         let setting = " (the limit is the channel's max_line_bytes; raise it in the profile to accept larger ones)";
-        self.read_within(response, self.max_line_bytes, setting).await
+        self.read_within(answer, self.max_line_bytes, setting).await
     }
 
-    /// Reads a whole body of at most `limit` bytes (`setting` says how to raise it).
-    async fn read_within(&self, response: reqwest::Response, limit: usize, setting: &str) -> Result<Bytes, Error> {
+    /// Reads a whole body of at most `limit` bytes (`setting` says how to raise it),
+    /// within the idle timeout and what is left of the total one.
+    async fn read_within(&self, answer: Answer, limit: usize, setting: &str) -> Result<Bytes, Error> {
+        let wait = match answer.extensions().get::<Deadline>() {
+            Some(Deadline(at)) => self
+                .idle_timeout
+                .min(at.saturating_duration_since(tokio::time::Instant::now())),
+            None => self.idle_timeout,
+        };
+        let late = match self.total_timeout {
+            Some(total) if wait < self.idle_timeout => total,
+            _ => self.idle_timeout,
+        };
         let read = async {
             // An answer in one read (most are) is kept as it came, not copied.
             let (mut first, mut more) = (Bytes::new(), None::<bytes::BytesMut>);
-            let mut stream = response.bytes_stream();
-            while let Some(chunk) = stream.next().await {
+            let chunks = transport::chunks(answer);
+            futures::pin_mut!(chunks);
+            while let Some(chunk) = chunks.next().await {
                 let chunk = chunk?;
                 let held = more.as_ref().map_or(first.len(), |m| m.len());
                 if held + chunk.len() > limit {
@@ -328,11 +339,16 @@ impl Upstream {
                     Some(joined) => joined.extend_from_slice(&chunk),
                 }
             }
-            Ok::<_, reqwest::Error>(Some(more.map_or(first, bytes::BytesMut::freeze)))
+            Ok::<_, transport::BodyError>(Some(more.map_or(first, bytes::BytesMut::freeze)))
         };
-        let body = match tokio::time::timeout(self.idle_timeout, read).await {
-            Err(_) => return Err(self.timed_out(self.idle_timeout)),
-            Ok(Err(e)) => return Err(self.transport_error(&e)),
+        let body = match tokio::time::timeout(wait, read).await {
+            Err(_) => return Err(self.timed_out(late)),
+            Ok(Err(e)) => {
+                return Err(Error::new(
+                    ErrorKind::UpstreamUnavailable,
+                    format!("cannot reach {}: {}", self.shown, root_cause(&e)),
+                ));
+            }
             Ok(Ok(None)) => {
                 return Err(Error::upstream(
                     502,
@@ -346,14 +362,14 @@ impl Upstream {
     }
 
     /// Reads a whole JSON answer.
-    pub async fn json<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
-        let body = self.body(response).await?;
+    pub async fn json<T: DeserializeOwned>(&self, answer: Answer) -> Result<T, Error> {
+        let body = self.body(answer).await?;
         self.parse(&body)
     }
 
     /// Reads a whole JSON chat answer, within `max_line_bytes`.
-    pub async fn chat_json<T: DeserializeOwned>(&self, response: reqwest::Response) -> Result<T, Error> {
-        let body = self.chat_body(response).await?;
+    pub async fn chat_json<T: DeserializeOwned>(&self, answer: Answer) -> Result<T, Error> {
+        let body = self.chat_body(answer).await?;
         self.parse(&body)
     }
 
@@ -369,22 +385,48 @@ impl Upstream {
         )
     }
 
-    fn transport_error(&self, e: &reqwest::Error) -> Error {
+    fn transport_error(&self, e: &SendError) -> Error {
         if e.is_timeout() {
             Error::new(ErrorKind::Timeout, format!("{} timed out", self.shown))
         } else {
             Error::new(
                 ErrorKind::UpstreamUnavailable,
-                format!("cannot reach {}: {}", self.shown, root_cause(e)),
+                format!("cannot reach {}: {}", self.shown, root_cause(e.as_error())),
             )
         }
     }
 }
 
-async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Bytes, reqwest::Error> {
+/// `frames` until `at`, then `late` as its last item.
+fn until<S>(at: tokio::time::Instant, frames: S, late: Error) -> impl Stream<Item = Result<String, Error>> + Send
+where
+    S: Stream<Item = Result<String, Error>> + Send,
+{
+    async_stream::stream! {
+        futures::pin_mut!(frames);
+        let timer = tokio::time::sleep_until(at);
+        futures::pin_mut!(timer);
+        loop {
+            tokio::select! {
+                biased;
+                frame = frames.next() => match frame {
+                    Some(frame) => yield frame,
+                    None => return,
+                },
+                () = &mut timer => {
+                    yield Err(late);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn read_limited(answer: Answer, limit: usize) -> Result<Bytes, transport::BodyError> {
     let mut body = Vec::new();
-    let mut stream = response.bytes_stream();
-    while let Some(chunk) = stream.next().await {
+    let chunks = transport::chunks(answer);
+    futures::pin_mut!(chunks);
+    while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         body.extend_from_slice(&chunk[..chunk.len().min(limit - body.len())]);
         if body.len() == limit {

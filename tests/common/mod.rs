@@ -692,6 +692,9 @@ async fn openai_json(req: &mut Request, depot: &mut Depot, res: &mut Response) {
 #[handler]
 async fn openai_models(req: &mut Request, depot: &mut Depot, res: &mut Response) {
     let (state, _) = record(req, depot).await;
+    if req.headers().contains_key("anthropic-version") {
+        return anthropic_model_list(res);
+    }
     let name = state.models.lock().unwrap().clone();
     let name = if name.is_empty() { "openai".to_owned() } else { name };
     let mut list: Value =
@@ -710,6 +713,22 @@ async fn openai_models(req: &mut Request, depot: &mut Depot, res: &mut Response)
         data.push(serde_json::json!({"id": id, "object": "model", "created": 1_754_000_000, "owned_by": "fixtures"}));
     }
     res.render(Json(list));
+}
+
+/// Anthropic's `GET /v1/models` (a page of `ModelInfo`, as anthropic-sdk-python's
+/// `types/model_info.py` and `pagination.py` read it): one entry per fixture model.
+fn anthropic_model_list(res: &mut Response) {
+    let ids = anthropic_models();
+    let data: Vec<Value> = ids
+        .iter()
+        .map(|id| serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-05-14T00:00:00Z"}))
+        .collect();
+    res.render(Json(serde_json::json!({
+        "data": data,
+        "has_more": false,
+        "first_id": ids.first(),
+        "last_id": ids.last(),
+    })));
 }
 
 /// `tags.json` (a real Ollama's list) plus one entry per fixture model, as a server that
