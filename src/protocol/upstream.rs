@@ -261,12 +261,12 @@ impl Upstream {
             crate::telemetry::spans::inject(request.headers_mut());
         }
         // The head must come within the first-byte timeout and the total one.
-        let (wait, deadline) = match self.total_timeout {
-            Some(total) if total < self.first_byte_timeout => (total, Some(total)),
-            Some(total) => (self.first_byte_timeout, Some(total)),
-            None => (self.first_byte_timeout, None),
-        };
-        let deadline = deadline.map(|total| Deadline(tokio::time::Instant::now() + total));
+        let wait = self
+            .total_timeout
+            .map_or(self.first_byte_timeout, |total| total.min(self.first_byte_timeout));
+        let deadline = self
+            .total_timeout
+            .map(|total| Deadline(tokio::time::Instant::now() + total));
         let mut answer = match tokio::time::timeout(wait, self.http.send(self.direct, request)).await {
             Err(_) => return Err(self.timed_out(wait)),
             Ok(Err(e)) => return Err(self.transport_error(&e)),
