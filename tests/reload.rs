@@ -173,6 +173,23 @@ async fn reading_the_profile_reloads_nothing_and_two_diglots_on_one_profile_stay
         Arc::ptr_eq(&a, &first.gateway.snapshot()) && Arc::ptr_eq(&b, &second.gateway.snapshot()),
         "reading the profile reloaded it"
     );
+    // Nor do they keep reading it: each read is itself an open the watch sees, and taking
+    // those for edits had each diglot read its profile every debounce period, forever.
+    let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = opened.clone();
+    let mut spy = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if matches!(event, Ok(e) if e.kind.is_access()) {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    })
+    .unwrap();
+    notify::Watcher::watch(&mut spy, &profile.path, notify::RecursiveMode::NonRecursive).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        opened.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "an idle diglot kept opening its profile"
+    );
     // An edit still reloads both.
     profile.write(&channel_toml("a", &fake, &["chat-text"], "weight = 2"));
     let saved = Instant::now();

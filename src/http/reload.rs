@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tracing::{error, info, warn};
 
 use super::App;
@@ -60,7 +60,7 @@ pub fn on_hangup(app: &Arc<App>) {
 
 /// Watches the profile file (with `[reload] watch`, when there is one) and reloads when
 /// it changes; watching stops when the returned watcher is dropped.
-pub fn watch(app: &Arc<App>) -> Option<Debouncer<RecommendedWatcher>> {
+pub fn watch(app: &Arc<App>) -> Option<RecommendedWatcher> {
     let file = app.source.as_ref()?.file()?;
     let settings = app.gateway.snapshot().config.reload.clone();
     if !settings.watch {
@@ -73,28 +73,30 @@ pub fn watch(app: &Arc<App>) -> Option<Debouncer<RecommendedWatcher>> {
         _ => ".".into(),
     };
     let (changed, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    let debounce = Duration::from_millis(settings.debounce_ms.max(1));
-    let mut debouncer = new_debouncer(debounce, move |events: DebounceEventResult| {
-        if let Ok(events) = events
-            && events.iter().any(|e| e.path.file_name() == Some(name.as_os_str()))
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+        if let Ok(event) = event
+            && is_change(&event.kind)
+            && event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str()))
         {
             let _ = changed.send(());
         }
     })
     .inspect_err(|e| warn!(error = %e, "cannot watch the profile; reload with SIGHUP instead"))
     .ok()?;
-    if let Err(e) = debouncer.watcher().watch(&dir, RecursiveMode::NonRecursive) {
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
         warn!(dir = %dir.display(), error = %e, "cannot watch the profile; reload with SIGHUP instead");
         return None;
     }
     let app = Arc::downgrade(app);
     let watched = file.clone();
+    let debounce = Duration::from_millis(settings.debounce_ms.max(1));
     tokio::spawn(async move {
-        // The watch also reports the file being opened for reading (by another diglot on
-        // the same profile, an editor, `cat`, a reload itself): only new bytes reload, or
-        // two diglots would reload each other forever.
+        // Saving the same bytes again (or `touch`) is not an edit.
         let mut last = tokio::fs::read(&watched).await.ok();
         while changes.recv().await.is_some() {
+            // Editors write in steps: read the file once they have been quiet a while.
+            tokio::time::sleep(debounce).await;
+            while changes.try_recv().is_ok() {}
             let now = tokio::fs::read(&watched).await.ok();
             if now.is_some() && now == last {
                 continue;
@@ -105,5 +107,17 @@ pub fn watch(app: &Arc<App>) -> Option<Debouncer<RecommendedWatcher>> {
         }
     });
     info!(file = %file.display(), "watching the profile for changes");
-    Some(debouncer)
+    Some(watcher)
+}
+
+/// Whether a watched event can be an edit. Opening and reading the file are reported
+/// too (by the reload's own read, another diglot on the same profile, `cat`): reacting to
+/// those made every reload's read trigger the next, a read of the profile every debounce
+/// period for as long as diglot ran, and two diglots on one profile wake each other.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
