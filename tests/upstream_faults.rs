@@ -460,3 +460,62 @@ async fn an_environment_proxy_is_used_for_the_upstreams_it_applies_to() {
         }
     }
 }
+
+/// An upstream connection serves one call after another, and one the upstream closed
+/// while it sat idle (as uvicorn does after 5 s) is not used again: the next call goes
+/// on a new connection and succeeds. Both backends, both frontends, streamed.
+#[tokio::test]
+async fn upstream_connections_are_reused_and_one_closed_while_idle_is_replaced() {
+    let idle = Duration::from_millis(300);
+    let (ndjson, sse) = (
+        FaultyUpstream::start(Misbehave::KeepAlive(idle)).await,
+        FaultyUpstream::start(Misbehave::KeepAlive(idle)).await,
+    );
+    let plain = |name: &str, kind: UpstreamKind, url: String| diglot::config::UpstreamConfig {
+        name: name.into(),
+        kind,
+        url,
+        models: vec![name.into()],
+        ..Default::default()
+    };
+    let base = diglot_channels(
+        vec![
+            plain("ndjson", UpstreamKind::Ollama, ndjson.url()),
+            plain("sse", UpstreamKind::Openai, format!("{}/v1", sse.url())),
+        ],
+        |c| {
+            c.routing.max_retries = 0;
+            c.routing.check_interval_secs = 0.0;
+        },
+    )
+    .await;
+    let base = &base;
+    for (fake, model) in [(&ndjson, "ndjson"), (&sse, "sse")] {
+        let call = |frontend| async move {
+            let (status, message, text) = ask(base, frontend, model, true).await;
+            assert_eq!(
+                (status, message),
+                (200, None),
+                "{model} upstream, {frontend:?} client: {text}"
+            );
+            assert!(text.contains("The"), "{model}, {frontend:?}: {text}");
+        };
+        call(Frontend::OpenAi).await;
+        let opened = fake.connections();
+        for frontend in [Frontend::Ollama, Frontend::OpenAi, Frontend::Ollama] {
+            call(frontend).await;
+        }
+        assert_eq!(fake.connections(), opened, "{model}: calls in a row share a connection");
+        assert_eq!(fake.calls(), 4, "{model}");
+
+        // The upstream closes the idle connection; the next call must not fail on it.
+        tokio::time::sleep(idle * 3).await;
+        call(Frontend::Ollama).await;
+        assert_eq!(
+            fake.connections(),
+            opened + 1,
+            "{model}: a new connection after the close"
+        );
+        assert_eq!(fake.calls(), 5, "{model}: no call was lost or repeated");
+    }
+}

@@ -1,12 +1,14 @@
 //! Pure codecs, one folder per protocol: `wire.rs` (its JSON), `decode.rs` (a
 //! frontend's wire → IR), `encode.rs` (IR → a frontend's wire) and `client.rs` (the
 //! backend, which encodes the IR for its upstream and decodes the answer). Shared:
-//! `upstream.rs` (the HTTP client), `framing.rs` (streamed bodies cut into lines or
+//! `upstream.rs` (the HTTP client), `transport.rs` and `connections.rs` (how its requests
+//! travel), `framing.rs` (streamed bodies cut into lines or
 //! events), `images.rs` and `options.rs` (Ollama's option fields,
 //! which both frontends take), `workers.rs` (what each serving thread keeps for itself).
 //! Nothing here knows of HTTP serving or the gateway.
 
 pub mod anthropic;
+mod connections;
 pub mod framing;
 pub mod images;
 pub mod ollama;

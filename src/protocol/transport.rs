@@ -1,11 +1,13 @@
 //! How a request reaches an upstream. A plain-HTTP upstream that no proxy applies to (a
-//! local Ollama, vLLM or llama.cpp, where a hop's microseconds show) is called through
-//! hyper's pooled client directly: reqwest's layers around that same client (a redirect
-//! policy that parses the URL twice per request, a retry layer, boxed bodies) made a bare
-//! proxy's request cost 100,800 instructions instead of 64,200. TLS upstreams, and those
-//! an environment proxy (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`) applies to, go through
-//! reqwest, which verifies certificates against the system's and speaks through proxies.
+//! local Ollama, vLLM or llama.cpp, where a hop's microseconds show) is called on hyper's
+//! HTTP/1 connections directly, driven by the request's own task (see `connections`):
+//! reqwest's layers around hyper's pooled client (a redirect policy that parses the URL
+//! twice per request, a retry layer, boxed bodies) made a bare proxy's request cost
+//! 100,800 instructions instead of 64,200. TLS upstreams, and those an environment proxy
+//! (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`) applies to, go through reqwest, which
+//! verifies certificates against the system's and speaks through proxies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,12 +15,10 @@ use futures::{Stream, TryStreamExt};
 use http::header::{ACCEPT, HeaderMap, HeaderName, HeaderValue};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Either, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::body::Frame;
 use hyper_util::client::proxy::matcher::Matcher;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::connections::{DirectError, InlineBody, MAX_IDLE, Pool};
 use super::workers::PerWorker;
 use crate::config::{UpstreamConfig, UpstreamKind};
 
@@ -28,7 +28,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = Either<Full<Bytes>, BoxBody<Bytes, BoxError>>;
 
 /// An upstream's answer, from whichever client called it.
-pub type Answer = http::Response<Either<Incoming, reqwest::Body>>;
+pub type Answer = http::Response<Either<InlineBody, reqwest::Body>>;
 
 /// A body sent in one piece.
 pub fn whole(bytes: impl Into<Bytes>) -> Body {
@@ -70,7 +70,7 @@ impl std::error::Error for BodyError {
 /// Why a request got no answer.
 #[derive(Debug)]
 pub enum SendError {
-    Direct(hyper_util::client::legacy::Error),
+    Direct(DirectError),
     Reqwest(reqwest::Error),
 }
 
@@ -79,12 +79,7 @@ impl SendError {
     pub fn is_timeout(&self) -> bool {
         match self {
             SendError::Reqwest(e) => e.is_timeout(),
-            SendError::Direct(e) => {
-                std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| e.source()).any(|e| {
-                    e.downcast_ref::<std::io::Error>()
-                        .is_some_and(|e| e.kind() == std::io::ErrorKind::TimedOut)
-                })
-            }
+            SendError::Direct(e) => e.is_timeout(),
         }
     }
 
@@ -103,12 +98,9 @@ pub struct Clients {
     /// What every request to the channel carries besides its own headers: the channel's
     /// `headers`, Anthropic's API version, `accept` (as reqwest sends it).
     headers: HeaderMap,
-    direct: PerWorker<Client<HttpConnector, Body>>,
+    direct: PerWorker<Arc<Pool>>,
     reqwest: PerWorker<reqwest::Client>,
 }
-
-/// How many idle connections to one upstream host are kept for reuse.
-pub const MAX_IDLE_PER_HOST: usize = 32;
 
 /// How long an idle upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
@@ -153,7 +145,10 @@ impl Clients {
             }
         }
         if direct {
-            let answer = self.direct().request(request).await.map_err(SendError::Direct)?;
+            let pool = self.direct.get(|| Pool::new(self.config.connect_timeout()));
+            // Boxed: the connection's state is kilobytes, and every future awaiting this
+            // one would hold it and copy it with each move.
+            let answer = Box::pin(pool.send(request)).await.map_err(SendError::Direct)?;
             Ok(answer.map(Either::Left))
         } else {
             let (head, body) = request.into_parts();
@@ -169,30 +164,13 @@ impl Clients {
         }
     }
 
-    /// The calling worker's hyper client, without Nagle.
-    fn direct(&self) -> &Client<HttpConnector, Body> {
-        self.direct.get(|| {
-            let mut http = HttpConnector::new();
-            http.set_nodelay(true);
-            http.set_connect_timeout(Some(self.config.connect_timeout()));
-            Client::builder(TokioExecutor::new())
-                .pool_timer(TokioTimer::new())
-                .pool_idle_timeout(POOL_IDLE)
-                // After a burst of 2,000 streams an unbounded pool held 2,000 idle
-                // connections (their buffers and descriptors) for 90 s. Connections past
-                // this many close when their answer ends.
-                .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-                .build(http)
-        })
-    }
-
     /// The calling worker's reqwest client, without Nagle.
     fn reqwest(&self) -> &reqwest::Client {
         self.reqwest.get(|| {
             reqwest::Client::builder()
                 .connect_timeout(self.config.connect_timeout())
                 .pool_idle_timeout(POOL_IDLE)
-                .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+                .pool_max_idle_per_host(MAX_IDLE)
                 .tcp_nodelay(true)
                 .build()
                 .expect("the upstream HTTP client builds with static settings")

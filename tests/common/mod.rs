@@ -1417,6 +1417,10 @@ pub enum Misbehave {
     /// Sends the headers, the first line, then one line that never ends, for as long as
     /// the reader reads.
     EndlessLine,
+    /// Behaves: answers with the whole fixture (`content-length`) and keeps the connection
+    /// for the next request, closing it after this long without one (as uvicorn does
+    /// after 5 s).
+    KeepAlive(Duration),
 }
 
 /// An upstream that misbehaves on command at the TCP level, speaking just enough HTTP/1.1
@@ -1429,6 +1433,7 @@ pub struct FaultyUpstream {
     mode: Arc<Mutex<Misbehave>>,
     open: Arc<std::sync::atomic::AtomicUsize>,
     calls: Arc<std::sync::atomic::AtomicUsize>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FaultyUpstream {
@@ -1439,10 +1444,12 @@ impl FaultyUpstream {
             mode: Arc::new(Mutex::new(mode)),
             open: Arc::default(),
             calls: Arc::default(),
+            accepted: Arc::default(),
         };
         let server = fake.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                server.accepted.fetch_add(1, Ordering::SeqCst);
                 let server = server.clone();
                 tokio::spawn(async move { server.serve(stream).await });
             }
@@ -1469,11 +1476,20 @@ impl FaultyUpstream {
         self.calls.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted.
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
     /// Serves one connection: requests one after another until it misbehaves.
     async fn serve(&self, mut stream: tokio::net::TcpStream) {
         use tokio::io::AsyncWriteExt;
         loop {
-            let Some((method, path)) = read_request(&mut stream).await else {
+            let idle = match *self.mode.lock().unwrap() {
+                Misbehave::KeepAlive(idle) => idle,
+                _ => Duration::from_secs(3600),
+            };
+            let Ok(Some((method, path))) = tokio::time::timeout(idle, read_request(&mut stream)).await else {
                 return;
             };
             if method == "GET" {
@@ -1504,8 +1520,24 @@ impl FaultyUpstream {
                 let events: Vec<&str> = text.split("\n\n").take(2).collect();
                 ("text/event-stream", format!("{}\n\n", events.join("\n\n")))
             };
-            let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n{first}");
             let mode = self.mode.lock().unwrap().clone();
+            if let Misbehave::KeepAlive(_) = mode {
+                let whole = if ollama {
+                    "ollama/chat/chat-text.ndjson"
+                } else {
+                    "openai/chat/oai-text.sse"
+                };
+                let body = std::fs::read_to_string(fixture(whole)).unwrap();
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+                    body.len()
+                );
+                if stream.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\nconnection: close\r\n\r\n{first}");
             match mode {
                 Misbehave::ResetBeforeHeaders => return reset(stream),
                 Misbehave::HangBeforeHeaders => return wait_for_close(&mut stream).await,
