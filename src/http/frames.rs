@@ -19,9 +19,10 @@ const IDLE_ROUNDS: u8 = 2;
 const QUIET: Duration = Duration::from_millis(1);
 
 /// Joins a burst of frames into one write. Every write is a syscall and a TCP segment
-/// (for 256 small chunks they cost more than translating them), and an upstream's body
-/// hands over one frame per task switch even when its whole answer already sits in the
-/// read buffer: frames that are all there "now" are never ready at once.
+/// (for 256 small chunks they cost more than translating them). A plain-HTTP upstream's
+/// frames come in one go (its connection is read in this task); a TLS upstream's body
+/// (reqwest's) hands over one frame per task switch even when its whole answer already
+/// sits in the read buffer, so frames that are all there "now" are never ready at once.
 ///
 /// So after a frame this stream hands the turn back to the scheduler, which lets the
 /// upstream's connection hand over its next frame, and writes what it holds when
