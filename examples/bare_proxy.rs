@@ -1,5 +1,6 @@
-//! The least a gateway on diglot's HTTP stack can cost: salvo in front, hyper's pooled
-//! client behind (what diglot calls a plain-HTTP upstream with), the same listeners
+//! The least a gateway on diglot's crates costs when put together the usual way: salvo in
+//! front, hyper-util's pooled client behind (diglot itself drives its upstream connections
+//! in the request's own task instead, `src/protocol/connections.rs`), the same listeners
 //! (`TCP_NODELAY`) and runtimes (one single-threaded worker per core, each with its own
 //! client), and nothing else. Every request is
 //! forwarded to the upstream as bytes (method, path, query and body) and its answer is
