@@ -1498,11 +1498,7 @@ impl FaultyUpstream {
                 } else {
                     r#"{"object":"list","data":[]}"#
                 };
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-                    body.len()
-                );
-                if stream.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                if !write_whole(&mut stream, "application/json", body).await {
                     return;
                 }
                 continue;
@@ -1528,11 +1524,7 @@ impl FaultyUpstream {
                     "openai/chat/oai-text.sse"
                 };
                 let body = std::fs::read_to_string(fixture(whole)).unwrap();
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
-                    body.len()
-                );
-                if stream.write_all(format!("{head}{body}").as_bytes()).await.is_err() {
+                if !write_whole(&mut stream, content_type, &body).await {
                     return;
                 }
                 continue;
@@ -1567,6 +1559,17 @@ impl FaultyUpstream {
             return wait_for_close(&mut stream).await;
         }
     }
+}
+
+/// Writes a 200 answer of `body` whole (`content-length`, the connection kept); false when
+/// the peer is gone.
+async fn write_whole(stream: &mut tokio::net::TcpStream, content_type: &str, body: &str) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(format!("{head}{body}").as_bytes()).await.is_ok()
 }
 
 /// A connection serving a call, counted until it ends.
