@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -106,7 +106,7 @@ impl Pool {
         self: &Arc<Self>,
         mut request: http::Request<Body>,
     ) -> Result<http::Response<InlineBody>, DirectError> {
-        let authority = origin_form(&mut request);
+        let authority = origin_form(&mut request)?;
         loop {
             let (mut conn, reused) = match self.checkout(&authority) {
                 Some(conn) => (conn, true),
@@ -131,9 +131,14 @@ impl Pool {
         }
     }
 
+    /// The idle connections; a panic elsewhere while they were held leaves them usable.
+    fn idle(&self) -> MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The newest idle connection to `authority` that is still open.
     fn checkout(&self, authority: &Authority) -> Option<Box<Conn>> {
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.idle();
         while let Some(at) = idle.iter().rposition(|i| i.conn.authority == *authority) {
             let Idle { mut conn, since } = idle.remove(at);
             if since.elapsed() < MAX_IDLE_TIME && conn.is_ready() {
@@ -144,7 +149,7 @@ impl Pool {
     }
 
     fn checkin(&self, conn: Box<Conn>) {
-        let mut idle = self.idle.lock().expect("pool lock");
+        let mut idle = self.idle();
         if idle.iter().filter(|i| i.conn.authority == conn.authority).count() >= MAX_IDLE {
             return;
         }
@@ -156,24 +161,41 @@ impl Pool {
 
     /// Closes the connections idle too long, and those the upstream closed.
     fn prune(&self) {
-        self.idle
-            .lock()
-            .expect("pool lock")
+        self.idle()
             .retain_mut(|i| i.since.elapsed() < MAX_IDLE_TIME && i.conn.is_ready());
     }
 
+    /// Connects to the authority's addresses in turn, each within its share of the
+    /// connect timeout (a name whose first address drops packets must leave time for the
+    /// next one, as hyper-util's connector does).
     async fn connect(&self, authority: Authority) -> Result<Box<Conn>, DirectError> {
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
         let port = authority.port_u16().unwrap_or(80);
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port))).await {
-            Ok(stream) => stream.map_err(DirectError::Connect)?,
-            Err(_) => {
-                return Err(DirectError::Connect(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no connection within {} s", self.connect_timeout.as_secs_f64()),
-                )));
-            }
+        let timed_out = |within: Duration| {
+            DirectError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {} s", within.as_secs_f64()),
+            ))
         };
+        let addresses: Vec<_> = tokio::time::timeout(self.connect_timeout, tokio::net::lookup_host((host, port)))
+            .await
+            .map_err(|_| timed_out(self.connect_timeout))?
+            .map_err(DirectError::Connect)?
+            .collect();
+        let each = self.connect_timeout / addresses.len().max(1) as u32;
+        let mut failed = timed_out(self.connect_timeout);
+        let mut stream = None;
+        for address in addresses {
+            match tokio::time::timeout(each, TcpStream::connect(address)).await {
+                Ok(Ok(connected)) => {
+                    stream = Some(connected);
+                    break;
+                }
+                Ok(Err(e)) => failed = DirectError::Connect(e),
+                Err(_) => failed = timed_out(each),
+            }
+        }
+        let stream = stream.ok_or(failed)?;
         // Without Nagle: else each small write waits for the last one's ACK.
         stream.set_nodelay(true).map_err(DirectError::Connect)?;
         let (sender, driver) = http1::handshake(TokioIo::new(stream))
@@ -199,19 +221,30 @@ async fn reap(pool: Weak<Pool>) {
 }
 
 /// Writes `request`'s URI as a path (what a server expects from a client, not a proxy)
-/// with its authority as the `Host` header; returns the authority.
-fn origin_form(request: &mut http::Request<Body>) -> Authority {
+/// with its host and port as the `Host` header; returns the authority.
+fn origin_form(request: &mut http::Request<Body>) -> Result<Authority, DirectError> {
     let uri = request.uri().clone();
-    let authority = uri.authority().cloned().expect("upstream URIs are absolute");
+    let authority = uri.authority().cloned().ok_or_else(|| {
+        DirectError::Connect(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("'{uri}' names no host"),
+        ))
+    })?;
+    let host = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
     if !request.headers().contains_key(HOST)
-        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        && let Ok(host) = HeaderValue::from_str(&host)
     {
         request.headers_mut().insert(HOST, host);
     }
-    let mut parts = http::uri::Parts::default();
-    parts.path_and_query = uri.path_and_query().cloned();
-    *request.uri_mut() = http::Uri::from_parts(parts).expect("a path is a URI");
-    authority
+    let path = match uri.path_and_query() {
+        Some(path) if !path.as_str().is_empty() => path.clone(),
+        _ => http::uri::PathAndQuery::from_static("/"),
+    };
+    *request.uri_mut() = http::Uri::from(path);
+    Ok(authority)
 }
 
 impl Conn {
