@@ -30,8 +30,8 @@ use super::transport::Body;
 /// descriptors). Connections past this many close when their answer ends.
 pub const MAX_IDLE: usize = 32;
 
-/// How long an idle connection is kept.
-const MAX_IDLE_TIME: Duration = Duration::from_secs(90);
+/// How long an idle connection is kept (by reqwest's pools too).
+pub const MAX_IDLE_TIME: Duration = Duration::from_secs(90);
 
 type Driver = Connection<TokioIo<TcpStream>, Body>;
 
@@ -230,12 +230,10 @@ fn origin_form(request: &mut http::Request<Body>) -> Result<Authority, DirectErr
             format!("'{uri}' names no host"),
         ))
     })?;
-    let host = match authority.port() {
-        Some(port) => format!("{}:{port}", authority.host()),
-        None => authority.host().to_owned(),
-    };
+    // Host and port: what follows any `user:password@`.
+    let host = authority.as_str().rsplit('@').next().unwrap_or_default();
     if !request.headers().contains_key(HOST)
-        && let Ok(host) = HeaderValue::from_str(&host)
+        && let Ok(host) = HeaderValue::from_str(host)
     {
         request.headers_mut().insert(HOST, host);
     }

@@ -8,7 +8,6 @@
 //! verifies certificates against the system's and speaks through proxies.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, TryStreamExt};
@@ -18,7 +17,7 @@ use http_body_util::{BodyExt, Either, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::client::proxy::matcher::Matcher;
 
-use super::connections::{DirectError, InlineBody, MAX_IDLE, Pool};
+use super::connections::{DirectError, InlineBody, MAX_IDLE, MAX_IDLE_TIME, Pool};
 use super::workers::PerWorker;
 use crate::config::{UpstreamConfig, UpstreamKind};
 
@@ -102,9 +101,6 @@ pub struct Clients {
     reqwest: PerWorker<reqwest::Client>,
 }
 
-/// How long an idle upstream connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
-
 impl Clients {
     pub fn new(config: &UpstreamConfig) -> Self {
         let mut headers = HeaderMap::new();
@@ -169,7 +165,7 @@ impl Clients {
         self.reqwest.get(|| {
             reqwest::Client::builder()
                 .connect_timeout(self.config.connect_timeout())
-                .pool_idle_timeout(POOL_IDLE)
+                .pool_idle_timeout(MAX_IDLE_TIME)
                 .pool_max_idle_per_host(MAX_IDLE)
                 .tcp_nodelay(true)
                 .build()
