@@ -37,19 +37,31 @@ pub struct Caller {
     pub exchange: Option<Arc<crate::telemetry::Exchange>>,
     /// What the request's `Cache-Control` asks of the response cache.
     pub cache: super::cache::CacheControl,
+    /// `ip` as text, written once however many parts of the request need it.
+    ip_text: std::sync::OnceLock<String>,
 }
 
 impl Caller {
-    /// A caller with no token (authentication off), e.g. for tests and tools.
-    pub fn anonymous(frontend: Frontend) -> Self {
+    pub fn new(ip: IpAddr, frontend: Frontend, token: Option<Arc<TokenRecord>>) -> Self {
         Self {
-            ip: IpAddr::from([127, 0, 0, 1]),
+            ip,
             frontend,
-            token: None,
+            token,
             restricted: false,
             exchange: None,
             cache: Default::default(),
+            ip_text: Default::default(),
         }
+    }
+
+    /// A caller with no token (authentication off), e.g. for tests and tools.
+    pub fn anonymous(frontend: Frontend) -> Self {
+        Self::new(IpAddr::from([127, 0, 0, 1]), frontend, None)
+    }
+
+    /// The caller's address as text (the usage record's and the per-address limit's).
+    pub fn ip_text(&self) -> &str {
+        self.ip_text.get_or_init(|| self.ip.to_string())
     }
 
     /// Whether the token may use `model`: exact names and globs; no list means all. A
@@ -85,7 +97,16 @@ impl Caller {
     }
 
     pub fn with_ip(self, ip: IpAddr) -> Self {
-        Self { ip, ..self }
+        Self {
+            ip,
+            ip_text: Default::default(),
+            ..self
+        }
+    }
+
+    /// The caller with what the request's `Cache-Control` asks of the response cache.
+    pub fn with_cache(self, cache: super::cache::CacheControl) -> Self {
+        Self { cache, ..self }
     }
 
     /// Ties the call to its HTTP request, and names the token there.
@@ -359,14 +380,7 @@ impl Auth {
     pub async fn authenticate(&self, ip: IpAddr, presented: Option<&str>, frontend: Frontend) -> Result<Caller, Error> {
         self.check_ip(ip)?;
         if !self.required() {
-            return Ok(Caller {
-                ip,
-                frontend,
-                token: None,
-                restricted: false,
-                exchange: None,
-                cache: Default::default(),
-            });
+            return Ok(Caller::new(ip, frontend, None));
         }
         let Some(presented) = presented.map(str::trim).filter(|t| !t.is_empty()) else {
             if self.tokens.read().expect("tokens lock").is_empty() {
@@ -378,14 +392,7 @@ impl Auth {
             ));
         };
         let token = self.identify(ip, presented).await?;
-        Ok(Caller {
-            ip,
-            frontend,
-            token: Some(token),
-            restricted: false,
-            exchange: None,
-            cache: Default::default(),
-        })
+        Ok(Caller::new(ip, frontend, Some(token)))
     }
 
     /// The token `presented` is, if it may be used now from `ip`: known (re-reading the

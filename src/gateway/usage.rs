@@ -156,7 +156,7 @@ impl Meter {
                 at_ms: chrono::Utc::now().timestamp_millis(),
                 token_digest: token.map(|t| t.digest.clone()),
                 token_prefix: token.map(|t| t.prefix.clone()),
-                client_ip: Some(caller.ip.to_string()),
+                client_ip: Some(caller.ip_text().to_owned()),
                 frontend: caller.frontend.as_str(),
                 model: model.to_owned(),
                 request_id,

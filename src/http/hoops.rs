@@ -167,7 +167,7 @@ pub async fn authenticate(req: &mut Request, depot: &mut Depot, res: &mut Respon
     let cache = CacheControl::from_header(header("cache-control"));
     match result {
         Ok(caller) => {
-            depot.insert_typed(Caller { cache, ..caller }.with_exchange(exchange));
+            depot.insert_typed(caller.with_cache(cache).with_exchange(exchange));
         }
         // Public paths and liveness probes still answer (a bad token there is simply
         // anonymous); `/metrics` checks its own token, but not for refused addresses.

@@ -48,7 +48,7 @@ pub struct Framer {
     scanned: usize,
     /// The last line ended in `\r`: a `\n` right after belongs to it (SSE).
     after_cr: bool,
-    /// SSE: the `data` of the event so far, each line followed by `\n`.
+    /// SSE: the `data` of the event so far, its lines joined by `\n`.
     data: Vec<u8>,
     /// SSE: a `data` field was seen for this event (it may be empty).
     has_data: bool,
@@ -74,8 +74,10 @@ impl Framer {
 
     /// The next complete frame, `None` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<String>, FrameError> {
-        while let Some(line) = self.next_line()? {
-            if let Some(frame) = self.take(line)? {
+        while let Some((line, taken)) = self.next_line()? {
+            let frame = self.take(line);
+            self.buffer.advance(taken);
+            if let Some(frame) = frame? {
                 return Ok(Some(frame));
             }
         }
@@ -89,9 +91,10 @@ impl Framer {
     /// The body ended: the last frame if one was left without its terminator.
     pub fn finish(&mut self) -> Result<Option<String>, FrameError> {
         if !self.buffer.is_empty() {
-            let line = self.buffer.split().freeze();
+            let frame = self.take(self.buffer.len());
+            self.buffer.clear();
             self.scanned = 0;
-            if let Some(frame) = self.take(line)? {
+            if let Some(frame) = frame? {
                 return Ok(Some(frame));
             }
         }
@@ -101,9 +104,10 @@ impl Framer {
         }
     }
 
-    /// The next whole line without its terminator. Only bytes not searched before are
-    /// searched.
-    fn next_line(&mut self) -> Result<Option<Bytes>, FrameError> {
+    /// The next whole line: its length without its terminator, and the bytes it takes up
+    /// with it (both from the start of the buffer, where it stays until taken). Only bytes
+    /// not searched before are searched.
+    fn next_line(&mut self) -> Result<Option<(usize, usize)>, FrameError> {
         if self.after_cr && self.buffer.first() == Some(&b'\n') {
             self.buffer.advance(1);
         }
@@ -122,40 +126,44 @@ impl Framer {
         if end > self.max {
             return Err(FrameError::TooLarge);
         }
-        let mut line = self.buffer.split_to(end + 1);
         self.scanned = 0;
-        let terminator = line[end];
-        line.truncate(end);
-        if terminator == b'\r' {
+        if self.buffer[end] == b'\r' {
             self.after_cr = true;
-        } else if self.format == Format::Ndjson && line.last() == Some(&b'\r') {
-            line.truncate(end - 1);
+        } else if self.format == Format::Ndjson && end > 0 && self.buffer[end - 1] == b'\r' {
+            return Ok(Some((end - 1, end + 1)));
         }
-        Ok(Some(line.freeze()))
+        Ok(Some((end, end + 1)))
     }
 
-    /// A line's part in a frame: an NDJSON line is one; an SSE line adds to the event,
-    /// and a blank one dispatches it.
-    fn take(&mut self, line: Bytes) -> Result<Option<String>, FrameError> {
+    /// The part in a frame of the buffer's first `len` bytes, a line: an NDJSON line is
+    /// one; an SSE line adds to the event, and a blank one dispatches it. The frame is
+    /// copied out of the buffer once, and the buffer is never split (each split of a
+    /// shared buffer was an atomic count taken and dropped).
+    fn take(&mut self, len: usize) -> Result<Option<String>, FrameError> {
+        let line = &self.buffer[..len];
         match self.format {
             Format::Ndjson if line.iter().all(u8::is_ascii_whitespace) => Ok(None),
             Format::Ndjson => utf8(line.to_vec()).map(Some),
             Format::Sse if line.is_empty() => self.dispatch(),
             Format::Sse => {
-                let (field, value) = match memchr::memchr(b':', &line) {
+                let (field, value) = match memchr::memchr(b':', line) {
                     Some(0) => return Ok(None),
                     Some(colon) => {
                         let value = &line[colon + 1..];
                         (&line[..colon], value.strip_prefix(b" ").unwrap_or(value))
                     }
-                    None => (&line[..], &b""[..]),
+                    None => (line, &b""[..]),
                 };
                 if field == b"data" {
-                    if self.data.len() + value.len() + 1 > self.max {
+                    // The data lines of an event are joined by `\n`.
+                    let joint = usize::from(self.has_data);
+                    if self.data.len() + joint + value.len() > self.max {
                         return Err(FrameError::TooLarge);
                     }
+                    if self.has_data {
+                        self.data.push(b'\n');
+                    }
                     self.data.extend_from_slice(value);
-                    self.data.push(b'\n');
                     self.has_data = true;
                 }
                 Ok(None)
@@ -168,9 +176,7 @@ impl Framer {
         if !std::mem::take(&mut self.has_data) {
             return Ok(None);
         }
-        let mut data = std::mem::take(&mut self.data);
-        data.pop();
-        utf8(data).map(Some)
+        utf8(std::mem::take(&mut self.data)).map(Some)
     }
 }
 

@@ -3,7 +3,7 @@
 //! What is counted, and how a batch of records is grouped before it is added to the
 //! stored rows, is decided here once for every store backend.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -238,12 +238,12 @@ pub struct Key {
 pub struct Rollups {
     pub minutes: BTreeMap<i64, UsagePoint>,
     pub hours: BTreeMap<i64, UsagePoint>,
-    pub hours_by_key: HashMap<Key, UsagePoint>,
+    pub hours_by_key: foldhash::HashMap<Key, UsagePoint>,
     /// The same per day: a month's "top" list sums 30 of these per key rather than 720
     /// hours (only the hours of a window's first, partial day come from `hours_by_key`).
-    pub days_by_key: HashMap<Key, UsagePoint>,
+    pub days_by_key: foldhash::HashMap<Key, UsagePoint>,
     /// The latest request per token digest.
-    pub last_used: HashMap<String, i64>,
+    pub last_used: foldhash::HashMap<String, i64>,
 }
 
 impl Rollups {

@@ -19,11 +19,11 @@ pub struct MemoryLimiter(Arc<Counters>);
 
 struct Counters {
     metrics: Arc<Metrics>,
-    windows: Mutex<HashMap<String, Window>>,
-    quotas: Mutex<HashMap<String, Quota>>,
+    windows: Mutex<foldhash::HashMap<String, Window>>,
+    quotas: Mutex<foldhash::HashMap<String, Quota>>,
     /// Per token digest: its `max_concurrent` and the slots for it (new ones when the
     /// token's limit changes, in the store or by a reload).
-    concurrency: Mutex<HashMap<String, (u32, Arc<Semaphore>)>>,
+    concurrency: Mutex<foldhash::HashMap<String, (u32, Arc<Semaphore>)>>,
     /// Tokens each token digest used this month before the process started.
     used_before: Mutex<Option<(i64, HashMap<String, u64>)>>,
 }
@@ -57,9 +57,9 @@ impl MemoryLimiter {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self(Arc::new(Counters {
             metrics,
-            windows: Mutex::new(HashMap::new()),
-            quotas: Mutex::new(HashMap::new()),
-            concurrency: Mutex::new(HashMap::new()),
+            windows: Mutex::default(),
+            quotas: Mutex::default(),
+            concurrency: Mutex::default(),
             used_before: Mutex::new(None),
         }))
     }
@@ -82,7 +82,7 @@ impl Counters {
         self.metrics.rate_limited(scope);
     }
 
-    fn quota_entry<'a>(&self, quotas: &'a mut HashMap<String, Quota>, digest: &str) -> &'a mut Quota {
+    fn quota_entry<'a>(&self, quotas: &'a mut foldhash::HashMap<String, Quota>, digest: &str) -> &'a mut Quota {
         let month = month_start_ms();
         let before = || {
             let used = self.used_before.lock().expect("limits lock");
@@ -240,10 +240,11 @@ mod tests {
             max_concurrent: Some(max_concurrent),
             ..TokenRecord::for_secret("t", "dg-limits-test-token-000000000000", Role::User)
         };
-        Caller {
-            token: Some(Arc::new(token)),
-            ..Caller::anonymous(Frontend::OpenAi)
-        }
+        Caller::new(
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            Frontend::OpenAi,
+            Some(Arc::new(token)),
+        )
     }
 
     #[tokio::test]

@@ -38,7 +38,7 @@ impl Rule {
         }
         if config.ip_rpm > 0 || config.ip_tpm > 0 {
             rules.push(Rule {
-                key: format!("ip:{}", caller.ip),
+                key: ["ip:", caller.ip_text()].concat(),
                 scope: "ip",
                 what: "your address",
                 rpm: config.ip_rpm,
@@ -49,7 +49,7 @@ impl Rule {
             && (token.rpm.is_some() || token.tpm.is_some())
         {
             rules.push(Rule {
-                key: format!("token:{}", token.digest),
+                key: ["token:", &token.digest].concat(),
                 scope: "token",
                 what: "your API token",
                 rpm: token.rpm.unwrap_or(0),

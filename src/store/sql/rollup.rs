@@ -81,7 +81,7 @@ pub fn add(rollups: &Rollups) -> Vec<Step> {
             .map(|(&at_ms, point)| std::iter::once(Value::Int(at_ms)).chain(counted(point)).collect())
             .collect()
     };
-    let by_key = |rows: &std::collections::HashMap<Key, UsagePoint>| -> Vec<Vec<Value>> {
+    let by_key = |rows: &foldhash::HashMap<Key, UsagePoint>| -> Vec<Vec<Value>> {
         let mut sorted: Vec<_> = rows.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         sorted.into_iter().map(|(key, point)| keyed(key, point)).collect()

@@ -90,11 +90,14 @@ pub(super) fn run(connection: &Connection, steps: &[Step]) -> StoreResult<Vec<Ou
                     Table::column_names(columns),
                     placeholders.join(", ")
                 );
+                // Prepared once for all the rows: looking the statement up by its text per
+                // row cost as much as binding the row.
+                let mut statement = connection.prepare_cached(&sql).map_err(failed("prepare a write"))?;
                 let mut changed = 0;
                 for row in rows {
-                    changed += execute(connection, &sql, row)?;
+                    changed += statement.execute(params_from_iter(row)).map_err(failed("write"))?;
                 }
-                Ok(Output::changed(changed))
+                Ok(Output::changed(changed as u64))
             }
             Step::Notify(_) => Ok(Output::default()),
         })
