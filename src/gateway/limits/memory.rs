@@ -240,11 +240,9 @@ mod tests {
             max_concurrent: Some(max_concurrent),
             ..TokenRecord::for_secret("t", "dg-limits-test-token-000000000000", Role::User)
         };
-        Caller::new(
-            std::net::IpAddr::from([127, 0, 0, 1]),
-            Frontend::OpenAi,
-            Some(Arc::new(token)),
-        )
+        let mut caller = Caller::anonymous(Frontend::OpenAi);
+        caller.token = Some(Arc::new(token));
+        caller
     }
 
     #[tokio::test]

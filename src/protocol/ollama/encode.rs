@@ -104,15 +104,15 @@ pub fn write_now(out: &mut Vec<u8>) {
 }
 
 fn write_time(out: &mut Vec<u8>, now: chrono::DateTime<chrono::Utc>) {
-    let nanos = now.timestamp_subsec_nanos();
+    let (seconds, nanos) = (now.timestamp(), now.timestamp_subsec_nanos());
     if nanos >= 1_000_000_000 {
         // A leap second, which chrono writes its own way.
         out.extend_from_slice(now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true).as_bytes());
         return;
     }
     SECOND.with_borrow_mut(|(second, text)| {
-        if *second != now.timestamp() {
-            *second = now.timestamp();
+        if *second != seconds {
+            *second = seconds;
             *text = now.format("%Y-%m-%dT%H:%M:%S.").to_string();
         }
         out.extend_from_slice(text.as_bytes());
@@ -560,6 +560,8 @@ pub fn pull_steps(card: &ModelCard) -> [Value; 4] {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn times_are_written_as_chrono_writes_them() {
         // Within a second, across seconds, back in time (another clock), leading zeros.
@@ -572,13 +574,11 @@ mod tests {
         ] {
             let time = chrono::DateTime::from_timestamp(secs, nanos).unwrap();
             let mut out = b"x".to_vec();
-            super::write_time(&mut out, time);
+            write_time(&mut out, time);
             let want = time.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
             assert_eq!(String::from_utf8(out).unwrap(), format!("x{want}"));
         }
     }
-
-    use super::*;
 
     #[test]
     fn plain_text_lines_are_what_serde_writes() {

@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, ToSql, params_from_iter};
+use rusqlite::{CachedStatement, Connection, ToSql, params_from_iter};
 
 use super::failed;
 use crate::store::sql::{Output, Step, Table, Value};
@@ -48,9 +48,7 @@ fn positional(sql: &str) -> Cow<'_, str> {
 }
 
 fn query(connection: &Connection, sql: &str, params: &[Value]) -> StoreResult<Output> {
-    let mut statement = connection
-        .prepare_cached(&positional(sql))
-        .map_err(failed("prepare a query"))?;
+    let mut statement = prepare(connection, sql)?;
     let width = statement.column_count();
     let mut rows = statement.query(params_from_iter(params)).map_err(failed("query"))?;
     let mut output = Output::default();
@@ -63,10 +61,14 @@ fn query(connection: &Connection, sql: &str, params: &[Value]) -> StoreResult<Ou
     Ok(output)
 }
 
-fn execute(connection: &Connection, sql: &str, params: &[Value]) -> StoreResult<u64> {
-    let mut statement = connection
+/// `sql`'s statement, prepared once per connection and then taken from its cache.
+fn prepare<'c>(connection: &'c Connection, sql: &str) -> StoreResult<CachedStatement<'c>> {
+    connection
         .prepare_cached(&positional(sql))
-        .map_err(failed("prepare a write"))?;
+        .map_err(failed("prepare a statement"))
+}
+
+fn execute(statement: &mut CachedStatement, params: &[Value]) -> StoreResult<u64> {
     let changed = statement.execute(params_from_iter(params)).map_err(failed("write"))?;
     Ok(changed as u64)
 }
@@ -77,7 +79,7 @@ pub(super) fn run(connection: &Connection, steps: &[Step]) -> StoreResult<Vec<Ou
         .iter()
         .map(|step| match step {
             Step::Query(sql, params) => query(connection, sql, params),
-            Step::Execute(sql, params) => Ok(Output::changed(execute(connection, sql, params)?)),
+            Step::Execute(sql, params) => Ok(Output::changed(execute(&mut prepare(connection, sql)?, params)?)),
             Step::Insert {
                 table,
                 columns,
@@ -92,12 +94,12 @@ pub(super) fn run(connection: &Connection, steps: &[Step]) -> StoreResult<Vec<Ou
                 );
                 // Prepared once for all the rows: looking the statement up by its text per
                 // row cost as much as binding the row.
-                let mut statement = connection.prepare_cached(&sql).map_err(failed("prepare a write"))?;
+                let mut statement = prepare(connection, &sql)?;
                 let mut changed = 0;
                 for row in rows {
-                    changed += statement.execute(params_from_iter(row)).map_err(failed("write"))?;
+                    changed += execute(&mut statement, row)?;
                 }
-                Ok(Output::changed(changed as u64))
+                Ok(Output::changed(changed))
             }
             Step::Notify(_) => Ok(Output::default()),
         })
