@@ -16,7 +16,7 @@ mod tokens;
 mod ui;
 mod usage;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use salvo::affix_state;
 use salvo::oapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -138,19 +138,30 @@ fn document(api: &Router) -> OpenApi {
         .merge_router(api)
 }
 
+/// The OpenAPI document, built when first asked for: building it runs the schema code of
+/// every endpoint and held megabytes in every fresh gateway, though few ever read it.
+#[derive(Default)]
+struct Document(OnceLock<OpenApi>);
+
+#[async_trait]
+impl Handler for Document {
+    async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        let document = self.0.get_or_init(|| document(&api()));
+        document.handle(req, depot, res, ctrl).await;
+    }
+}
+
 /// `/admin`: the API, its OpenAPI document at `/admin/api/openapi.json`, Swagger UI
 /// (assets embedded in the binary) at `/admin/docs`, and the web UI at `/admin` and every
 /// other path under it.
 pub fn router(admin: Arc<Admin>) -> Router {
-    let api = api();
-    let document = document(&api);
     let docs =
         SwaggerUi::new(SwaggerConfig::new(["/admin/api/openapi.json"]).validator_url("none")).title("diglot admin API");
     Router::new()
         .hoop(affix_state::inject(admin))
         .hoop(session::gate)
-        .push(document.into_router("admin/api/openapi.json"))
-        .push(api)
+        .push(Router::with_path("admin/api/openapi.json").goal(Document::default()))
+        .push(api())
         .push(Router::with_path("admin/docs/{**}").goal(docs))
         .push(Router::with_path("admin").goal(ui::serve))
         .push(Router::with_path("admin/{**rest}").goal(ui::serve))
