@@ -533,6 +533,20 @@ async fn too_many_or_too_large_headers_get_431_naming_the_key() {
     assert_eq!(fake.calls(), 0, "nothing reached the upstream");
 }
 
+/// The front speaks HTTP/1.1: a client opening with HTTP/2's prior-knowledge preface has
+/// its connection closed (no HTTP/2 frames, no hang), and HTTP/1.1 clients are served.
+#[tokio::test]
+async fn an_http2_preface_is_refused_and_http1_is_served() {
+    use tokio::io::AsyncWriteExt;
+    let (fake, base) = setup_openai().await;
+    let mut conn = raw_connect(&base).await;
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    let answer = read_to_close(&mut conn, Duration::from_secs(10)).await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer:?}");
+    assert_eq!(fake.calls(), 0, "nothing reached the upstream");
+    assert_eq!(post(&base, "/v1/chat/completions", chat(false)).await.status, 200);
+}
+
 /// The binary serves on `server.workers` threads, each taking its share of the connections
 /// (the kernel spreads them over one listening socket per worker), and a port already
 /// taken is still an error: sockets sharing a port must not let a second diglot in.
