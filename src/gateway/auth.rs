@@ -26,7 +26,8 @@ const RELOAD_ON_MISS: Duration = Duration::from_millis(200);
 /// Who is calling, as the gateway needs to know it.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    pub ip: IpAddr,
+    /// Private, so its text below cannot go stale: `with_ip` sets both.
+    ip: IpAddr,
     /// Which API the request came in on.
     pub frontend: Frontend,
     /// None when authentication is off.
