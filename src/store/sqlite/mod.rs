@@ -7,7 +7,7 @@ mod values;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 use super::sql::{Engine, Output, SqlStore, Step};
 use super::{StoreError, StoreResult};
@@ -86,7 +86,18 @@ impl Sqlite {
 impl Engine for Sqlite {
     async fn run(&self, steps: Vec<Step>) -> StoreResult<Vec<Output>> {
         self.blocking(move |connection| {
-            let transaction = connection.transaction().map_err(failed("begin"))?;
+            // Steps that write take the write lock as they begin, waiting for it up to the
+            // busy timeout. Begun as a read, a transaction whose snapshot another process
+            // wrote past (the CLI, a second gateway on the same file) could not write at
+            // all: SQLite answers "database is locked" at once, without waiting.
+            let behavior = if values::writes(connection, &steps)? {
+                TransactionBehavior::Immediate
+            } else {
+                TransactionBehavior::Deferred
+            };
+            let transaction = connection
+                .transaction_with_behavior(behavior)
+                .map_err(failed("begin"))?;
             let outputs = values::run(&transaction, &steps)?;
             transaction.commit().map_err(failed("commit"))?;
             Ok(outputs)

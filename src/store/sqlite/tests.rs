@@ -1,4 +1,5 @@
-//! Opening: the migrations are valid, and processes opening a new file at once all succeed.
+//! Opening: the migrations are valid, and processes opening a new file at once all succeed;
+//! steps that write wait for another connection's write instead of failing.
 
 use super::*;
 
@@ -65,4 +66,34 @@ fn child_opens_the_store() {
     if let Err(e) = SqliteStore::open(&path) {
         panic!("{e}");
     }
+}
+
+/// Steps that read and then write, run while another connection writes the file (the CLI,
+/// a second gateway), wait for it and succeed. Begun as a read, the transaction's snapshot
+/// went stale when the other one committed, and SQLite refused the write at once.
+#[tokio::test]
+async fn steps_that_read_then_write_wait_for_another_writer() {
+    use crate::store::sql::Step;
+    let dir = tempfile::Builder::new().prefix("diglot-busy-").tempdir().unwrap();
+    let path = dir.path().join("diglot.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let other = Connection::open(&path).unwrap();
+    other
+        .execute_batch("BEGIN IMMEDIATE; INSERT INTO documents VALUES ('setting', 'a', '1', 0);")
+        .unwrap();
+    let (begun, started) = std::sync::mpsc::channel();
+    let committer = std::thread::spawn(move || {
+        started.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        other.execute_batch("COMMIT").unwrap();
+    });
+    let steps = vec![
+        Step::Query("SELECT count(*) FROM documents".into(), vec![]),
+        Step::Execute("INSERT INTO documents VALUES ('setting', 'b', '2', 0)".into(), vec![]),
+    ];
+    begun.send(()).unwrap();
+    let ran = store.engine().run(steps).await;
+    committer.join().unwrap();
+    let outputs = ran.unwrap_or_else(|e| panic!("the steps failed: {e}"));
+    assert_eq!(outputs.len(), 2);
 }

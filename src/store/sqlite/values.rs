@@ -73,6 +73,22 @@ fn execute(statement: &mut CachedStatement, params: &[Value]) -> StoreResult<u64
     Ok(changed as u64)
 }
 
+/// Whether `steps` change anything: every `Execute` and `Insert` does, a `Query` when its
+/// statement is no read (a write with `RETURNING`), as SQLite itself judges it.
+pub(super) fn writes(connection: &Connection, steps: &[Step]) -> StoreResult<bool> {
+    for step in steps {
+        let write = match step {
+            Step::Query(sql, _) => !prepare(connection, sql)?.readonly(),
+            Step::Execute(..) | Step::Insert { .. } => true,
+            Step::Notify(_) => false,
+        };
+        if write {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Runs `steps` on `connection` (inside the caller's transaction).
 pub(super) fn run(connection: &Connection, steps: &[Step]) -> StoreResult<Vec<Output>> {
     steps
