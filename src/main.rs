@@ -257,7 +257,11 @@ fn finish(result: Result<String, String>) -> std::process::ExitCode {
 }
 
 fn run(config: Config, source: Source) -> std::process::ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Requests are served on the workers' own runtimes (`http::Workers`); what runs here
+    // (start-up, usage writes, health checks, reloads, signals) is light and waits on I/O,
+    // so the main thread drives it: a pool of one thread per core would sit idle, each
+    // thread with its own stack and allocator arena.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime starts");

@@ -2,7 +2,7 @@
 //! upstreams that only take bytes — without letting the gateway reach internal hosts.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -64,37 +64,45 @@ pub fn sniff_base64_mime(base64: &str) -> Option<&'static str> {
 /// Fetches image URLs with a size and time limit.
 #[derive(Clone)]
 pub struct ImageFetcher {
-    http: reqwest::Client,
+    /// Built on the first fetch and shared by clones: building one loads and parses the
+    /// system's root certificates (a file per authority), which a gateway whose clients
+    /// never send image URLs should not pay for at every start and channel change.
+    http: Arc<OnceLock<reqwest::Client>>,
     config: ImageConfig,
 }
 
 impl ImageFetcher {
     pub fn new(config: &ImageConfig) -> Self {
-        let allow_private = config.allow_private;
-        let mut builder =
-            reqwest::Client::builder()
-                .timeout(config.timeout())
-                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                    let refused = host_ip(attempt.url()).is_some_and(|ip| !allow_private && is_internal(ip));
-                    if refused {
-                        attempt.error("redirect to an internal address")
-                    } else if attempt.previous().len() >= 5 {
-                        attempt.error("too many redirects")
-                    } else {
-                        attempt.follow()
-                    }
-                }));
-        if !allow_private {
-            // Names are checked at connection time too, so DNS rebinding cannot slip past.
-            builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
-        }
-        let http = builder
-            .build()
-            .expect("the image HTTP client builds with static settings");
         Self {
-            http,
+            http: Arc::default(),
             config: config.clone(),
         }
+    }
+
+    fn http(&self) -> &reqwest::Client {
+        self.http.get_or_init(|| {
+            let allow_private = self.config.allow_private;
+            let mut builder =
+                reqwest::Client::builder()
+                    .timeout(self.config.timeout())
+                    .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                        let refused = host_ip(attempt.url()).is_some_and(|ip| !allow_private && is_internal(ip));
+                        if refused {
+                            attempt.error("redirect to an internal address")
+                        } else if attempt.previous().len() >= 5 {
+                            attempt.error("too many redirects")
+                        } else {
+                            attempt.follow()
+                        }
+                    }));
+            if !allow_private {
+                // Names are checked at connection time too, so DNS rebinding cannot slip past.
+                builder = builder.dns_resolver(Arc::new(PublicOnlyResolver));
+            }
+            builder
+                .build()
+                .expect("the image HTTP client builds with static settings")
+        })
     }
 
     /// Downloads `url` and returns its bytes base64-encoded, with their MIME type.
@@ -112,7 +120,7 @@ impl ImageFetcher {
             };
             Error::bad_request(format!("image URL '{url}' could not be fetched: {why}"))
         };
-        let response = self.http.get(parsed).send().await.map_err(failed)?;
+        let response = self.http().get(parsed).send().await.map_err(failed)?;
         if !response.status().is_success() {
             return Err(Error::bad_request(format!(
                 "image URL '{url}' answered HTTP {}",
@@ -306,7 +314,7 @@ mod tests {
             ))
             .await;
             let error = fetcher
-                .http
+                .http()
                 .get(format!("http://{origin}/image"))
                 .send()
                 .await
@@ -341,7 +349,7 @@ mod tests {
         let server = serve_raw(png_response()).await;
         let url = format!("http://localhost:{}/red.png", server.port());
         let fetcher = ImageFetcher::new(&ImageConfig::default());
-        let error = fetcher.http.get(&url).send().await.expect_err("refused");
+        let error = fetcher.http().get(&url).send().await.expect_err("refused");
         assert!(
             format!("{error:?}").contains("'localhost' resolves only to internal addresses"),
             "{error:?}"
@@ -351,6 +359,6 @@ mod tests {
             allow_private: true,
             ..Default::default()
         });
-        assert_eq!(open.http.get(&url).send().await.unwrap().status(), 200);
+        assert_eq!(open.http().get(&url).send().await.unwrap().status(), 200);
     }
 }
