@@ -1,7 +1,6 @@
 //! Who is calling: API tokens (kept as SHA-256 digests, compared in constant time), the
 //! simpler modes (none, one legacy `API_TOKEN`, a keys file), and the IP rules.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -141,8 +140,9 @@ pub struct Auth {
     mode: AuthMode,
     /// Whether callers need a token now (`auto` follows whether any token exists).
     required: std::sync::atomic::AtomicBool,
-    /// Digest → token, from every source; swapped whole on reload.
-    tokens: RwLock<Arc<HashMap<String, Arc<TokenRecord>>>>,
+    /// Digest → token, from every source; swapped whole on reload. The keys are SHA-256
+    /// digests, which no caller can steer into collisions, so a fast hasher is safe.
+    tokens: RwLock<Arc<foldhash::HashMap<String, Arc<TokenRecord>>>>,
     declared: Vec<TokenRecord>,
     legacy: Option<TokenRecord>,
     keys_file: Option<PathBuf>,
@@ -206,7 +206,7 @@ impl Auth {
         let auth = Self {
             mode: auth_config.mode,
             required: std::sync::atomic::AtomicBool::new(auth_config.mode == AuthMode::Tokens),
-            tokens: RwLock::new(Arc::new(HashMap::new())),
+            tokens: RwLock::default(),
             declared: declared.to_vec(),
             legacy,
             keys_file,
@@ -303,7 +303,7 @@ impl Auth {
         let map = all
             .into_iter()
             .map(|t| (t.digest.clone(), Arc::new(t.with_default_limits(&self.limits))))
-            .collect::<HashMap<_, _>>();
+            .collect::<foldhash::HashMap<_, _>>();
         // A keys file counts as a source even while empty: its owner means to require keys.
         let required = match self.mode {
             AuthMode::None => false,
@@ -516,7 +516,7 @@ mod tests {
         assert!(auth.find(&digest("dg-b")).is_none());
         // A map entry whose record disagrees with its key (never made by `reload`) is not
         // trusted: the constant-time comparison of the digests decides, not the lookup.
-        let mut map = HashMap::new();
+        let mut map = foldhash::HashMap::default();
         map.insert(
             digest("dg-b"),
             Arc::new(TokenRecord::for_secret("a", "dg-a", Role::User)),
