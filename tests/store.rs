@@ -280,6 +280,22 @@ async fn assert_rollups_match(store: &dyn Store, records: &[UsageRecord], now_ms
         }
     }
     assert_eq!(store.last_used().await.unwrap(), scan_last_used(records));
+
+    // Quotas: tokens each API token used (not from the cache) since an hour's start, whole
+    // days and a partial one, or hours only.
+    let day_start = diglot::store::rollup::floor(now_ms - 30 * HOUR_MS, diglot::store::rollup::DAY_MS);
+    let hour_start = diglot::store::rollup::floor(now_ms - 10 * HOUR_MS, HOUR_MS);
+    for since in [0, day_start - 5 * HOUR_MS, day_start, hour_start] {
+        let mut scanned: BTreeMap<String, u64> = BTreeMap::new();
+        for r in records.iter().filter(|r| r.at_ms >= since && !r.cache_hit) {
+            if let Some(digest) = &r.token_digest {
+                *scanned.entry(digest.clone()).or_default() += r.prompt_tokens + r.completion_tokens;
+            }
+        }
+        let used: BTreeMap<String, u64> = store.tokens_used_since(since).await.unwrap().into_iter().collect();
+        assert_eq!(used, scanned, "since {since}");
+        assert!(used.len() > 1, "several tokens used since {since}");
+    }
 }
 
 async fn rollups_equal_a_scan_of_the_records(store: Arc<dyn Store>) {

@@ -43,7 +43,7 @@ async fn migrate_says_the_version_of_either_engine() {
     let url = database().await;
     let out = diglot(Some(&url), &["migrate"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("schema version 3, up to date"), "{}", text(&out));
+    assert!(text(&out).contains("schema version 4, up to date"), "{}", text(&out));
     assert!(!text(&out).contains(PASSWORD), "{}", text(&out));
     // Again: nothing left to do.
     assert!(diglot(Some(&url), &["migrate"]).status.success());
@@ -52,7 +52,7 @@ async fn migrate_says_the_version_of_either_engine() {
     let file = dir.path().join("elsewhere.db");
     let out = diglot(Some(&format!("sqlite:{}", file.display())), &["migrate"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("schema version 3"), "{}", text(&out));
+    assert!(text(&out).contains("schema version 4"), "{}", text(&out));
     assert!(file.exists(), "the file store.url names");
 
     let shown = diglot(Some(&url), &["check-config"]);

@@ -76,7 +76,7 @@ async fn replicas_opening_a_new_database_at_once_migrate_it_once() {
         .collect();
     for open in opens {
         let store = open.await.unwrap().unwrap();
-        assert_eq!(store.schema_version().await.unwrap(), 3);
+        assert_eq!(store.schema_version().await.unwrap(), 4);
     }
     let client = connect(&url).await;
     let versions: Vec<i32> = client
@@ -86,16 +86,16 @@ async fn replicas_opening_a_new_database_at_once_migrate_it_once() {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(versions, [1, 2, 3], "each migration applied once");
+    assert_eq!(versions, [1, 2, 3, 4], "each migration applied once");
 
     // A database a newer diglot migrated is refused, saying so.
     client
-        .execute("INSERT INTO diglot_migrations (version) VALUES (4)", &[])
+        .execute("INSERT INTO diglot_migrations (version) VALUES (5)", &[])
         .await
         .unwrap();
     let error = open(&url).await.err().expect("a newer schema is refused");
     assert!(
-        error.contains("version 4, newer than this diglot knows (version 3)"),
+        error.contains("version 5, newer than this diglot knows (version 4)"),
         "{error}"
     );
     assert!(!error.contains(PASSWORD), "{error}");

@@ -13,11 +13,12 @@ use crate::store::{StoreError, StoreResult};
 /// The advisory lock every replica takes to migrate ("diglot" in ASCII).
 const LOCK: i64 = 0x6469_676c_6f74;
 
-static MIGRATIONS: LazyLock<[String; 3]> = LazyLock::new(|| {
+static MIGRATIONS: LazyLock<[String; 4]> = LazyLock::new(|| {
     [
         include_str!("../migrations/postgres/0001_tokens_and_usage.sql").to_owned(),
         include_str!("../migrations/postgres/0002_responses.sql").to_owned(),
         include_str!("../migrations/postgres/0003_admin.sql").replace("$HISTOGRAMS$", &histogram_columns_ddl("BIGINT")),
+        include_str!("../migrations/postgres/0004_usage_indexes.sql").to_owned(),
     ]
 });
 

@@ -112,6 +112,23 @@ pub fn prune_minutes(before_ms: i64) -> Step {
     )
 }
 
+/// The per-key rollup rows (`columns` of them) covering a window: the per-day rows of its
+/// whole days ($1: the first whole day) and the per-hour rows of its first, partial day
+/// ($2: its first hour). `window` gives both.
+fn hours_and_days(columns: &str) -> String {
+    format!(
+        "SELECT {columns} FROM usage_day_key WHERE at_ms >= $1 UNION ALL \
+         SELECT {columns} FROM usage_hour_key WHERE at_ms >= $2 AND at_ms < $1"
+    )
+}
+
+/// The parameters of `hours_and_days` for the window from `since_ms` on.
+fn window(since_ms: i64) -> Vec<Value> {
+    let since_hour = Width::Hour.floor(since_ms);
+    let first_whole_day = floor(since_hour + DAY_MS - 1, DAY_MS);
+    vec![first_whole_day.into(), since_hour.into()]
+}
+
 impl<E: Engine> SqlStore<E> {
     pub(super) async fn usage_series(&self, since_ms: i64, until_ms: i64, step: Width) -> StoreResult<Vec<UsagePoint>> {
         let table = match step {
@@ -128,6 +145,19 @@ impl<E: Engine> SqlStore<E> {
             Ok(UsagePoint::from_values(row.int(0)?, &values))
         })
         .await
+    }
+
+    /// Tokens each API token used from `since_ms` (an hour's start: a month's, for quotas)
+    /// on, answers from the cache not counted: about 30 rollup rows per token for a month,
+    /// where the usage log holds one row per request.
+    pub(super) async fn tokens_used_since(&self, since_ms: i64) -> StoreResult<Vec<(String, u64)>> {
+        let sql = format!(
+            "SELECT token_digest, CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) FROM ({}) AS hours_and_days \
+             WHERE token_digest <> '' GROUP BY token_digest",
+            hours_and_days("token_digest, prompt_tokens, completion_tokens")
+        );
+        self.read(sql, window(since_ms), |row| Ok((row.text(0)?, row.count(1)?)))
+            .await
     }
 
     /// Sums the window's whole days from the per-day rows and the hours of its first,
@@ -147,18 +177,16 @@ impl<E: Engine> SqlStore<E> {
         let columns = "token_digest, token_prefix, model, channel, requests, errors, prompt_tokens, completion_tokens";
         let sum = |c: &str| format!("CAST(SUM({c}) AS BIGINT)");
         let sql = format!(
-            "SELECT {group}, {label}, {} AS total, {}, {}, {} FROM (\
-             SELECT {columns} FROM usage_day_key WHERE at_ms >= $1 UNION ALL \
-             SELECT {columns} FROM usage_hour_key WHERE at_ms >= $2 AND at_ms < $1\
-             ) AS hours_and_days GROUP BY {group} ORDER BY total DESC, {group} LIMIT $3",
+            "SELECT {group}, {label}, {} AS total, {}, {}, {} FROM ({}) AS hours_and_days \
+             GROUP BY {group} ORDER BY total DESC, {group} LIMIT $3",
             sum("requests"),
             sum("errors"),
             sum("prompt_tokens"),
-            sum("completion_tokens")
+            sum("completion_tokens"),
+            hours_and_days(columns)
         );
-        let since_hour = Width::Hour.floor(since_ms);
-        let first_whole_day = floor(since_hour + DAY_MS - 1, DAY_MS);
-        let params = vec![first_whole_day.into(), since_hour.into(), i64::from(limit).into()];
+        let mut params = window(since_ms);
+        params.push(i64::from(limit).into());
         self.read(sql, params, |row| {
             let grouped = row.text(0)?;
             Ok(UsageTop {

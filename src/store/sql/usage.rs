@@ -114,13 +114,6 @@ impl<E: Engine> SqlStore<E> {
         self.run(steps).await.map(drop)
     }
 
-    pub(super) async fn tokens_used_since(&self, since_ms: i64) -> StoreResult<Vec<(String, u64)>> {
-        let sql = "SELECT token_digest, CAST(SUM(prompt_tokens + completion_tokens) AS BIGINT) FROM usage \
-                   WHERE token_digest IS NOT NULL AND at_ms >= $1 AND NOT cache_hit GROUP BY token_digest";
-        self.read(sql, vec![since_ms.into()], |row| Ok((row.text(0)?, row.count(1)?)))
-            .await
-    }
-
     pub(super) async fn daily_usage(&self, since_ms: i64) -> StoreResult<Vec<DailyUsage>> {
         let sql = format!(
             "SELECT at_ms / {DAY_MS} AS day, MAX(token_prefix) AS prefix, COUNT(*), \

@@ -22,6 +22,7 @@ pub(crate) fn migrations() -> Migrations<'static> {
         M::up(include_str!("../migrations/sqlite/0001_tokens_and_usage.sql")),
         M::up(include_str!("../migrations/sqlite/0002_responses.sql")),
         M::up_with_hook(ADMIN_MIGRATION.as_str(), backfill),
+        M::up(include_str!("../migrations/sqlite/0004_usage_indexes.sql")),
     ])
 }
 
