@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use diglot::store::rollup::{HOUR_MS, MINUTE_MS, MINUTES_KEPT_MS};
+use diglot::store::rollup::{DAY_MS, HOUR_MS, MINUTE_MS, MINUTES_KEPT_MS, floor};
 use diglot::store::{Dimension, Step, Store, UsageFilter, UsagePoint, UsageRecord, UsageTop};
 
 /// A new, empty store and what keeps it (its directory).
@@ -269,9 +269,10 @@ async fn assert_rollups_match(store: &dyn Store, records: &[UsageRecord], now_ms
     assert_eq!(sum(&hourly).requests, records.len() as u64);
     assert_eq!(sum(&hourly).latency.total(), records.len() as u64);
 
+    // A day's start inside the records' span, for windows of whole days.
+    let day_start = floor(now_ms - 30 * HOUR_MS, DAY_MS);
     for dimension in [Dimension::Token, Dimension::Model, Dimension::Channel] {
         // Whole days and hours of a partial one; hours only; from a day's start.
-        let day_start = diglot::store::rollup::floor(now_ms - 30 * HOUR_MS, diglot::store::rollup::DAY_MS);
         for since in [now_ms - 100 * HOUR_MS, now_ms - 10 * HOUR_MS + 1, day_start] {
             let top = store.usage_top(since, dimension, 100).await.unwrap();
             assert_eq!(top, scan_top(records, since, dimension), "{dimension:?}");
@@ -283,8 +284,7 @@ async fn assert_rollups_match(store: &dyn Store, records: &[UsageRecord], now_ms
 
     // Quotas: tokens each API token used (not from the cache) since an hour's start, whole
     // days and a partial one, or hours only.
-    let day_start = diglot::store::rollup::floor(now_ms - 30 * HOUR_MS, diglot::store::rollup::DAY_MS);
-    let hour_start = diglot::store::rollup::floor(now_ms - 10 * HOUR_MS, HOUR_MS);
+    let hour_start = floor(now_ms - 10 * HOUR_MS, HOUR_MS);
     for since in [0, day_start - 5 * HOUR_MS, day_start, hour_start] {
         let mut scanned: BTreeMap<String, u64> = BTreeMap::new();
         for r in records.iter().filter(|r| r.at_ms >= since && !r.cache_hit) {
