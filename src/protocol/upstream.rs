@@ -17,6 +17,11 @@ use super::transport::{self, Answer, Clients, SendError};
 use crate::config::{Endpoint, UpstreamConfig, UpstreamKind};
 use crate::ir::{Error, ErrorKind};
 
+/// A streamed answer's frames (NDJSON lines or SSE events' data), behind one pointer: the
+/// decoders above are generators that keep what they take both as captured and as pinned,
+/// so a framer held inline was kept twice, ~2 KB more in every open stream.
+pub type Frames = std::pin::Pin<Box<dyn Stream<Item = Result<String, Error>> + Send>>;
+
 /// The longest whole body accepted from an upstream (embeddings of long batches can be
 /// big); streamed frames have their own limit, `max_line_bytes`.
 const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
@@ -127,15 +132,15 @@ impl Upstream {
 
     /// A streamed answer cut into NDJSON lines or SSE events, within the channel's
     /// frame size, idle timeout and total timeout.
-    pub fn frames(&self, answer: Answer, format: Format) -> impl Stream<Item = Result<String, Error>> + Send + use<> {
+    pub fn frames(&self, answer: Answer, format: Format) -> Frames {
         let deadline = answer.extensions().get::<Deadline>().copied();
-        let frames = framing::frames(
+        let frames = Box::pin(framing::frames(
             transport::chunks(answer),
             format,
             self.max_line_bytes,
             self.idle_timeout,
             self.shown.clone(),
-        );
+        ));
         match (deadline, self.total_timeout) {
             (Some(Deadline(at)), Some(total)) => {
                 let late = Error::new(
@@ -146,9 +151,9 @@ impl Upstream {
                         total.as_secs_f64()
                     ),
                 );
-                futures::future::Either::Left(until(at, frames, late))
+                Box::pin(until(at, frames, late))
             }
-            _ => futures::future::Either::Right(frames),
+            _ => frames,
         }
     }
 
@@ -398,12 +403,12 @@ impl Upstream {
 }
 
 /// `frames` until `at`, then `late` as its last item.
-fn until<S>(at: tokio::time::Instant, frames: S, late: Error) -> impl Stream<Item = Result<String, Error>> + Send
-where
-    S: Stream<Item = Result<String, Error>> + Send,
-{
+fn until(
+    at: tokio::time::Instant,
+    mut frames: Frames,
+    late: Error,
+) -> impl Stream<Item = Result<String, Error>> + Send {
     async_stream::stream! {
-        futures::pin_mut!(frames);
         let timer = tokio::time::sleep_until(at);
         futures::pin_mut!(timer);
         loop {

@@ -3,7 +3,7 @@
 //! user blocks, consecutive turns of one role merged, `max_tokens` always set) and the
 //! answers back to IR events: the SSE events as they come, or one whole `message`.
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde_json::Value;
 use tracing::debug;
 
@@ -15,7 +15,7 @@ use crate::ir::{
 };
 use crate::protocol::framing::Format;
 use crate::protocol::images::sniff_base64_mime;
-use crate::protocol::upstream::Upstream;
+use crate::protocol::upstream::{Frames, Upstream};
 
 /// The smallest thinking budget Anthropic takes.
 const MIN_THINKING_BUDGET: u64 = 1024;
@@ -309,10 +309,9 @@ fn parts(parts: &[Part]) -> Vec<wire::Block> {
 
 /// The events of a streamed answer, from its SSE events' data as they come (framing,
 /// its size limit and idle timeout are `protocol::framing`'s).
-pub fn events(frames: impl Stream<Item = Result<String, Error>> + Send + 'static) -> ChatStream {
+pub fn events(mut frames: Frames) -> ChatStream {
     Box::pin(async_stream::stream! {
         let mut decoder = EventDecoder::default();
-        futures::pin_mut!(frames);
         while let Some(data) = frames.next().await {
             let data = match data {
                 Ok(data) => data,

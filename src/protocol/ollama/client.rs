@@ -16,7 +16,7 @@ use crate::ir::{
 };
 use crate::protocol::framing::Format;
 use crate::protocol::images::ImageFetcher;
-use crate::protocol::upstream::Upstream;
+use crate::protocol::upstream::{Frames, Upstream};
 
 /// A client of one Ollama server.
 #[derive(Clone)]
@@ -148,7 +148,10 @@ impl OllamaClient {
     async fn think_for(&self, request: &ChatRequest) -> Option<Value> {
         let reasoning = request.reasoning?;
         if reasoning != Reasoning::Off {
-            match self.show(&request.model).await {
+            // Boxed: the cache lookup's future is kilobytes, and inline it would make the
+            // future of every chat (and every one awaiting it) that much larger, moved
+            // whole at each await, though only requests that ask to think reach it.
+            match Box::pin(self.show(&request.model)).await {
                 Ok(show)
                     if show["capabilities"]
                         .as_array()
@@ -393,10 +396,9 @@ fn card_from_entry(entry: wire::ModelEntry) -> ModelCard {
 /// The events of a streamed `/api/chat` (`is_chat`) or `/api/generate` answer, from its
 /// NDJSON lines as they come (framing, its size limit and idle timeout are
 /// `protocol::framing`'s).
-pub fn events(lines: impl futures::Stream<Item = Result<String, Error>> + Send + 'static, is_chat: bool) -> ChatStream {
+pub fn events(mut lines: Frames, is_chat: bool) -> ChatStream {
     Box::pin(async_stream::stream! {
         let mut decoder = ChunkDecoder::default();
-        futures::pin_mut!(lines);
         while let Some(line) = lines.next().await {
             let line = match line {
                 Ok(line) => line,

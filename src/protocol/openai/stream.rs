@@ -4,22 +4,19 @@
 //! or `reasoning`, or `<think>` tags), tool-call deltas, logprobs, the last usage seen,
 //! llama-server's timings and the finish reason.
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use serde_json::Value;
 use tracing::debug;
 
 use super::think::ThinkTags;
 use super::wire;
 use crate::ir::{ChatEvent, ChatStream, Error, FinishReason, TokenLogprob, TopLogprob, Usage};
+use crate::protocol::upstream::Frames;
 
 /// The events of a streamed answer, from its SSE events' data as they come (framing,
 /// its size limit and idle timeout are `protocol::framing`'s).
-pub fn events(
-    frames: impl Stream<Item = Result<String, Error>> + Send + 'static,
-    mut decoder: SseDecoder,
-) -> ChatStream {
+pub fn events(mut frames: Frames, mut decoder: SseDecoder) -> ChatStream {
     Box::pin(async_stream::stream! {
-        futures::pin_mut!(frames);
         while let Some(data) = frames.next().await {
             let data = match data {
                 Ok(data) => data,
