@@ -4,7 +4,8 @@
 //! status classes, and model names only once the catalog knew them (an unknown name a
 //! client made up is counted as `model=""`). Never token values, never IPs.
 
-use std::sync::atomic::AtomicU64;
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -95,6 +96,71 @@ pub struct FallbackLabels {
 
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Each thread's handles to the metrics it has recorded, by label set. A family's own
+/// lookup hashes the label set with SipHash, copies its strings and takes the family's
+/// lock: seven times per model request. Keyed by the `Metrics` too, as tests run several
+/// gateways in one process.
+#[derive(Default)]
+struct Handles {
+    models: hashbrown::HashMap<ModelKey, ModelHandles>,
+    http: hashbrown::HashMap<(u64, HttpLabels), Counter>,
+}
+
+/// Label sets a thread keeps handles for before it starts over (models are labels only
+/// when a channel knows them, so this is reached only by a catalog that large).
+const MAX_HANDLES: usize = 4096;
+
+thread_local! {
+    static HANDLES: RefCell<Handles> = RefCell::default();
+}
+
+#[derive(Hash, PartialEq, Eq)]
+struct ModelKey {
+    metrics: u64,
+    frontend: &'static str,
+    backend: &'static str,
+    status_class: &'static str,
+    model: String,
+    channel: String,
+}
+
+/// A `ModelKey` looked up without copying its strings (hashed alike: `&str` and `String`
+/// hash the same).
+#[derive(Hash)]
+struct ModelKeyRef<'a> {
+    metrics: u64,
+    frontend: &'static str,
+    backend: &'static str,
+    status_class: &'static str,
+    model: &'a str,
+    channel: &'a str,
+}
+
+impl hashbrown::Equivalent<ModelKey> for ModelKeyRef<'_> {
+    fn equivalent(&self, key: &ModelKey) -> bool {
+        self.metrics == key.metrics
+            && self.frontend == key.frontend
+            && self.backend == key.backend
+            && self.status_class == key.status_class
+            && self.model == key.model
+            && self.channel == key.channel
+    }
+}
+
+/// What a finished model request records to. The time-to-first-token and token series are
+/// made on their first value, so a label set shows in `/metrics` only once it has one.
+struct ModelHandles {
+    requests: Counter,
+    duration: Histogram,
+    overhead: Histogram,
+    ttft: Option<Histogram>,
+    input_tokens: Option<Counter>,
+    output_tokens: Option<Counter>,
+}
+
+/// Tells one `Metrics` from another in the threads' handles.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
@@ -119,6 +185,8 @@ pub struct Metrics {
     started: Instant,
     /// Off (`metrics.enabled = false`): nothing is recorded, so nothing is paid.
     on: bool,
+    /// This one's key in the threads' handles.
+    id: u64,
 }
 
 impl Default for Metrics {
@@ -266,6 +334,7 @@ impl Metrics {
             uptime,
             started: Instant::now(),
             on,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -300,46 +369,92 @@ impl Metrics {
         if !self.on {
             return;
         }
-        let model = if done.known_model {
-            done.model.to_owned()
-        } else {
-            String::new()
-        };
-        self.requests
-            .get_or_create(&RequestLabels {
-                frontend: done.frontend,
-                backend: done.backend,
-                model: model.clone(),
-                channel: done.channel.to_owned(),
-                status_class: status_class(done.status),
-            })
-            .inc();
-        let labels = ModelLabels {
+        let key = ModelKeyRef {
+            metrics: self.id,
             frontend: done.frontend,
-            model: model.clone(),
+            backend: done.backend,
+            status_class: status_class(done.status),
+            model: if done.known_model { done.model } else { "" },
+            channel: done.channel,
         };
-        self.duration
-            .get_or_create(&labels)
-            .observe(done.duration.as_secs_f64());
-        if let Some(ttft) = done.ttft {
-            self.ttft.get_or_create(&labels).observe(ttft.as_secs_f64());
-        }
-        self.overhead
-            .get_or_create(&FrontendLabels {
-                frontend: done.frontend,
-            })
-            .observe(done.duration.saturating_sub(done.upstream_wait).as_secs_f64());
-        for (kind, count) in [("input", done.input_tokens), ("output", done.output_tokens)] {
-            if count > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        model: model.clone(),
-                        channel: done.channel.to_owned(),
-                        r#type: kind,
-                    })
-                    .inc_by(count);
+        HANDLES.with_borrow_mut(|handles| {
+            if handles.models.len() >= MAX_HANDLES && handles.models.get(&key).is_none() {
+                handles.models.clear();
             }
-        }
+            let (_, handles) = handles
+                .models
+                .raw_entry_mut()
+                .from_key(&key)
+                .or_insert_with(|| self.model_handles(&key));
+            handles.requests.inc();
+            handles.duration.observe(done.duration.as_secs_f64());
+            if let Some(ttft) = done.ttft {
+                let labels = || ModelLabels {
+                    frontend: key.frontend,
+                    model: key.model.to_owned(),
+                };
+                let histogram = handles
+                    .ttft
+                    .get_or_insert_with(|| self.ttft.get_or_create(&labels()).clone());
+                histogram.observe(ttft.as_secs_f64());
+            }
+            handles
+                .overhead
+                .observe(done.duration.saturating_sub(done.upstream_wait).as_secs_f64());
+            for (kind, count, counter) in [
+                ("input", done.input_tokens, &mut handles.input_tokens),
+                ("output", done.output_tokens, &mut handles.output_tokens),
+            ] {
+                if count > 0 {
+                    let labels = || TokenLabels {
+                        model: key.model.to_owned(),
+                        channel: key.channel.to_owned(),
+                        r#type: kind,
+                    };
+                    counter
+                        .get_or_insert_with(|| self.tokens.get_or_create(&labels()).clone())
+                        .inc_by(count);
+                }
+            }
+        });
+    }
+
+    /// The handles of a label set this thread has not recorded to yet.
+    fn model_handles(&self, key: &ModelKeyRef<'_>) -> (ModelKey, ModelHandles) {
+        let requests = self
+            .requests
+            .get_or_create(&RequestLabels {
+                frontend: key.frontend,
+                backend: key.backend,
+                model: key.model.to_owned(),
+                channel: key.channel.to_owned(),
+                status_class: key.status_class,
+            })
+            .clone();
+        let labels = ModelLabels {
+            frontend: key.frontend,
+            model: key.model.to_owned(),
+        };
+        let handles = ModelHandles {
+            requests,
+            duration: self.duration.get_or_create(&labels).clone(),
+            overhead: self
+                .overhead
+                .get_or_create(&FrontendLabels { frontend: key.frontend })
+                .clone(),
+            ttft: None,
+            input_tokens: None,
+            output_tokens: None,
+        };
+        let key = ModelKey {
+            metrics: key.metrics,
+            frontend: key.frontend,
+            backend: key.backend,
+            status_class: key.status_class,
+            model: key.model.to_owned(),
+            channel: key.channel.to_owned(),
+        };
+        (key, handles)
     }
 
     pub fn upstream_error(&self, channel: &str, kind: &'static str) {
@@ -414,7 +529,16 @@ impl Metrics {
         if streamed {
             self.open_streams.dec();
         }
-        self.http_requests.get_or_create(&labels).inc();
+        HANDLES.with_borrow_mut(|handles| {
+            if handles.http.len() >= MAX_HANDLES {
+                handles.http.clear();
+            }
+            handles
+                .http
+                .entry((self.id, labels))
+                .or_insert_with_key(|(_, labels)| self.http_requests.get_or_create(labels).clone())
+                .inc();
+        });
     }
 
     pub fn cache_lookup(&self, kind: &'static str, hit: bool) {
@@ -460,4 +584,77 @@ fn resident_memory_bytes() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(model: &str, ttft: Option<Duration>, output_tokens: u64) -> Finished<'_> {
+        Finished {
+            frontend: "openai",
+            backend: "ollama",
+            model,
+            known_model: true,
+            channel: "local",
+            status: 200,
+            duration: Duration::from_millis(30),
+            ttft,
+            upstream_wait: Duration::from_millis(29),
+            input_tokens: 4,
+            output_tokens,
+        }
+    }
+
+    /// The value of the sample that starts with `prefix` in `text`.
+    fn sample(text: &str, prefix: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    #[test]
+    fn requests_recorded_through_a_threads_handles_add_up_in_their_own_gateway() {
+        let (one, other) = (Metrics::new(true), Metrics::new(true));
+        one.model_request(&finished("llama3.2", None, 0));
+        one.model_request(&finished("llama3.2", Some(Duration::from_millis(5)), 7));
+        one.model_request(&finished("qwen3", None, 2));
+        other.model_request(&finished("llama3.2", None, 1));
+        let (one, other) = (one.render([]), other.render([]));
+
+        let requests = r#"diglot_requests_total{frontend="openai",backend="ollama",model="llama3.2",channel="local",status_class="2xx"}"#;
+        assert_eq!(sample(&one, requests), Some(2.0), "{one}");
+        assert_eq!(sample(&other, requests), Some(1.0), "{other}");
+        let output = r#"diglot_tokens_total{model="llama3.2",channel="local",type="output"}"#;
+        assert_eq!(sample(&one, output), Some(7.0));
+        assert_eq!(sample(&other, output), Some(1.0));
+        let input = r#"diglot_tokens_total{model="llama3.2",channel="local",type="input"}"#;
+        assert_eq!(sample(&one, input), Some(8.0));
+        // A series shows once it has a value: llama3.2's first answer came, qwen3's never.
+        let ttft = r#"diglot_time_to_first_token_seconds_count{frontend="openai",model="#;
+        assert_eq!(sample(&one, &format!(r#"{ttft}"llama3.2"}}"#)), Some(1.0));
+        assert_eq!(sample(&one, &format!(r#"{ttft}"qwen3"}}"#)), None);
+        assert_eq!(sample(&other, &format!(r#"{ttft}"llama3.2"}}"#)), None);
+        let overhead = r#"diglot_overhead_seconds_count{frontend="openai"}"#;
+        assert_eq!(sample(&one, overhead), Some(3.0));
+    }
+
+    #[test]
+    fn http_requests_are_counted_per_gateway() {
+        let (one, other) = (Metrics::new(true), Metrics::new(true));
+        let labels = || HttpLabels {
+            frontend: "ollama",
+            route: "/api/chat",
+            status_class: "2xx",
+        };
+        for _ in 0..3 {
+            one.request_started();
+            one.request_ended(labels(), false);
+        }
+        other.request_started();
+        other.request_ended(labels(), false);
+        let series = r#"diglot_http_requests_total{frontend="ollama",route="/api/chat",status_class="2xx"}"#;
+        assert_eq!(sample(&one.render([]), series), Some(3.0));
+        assert_eq!(sample(&other.render([]), series), Some(1.0));
+    }
 }
