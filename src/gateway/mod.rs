@@ -382,7 +382,10 @@ impl Gateway {
             let attempt = self.attempt(&lease, operation, &model, &request.model, caller, attempts.number());
             let span = spans::attempt_span(&attempt, Some(&sent));
             let started = async {
-                let mut events = lease.backend().chat(&sent).await?;
+                // Boxed: the backend's future is kilobytes, and every future above this one
+                // would hold it inline, copied whole each time one is moved (memmove was
+                // the largest user-space item of a plain request's profile).
+                let mut events = Box::pin(lease.backend().chat(&sent)).await?;
                 let first = events.next().await.transpose()?;
                 Ok::<_, Error>(stream::iter(first.map(Ok)).chain(events))
             };
