@@ -377,11 +377,11 @@ impl Metrics {
             model: if done.known_model { done.model } else { "" },
             channel: done.channel,
         };
-        HANDLES.with_borrow_mut(|handles| {
-            if handles.models.len() >= MAX_HANDLES && handles.models.get(&key).is_none() {
-                handles.models.clear();
+        HANDLES.with_borrow_mut(|cache| {
+            if cache.models.len() >= MAX_HANDLES && cache.models.get(&key).is_none() {
+                cache.models.clear();
             }
-            let (_, handles) = handles
+            let (_, handles) = cache
                 .models
                 .raw_entry_mut()
                 .from_key(&key)
@@ -529,11 +529,11 @@ impl Metrics {
         if streamed {
             self.open_streams.dec();
         }
-        HANDLES.with_borrow_mut(|handles| {
-            if handles.http.len() >= MAX_HANDLES {
-                handles.http.clear();
+        HANDLES.with_borrow_mut(|cache| {
+            if cache.http.len() >= MAX_HANDLES {
+                cache.http.clear();
             }
-            handles
+            cache
                 .http
                 .entry((self.id, labels))
                 .or_insert_with_key(|(_, labels)| self.http_requests.get_or_create(labels).clone())
