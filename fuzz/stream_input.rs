@@ -7,7 +7,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use diglot::ir::ChatStream;
 use diglot::protocol::framing::{Format, frames};
-use futures::{Stream, StreamExt};
+use diglot::protocol::upstream::Frames;
+use futures::StreamExt;
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread()
@@ -42,13 +43,13 @@ impl Input {
     }
 
     /// The body as an upstream sends it, in chunks, framed as `format`.
-    pub fn frames(&self, format: Format) -> impl Stream<Item = Result<String, diglot::ir::Error>> + Send + 'static {
+    pub fn frames(&self, format: Format) -> Frames {
         let chunks: Vec<Result<Bytes, std::io::Error>> = self
             .body
             .chunks(self.chunk)
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        frames(futures::stream::iter(chunks), format, self.max, Duration::from_secs(60), "http://fuzz".into())
+        Box::pin(frames(futures::stream::iter(chunks), format, self.max, Duration::from_secs(60), "http://fuzz".into()))
     }
 }
 
