@@ -60,6 +60,26 @@ async fn settled(redis: &RedisServer) {
     .await;
 }
 
+/// Waits until both replicas listen for each other's events (each subscribes at its
+/// start; an event published before that is, by design, missed).
+async fn both_follow_the_fleet(redis: &RedisServer) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = client.get_multiplexed_async_connection().await.unwrap();
+    eventually_async("both replicas subscribe to the fleet's events", || {
+        let mut connection = connection.clone();
+        async move {
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg("diglot:events")
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            counts.first().is_some_and(|(_, subscribers)| *subscribers == 2)
+        }
+    })
+    .await;
+}
+
 /// The Prometheus line of `name` (with its labels), as a number.
 async fn metric(base: &str, name: &str) -> Option<f64> {
     let text = send(client().get(format!("{base}/metrics")).bearer_auth("scrape"))
@@ -285,6 +305,7 @@ async fn an_upstream_failing_on_one_replica_is_skipped_by_the_other() {
         c.routing.check_interval_secs = 0.0;
     })
     .await;
+    both_follow_the_fleet(&redis).await;
     flaky.fail_next(1000, 503, None);
     // Replica A finds it failing (each request fails over to the steady channel).
     for _ in 0..4 {
@@ -324,6 +345,7 @@ async fn a_key_benched_on_one_replica_is_left_out_by_the_other() {
         c.routing.bad_key_secs = 60.0;
     })
     .await;
+    both_follow_the_fleet(&redis).await;
     let keys_used = || {
         fake.requests("/v1/chat/completions")
             .iter()
