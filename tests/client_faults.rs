@@ -555,6 +555,8 @@ async fn workers_share_the_connections_and_a_taken_port_is_refused() {
     let fake = FakeUpstream::start().await;
     let dir = temp_dir();
     let diglot = binary_with_profile(&fake, dir.path(), "[server]\nworkers = 2\n").await;
+    // The port answers once one worker serves; a thread takes its name as it starts.
+    eventually("two worker threads", || worker_threads(diglot.pid()).len() >= 2).await;
     let workers = worker_threads(diglot.pid());
     assert_eq!(workers.len(), 2, "{workers:?}");
     let before: Vec<u64> = workers.iter().map(|w| run_time_ns(diglot.pid(), w)).collect();
