@@ -44,8 +44,7 @@ async fn ask(base: &str, body: Value) -> Answer {
 
 /// Waits until every quota reservation is settled (settling follows the answer).
 async fn settled(redis: &RedisServer) {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let connection = client.get_multiplexed_async_connection().await.unwrap();
+    let connection = redis.connection().await;
     eventually_async("the quota reservations are settled", || {
         let mut connection = connection.clone();
         async move {
@@ -63,8 +62,7 @@ async fn settled(redis: &RedisServer) {
 /// Waits until both replicas listen for each other's events (each subscribes at its
 /// start; an event published before that is, by design, missed).
 async fn both_follow_the_fleet(redis: &RedisServer) {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let connection = client.get_multiplexed_async_connection().await.unwrap();
+    let connection = redis.connection().await;
     eventually_async("both replicas subscribe to the fleet's events", || {
         let mut connection = connection.clone();
         async move {
@@ -192,11 +190,7 @@ async fn a_monthly_quota_is_never_overrun_by_concurrent_requests() {
     assert!(served >= QUOTA / estimate, "only {served} served at {estimate} each");
     assert_eq!(used, served * 24);
     // The fleet's count is exact: Redis holds what was settled, nothing reserved.
-    let mut redis_client = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis_client = redis.connection().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("diglot:quota:used:*")
         .query_async(&mut redis_client)
