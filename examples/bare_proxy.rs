@@ -2,12 +2,13 @@
 //! front, hyper-util's pooled client behind (diglot itself drives its upstream connections
 //! in the request's own task instead, `src/protocol/connections.rs`), the same listeners
 //! (`TCP_NODELAY`) and runtimes (one single-threaded worker per core, each with its own
-//! client), and nothing else. Every request is
-//! forwarded to the upstream as bytes (method, path, query and body) and its answer is
-//! streamed back as bytes: no JSON, no translation, no routing, no auth, no metrics.
+//! client), and nothing else. Every request is forwarded to the upstream as bytes (method,
+//! path, query, body and the benchmark's `x-mock-*` knobs) and its answer is streamed back
+//! as bytes: no JSON, no translation, no routing, no auth, no metrics.
 //!
-//! The benchmark measures it beside nginx and diglot, which splits diglot's added latency
-//! into what the stack costs (this) and what diglot's own work costs (the rest).
+//! The benchmark measures it beside nginx and diglot, which splits diglot's added latency,
+//! time to first token and memory per open stream into what the stack costs (this) and
+//! what diglot's own work costs (the rest).
 //!
 //! ```sh
 //! cargo run --release --example bare_proxy -- --listen 127.0.0.1:3001 --upstream http://127.0.0.1:11435
@@ -45,8 +46,12 @@ async fn forward(req: &mut Request, res: &mut Response) {
     let mut upstream = http::Request::builder()
         .method(req.method().clone())
         .uri(format!("{upstream}{path}"));
-    if let Some(content_type) = req.headers().get("content-type") {
-        upstream = upstream.header("content-type", content_type.clone());
+    // The body's type, and the benchmark's knobs for the mock (`x-mock-*`), which diglot's
+    // instances send from their profiles instead.
+    for (name, value) in req.headers() {
+        if name == "content-type" || name.as_str().starts_with("x-mock-") {
+            upstream = upstream.header(name, value.clone());
+        }
     }
     let upstream = match upstream.body(Full::new(body)) {
         Ok(request) => request,

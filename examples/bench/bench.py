@@ -390,10 +390,10 @@ def start_mock(fleet, args):
     return start_example(fleet, "mock", [args.mock, "--listen", "127.0.0.1:0", "--threads", "1"])
 
 
-def start_bare(fleet, args, mock_port):
+def start_bare(fleet, args, mock_port, name="bare"):
     """examples/bare_proxy.rs: diglot's HTTP stack (salvo + hyper's client) forwarding bytes."""
     upstream = f"http://127.0.0.1:{mock_port}"
-    return start_example(fleet, "bare", [args.bare, "--listen", "127.0.0.1:0", "--upstream", upstream])
+    return start_example(fleet, name, [args.bare, "--listen", "127.0.0.1:0", "--upstream", upstream])
 
 
 # The API token of the "features on" rows (F), and what its profile declares.
@@ -687,6 +687,12 @@ def ttft_pair(direct, via, path, body, headers, n):
     return times
 
 
+def ttft_added(direct, via, path, body, headers, n):
+    """The median time to first token `via` a hop minus direct's, from `ttft_pair`."""
+    times = ttft_pair(direct, via, path, body, headers, n)
+    return statistics.median(times["diglot"]) - statistics.median(times["direct"])
+
+
 async def _open_stream(port, request, sem, timeout):
     async with sem:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
@@ -705,11 +711,12 @@ async def _open_stream(port, request, sem, timeout):
         return writer
 
 
-async def hold_streams(pid, port, path, body, steps, settle):
-    """Opens streams up to each count in `steps` (incrementally) and reads diglot's RSS with
+async def hold_streams(pid, port, path, body, steps, settle, headers=None):
+    """Opens streams up to each count in `steps` (incrementally) and reads the hop's RSS with
     that many open; returns [(count, opened, rss)]."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
     request = (
-        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n{extra}"
         f"content-length: {len(body)}\r\n\r\n{body}"
     ).encode()
     sem = asyncio.Semaphore(200)  # below the listen backlog, so no SYN is dropped
@@ -1086,22 +1093,23 @@ def main():
                 added = med["diglot"] - med["direct"]
                 # The same hop through nginx (the client's path to the mock's own API, as
                 # "direct"): what any hop adds on this machine, for comparison.
-                nginx_added = None
-                if nginx:
-                    tn = ttft_pair(mock_port, nginx_port, path, body, hdr, cfg["ttft_requests"])
-                    nginx_added = statistics.median(tn["diglot"]) - statistics.median(tn["direct"])
+                # And through the bare stack: what diglot's HTTP stack adds without its work.
+                n_ttft = cfg["ttft_requests"]
+                nginx_added = ttft_added(mock_port, nginx_port, path, body, hdr, n_ttft) if nginx else None
+                bare_added = ttft_added(mock_port, bare_port, path, body, hdr, n_ttft) if args.bare else None
                 result["ttft"].append(dict(direction=label, upstream=kind, paced=kind.startswith("paced"),
                                            requests=cfg["ttft_requests"], median_ms=med, p90_ms=p90,
-                                           added_ms=added, nginx_added_ms=nginx_added, samples_ms=tt))
+                                           added_ms=added, nginx_added_ms=nginx_added,
+                                           bare_added_ms=bare_added, samples_ms=tt))
                 log(f"D | {label} | TTFT ({kind}) median direct {med['direct']:.3f} ms, diglot {med['diglot']:.3f} ms")
                 ttft_rows.append([label, kind, f_ms(med["direct"]), f_ms(med["diglot"]), f_added(added),
-                                  f_added(nginx_added), f_ms(p90["direct"]), f_ms(p90["diglot"])])
+                                  f_added(bare_added), f_added(nginx_added), f_ms(p90["direct"]), f_ms(p90["diglot"])])
         md += [table(head, body_rows), ""]
         md += [f"Time to first token: {cfg['ttft_requests']} sequential streamed requests per row, alternating direct "
                "and diglot on keep-alive connections; from sending the request to the first content byte. "
-               "nginx added: the same pairs run through nginx instead.", "",
+               "bare stack and nginx added: the same pairs run through them instead.", "",
                table(["direction", "upstream sends", "direct median ms", "diglot median ms", "added ms",
-                      "nginx added ms", "direct p90 ms", "diglot p90 ms"], ttft_rows), ""]
+                      "bare stack added ms", "nginx added ms", "direct p90 ms", "diglot p90 ms"], ttft_rows), ""]
         for proc in (s_ollama, s_openai, p_ollama, p_openai):
             fleet.stop(proc)
 
@@ -1135,6 +1143,22 @@ def main():
             mem["steps"].append(dict(streams=count, opened=opened, rss=rss, bytes_per_stream=per))
             body_rows.append([f"{count:,} streams open", f"{opened:,}", f"{rss / 2**20:.1f} MiB", f"{per / 1024:.1f} KiB"])
         mem["failures"] = mem_failures
+        if args.bare:
+            # The same streams through a fresh bare stack: what salvo and hyper hold per
+            # connection without diglot's work (not a target; the floor of its stack).
+            b_proc, b_port = start_bare(fleet, args, mock_port, "bare-memory")
+            time.sleep(0.5)
+            b_idle = rss_bytes(b_proc.pid)
+            b_held, b_failures = asyncio.run(hold_streams(b_proc.pid, b_port, "/v1/chat/completions",
+                                                          body_openai(True), steps[:1], settle=1.0, headers=slow))
+            fleet.stop(b_proc)
+            for count, opened, rss in b_held:
+                per = (rss - b_idle) / max(1, opened)
+                mem["bare_stack"] = dict(streams=count, opened=opened, idle=b_idle, rss=rss, bytes_per_stream=per)
+                body_rows.append([f"bare stack (no diglot work), {count:,} streams open", f"{opened:,}",
+                                  f"{rss / 2**20:.1f} MiB", f"{per / 1024:.1f} KiB"])
+            if b_failures:
+                notes.append(f"E: {b_failures} slow streams through the bare stack failed to open.")
         result["memory"] = mem
         md += [table(["state", "streams open", "RSS", "per open stream"], body_rows), ""]
         if mem_failures:
@@ -1351,7 +1375,9 @@ def check_proxy_limit_targets(result):
                           at_most(cpu, TARGET_CPU_S_PER_M_CHUNKS), "{:.2f} s"))
     for t in result["ttft"]:
         if t["paced"]:
-            beside = "" if t.get("nginx_added_ms") is None else f"; nginx adds {t['nginx_added_ms']:.3f} ms"
+            beside = "".join(f"; {hop} adds {t[key]:.3f} ms" for hop, key in (("the bare stack", "bare_added_ms"),
+                                                                                ("nginx", "nginx_added_ms"))
+                             if t.get(key) is not None)
             rows.append(check(f"D: added TTFT (paced upstream), {t['direction']}{beside}", t["added_ms"],
                               f"≤ {TARGET_TTFT_ADDED_TIGHT_MS} ms", at_most(t["added_ms"], TARGET_TTFT_ADDED_TIGHT_MS)))
     memory = result["memory"]
@@ -1359,6 +1385,10 @@ def check_proxy_limit_targets(result):
         per = step["bytes_per_stream"] / 1024
         rows.append(check(f"E: RSS per open slow stream at {step['opened']:,}", per, f"≤ {TARGET_STREAM_TIGHT_KIB:g} KiB",
                           at_most(per, TARGET_STREAM_TIGHT_KIB), "{:.1f} KiB"))
+    bare = memory.get("bare_stack")
+    if bare:
+        rows.append([f"E: the bare stack's RSS per open slow stream at {bare['opened']:,} (salvo + hyper, "
+                     "no diglot work; not a target)", f"{bare['bytes_per_stream'] / 1024:.1f} KiB", "—", "info"])
     idle = memory.get("idle_fresh")
     idle_mib = idle / 2**20 if idle else None
     rows.append(check("E: idle RSS, fresh start", idle_mib, f"≤ {TARGET_IDLE_RSS_MIB:g} MiB",
