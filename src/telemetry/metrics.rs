@@ -389,13 +389,13 @@ impl Metrics {
             handles.requests.inc();
             handles.duration.observe(done.duration.as_secs_f64());
             if let Some(ttft) = done.ttft {
-                let labels = || ModelLabels {
-                    frontend: key.frontend,
-                    model: key.model.to_owned(),
-                };
-                let histogram = handles
-                    .ttft
-                    .get_or_insert_with(|| self.ttft.get_or_create(&labels()).clone());
+                let histogram = handles.ttft.get_or_insert_with(|| {
+                    let labels = ModelLabels {
+                        frontend: key.frontend,
+                        model: key.model.to_owned(),
+                    };
+                    self.ttft.get_or_create(&labels).clone()
+                });
                 histogram.observe(ttft.as_secs_f64());
             }
             handles
@@ -406,14 +406,15 @@ impl Metrics {
                 ("output", done.output_tokens, &mut handles.output_tokens),
             ] {
                 if count > 0 {
-                    let labels = || TokenLabels {
-                        model: key.model.to_owned(),
-                        channel: key.channel.to_owned(),
-                        r#type: kind,
-                    };
-                    counter
-                        .get_or_insert_with(|| self.tokens.get_or_create(&labels()).clone())
-                        .inc_by(count);
+                    let counter = counter.get_or_insert_with(|| {
+                        let labels = TokenLabels {
+                            model: key.model.to_owned(),
+                            channel: key.channel.to_owned(),
+                            r#type: kind,
+                        };
+                        self.tokens.get_or_create(&labels).clone()
+                    });
+                    counter.inc_by(count);
                 }
             }
         });
